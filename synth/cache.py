@@ -1,0 +1,79 @@
+"""The request cache: SQLite in WAL mode, keyed by the hash of the canonical request.
+
+The key covers the model, the prompt or messages, the sampling parameters, the seed and the
+kind of call (never Python source). What is stored is the raw answer, so changing a parser
+re-parses without a new request. A committed row survives kill -9 (WAL), so a resumed run asks
+the server only for what it never answered.
+
+Schema changes go through the named migrations below (`PRAGMA user_version` counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_requests",
+        """
+        CREATE TABLE requests (
+            key TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT NOT NULL
+        ) WITHOUT ROWID
+    """,
+    ),
+]
+
+
+class RequestCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, (_name, sql) in enumerate(MIGRATIONS, start=1):
+            if number > version:
+                with self._lock:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute(sql)
+                    self._db.execute(f"PRAGMA user_version={number}")
+                    self._db.execute("COMMIT")
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, response in self._db.execute(
+                    f"SELECT key, response FROM requests WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = json.loads(response)
+        return found
+
+    def put(self, key: str, kind: str, model: str, request: dict, response: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
+                (key, kind, model, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,229 @@
+"""The `synth` command line. Every command's help ends with examples; user mistakes print one
+clear line (no traceback) and exit non-zero."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ConfigError, SynthError
+
+
+def friendly(fn):
+    """Turn synth's own errors into one-line messages; leave real bugs their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.secho(f"error: {problem}", fg="red", err=True)
+            click.echo(f"{len(exc.problems)} problem(s) found", err=True)
+            sys.exit(2)
+        except SynthError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.secho(
+                "interrupted: finished work is saved; run the same command again to resume", fg="yellow", err=True
+            )
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="synth")
+def main():
+    """synth: synthetic alignment data (SFT and preference datasets) from LLMs.
+
+    A pipeline is a YAML file of stages (load, generate, magpie, dedup, filter, ...) run
+    against an LLM backend: the embedded llama.cpp model by default, any OpenAI-compatible
+    server, or vLLM. Runs are checkpointed: re-running a killed run resumes it.
+
+    \b
+    Examples:
+      synth run pipelines/quickstart.yaml          # run (or resume) into runs/quickstart
+      synth validate my-pipeline.yaml              # check a pipeline without running it
+      synth stages                                 # every stage with its parameters
+      synth inspect runs/quickstart                # counts, sample rows, stats
+    """
+
+
+@main.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="run directory (default: runs/<pipeline name>)",
+)
+@click.option(
+    "--resume/--overwrite",
+    default=True,
+    show_default=True,
+    help="continue the run in an existing run directory, or delete it and start over",
+)
+@click.option("--limit", type=click.IntRange(min=0), help="read at most N source rows (for a quick trial)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@friendly
+def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, quiet: bool):
+    """Run a pipeline, or resume it if its run directory exists.
+
+    Each stage's output is saved as Parquet shards in the run directory as it is produced, and
+    every LLM answer is cached, so after Ctrl-C, a crash or kill -9 the same command continues
+    where the run stopped without repeating a finished request. Changing a stage's parameters
+    recomputes that stage and the ones after it (cached answers are reused).
+
+    \b
+    Examples:
+      synth run pipelines/quickstart.yaml
+      synth run pipelines/quickstart.yaml --limit 20 -o runs/trial
+      synth run my.yaml --overwrite                # start from scratch
+    """
+    from .config import load_pipeline
+    from .pipeline import run_pipeline
+
+    pipeline = load_pipeline(pipeline_file)
+    root = out or Path("runs") / pipeline.name
+    progress = None
+    if not quiet:
+        from .console import ConsoleProgress
+
+        progress = ConsoleProgress()
+    result = run_pipeline(pipeline, root, overwrite=not resume, limit=limit, progress=progress)
+    from .console import print_summary
+
+    print_summary(result)
+
+
+@main.command()
+@click.argument("pipeline_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@friendly
+def validate(pipeline_files: tuple[Path, ...]):
+    """Check pipeline files without running them: every problem at once, with file:line.
+
+    Checks the YAML, every field of every stage (unknown names get a suggestion), that
+    templates and input files exist, that backends are defined, and that each stage's input
+    columns are made by an earlier stage.
+
+    \b
+    Examples:
+      synth validate pipelines/quickstart.yaml
+      synth validate pipelines/*.yaml
+    """
+    from .config import load_pipeline
+
+    problems = []
+    for path in pipeline_files:
+        try:
+            pipeline = load_pipeline(path)
+            click.echo(f"{path}: ok ({len(pipeline.stages)} stages)")
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly
+def stages(names: tuple[str, ...], as_json: bool):
+    """List the stages a pipeline can use, with their parameters and columns.
+
+    \b
+    Examples:
+      synth stages
+      synth stages generate load
+    """
+    from .describe import describe_stages
+
+    described = describe_stages(list(names) or None)
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for stage in described:
+        click.secho(f"{stage['name']}  ({stage['kind']})", bold=True)
+        click.echo(f"  {stage['summary']}")
+        if stage["reads"]:
+            click.echo(f"  reads:  {', '.join(stage['reads'])}")
+        if stage["writes"]:
+            click.echo(f"  writes: {', '.join(stage['writes'])}")
+        for p in stage["params"]:
+            default = "" if p["required"] else f" = {p['default']}"
+            desc = f"  {p['description']}" if p["description"] else ""
+            click.echo(f"    {p['name']}: {p['type']}{default}{desc}")
+        click.echo()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-n", "--rows", "n", default=3, show_default=True, help="sample rows to show")
+@click.option("--stage", "stage_label", help="show rows of this stage instead of the final output")
+@click.option("--dropped", is_flag=True, help="show dropped rows with their reasons")
+@friendly
+def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
+    """Show a run: status, rows through each stage, filters, sample rows and column stats.
+
+    \b
+    Examples:
+      synth inspect runs/quickstart
+      synth inspect runs/quickstart --stage question -n 5
+      synth inspect runs/quickstart --dropped
+    """
+    from .inspect_run import show_run
+
+    show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped)
+
+
+@main.command()
+@friendly
+def templates():
+    """List the prompt and chat templates shipped with synth.
+
+    \b
+    Examples:
+      synth templates
+    """
+    from .resources import list_resources, resource_dir
+
+    click.echo(f"# {resource_dir('templates')}")
+    for name in list_resources("templates", "*.jinja"):
+        click.echo(name)
+
+
+@main.command()
+@click.option("--path", "name", help="print the full path of this shipped pipeline")
+@friendly
+def pipelines(name: str | None):
+    """List the ready pipeline files shipped with synth.
+
+    \b
+    Examples:
+      synth pipelines
+      synth run "$(synth pipelines --path quickstart)"
+    """
+    from .resources import list_resources, resource_dir
+
+    root = resource_dir("pipelines")
+    if name:
+        path = root / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if not path.is_file():
+            raise SynthError(f"no shipped pipeline '{name}' (run 'synth pipelines' to list them)")
+        click.echo(str(path))
+        return
+    click.echo(f"# {root}")
+    for item in list_resources("pipelines", "*.yaml"):
+        click.echo(item)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""A pipeline file, validated. Every problem is collected (not just the first), each with
+file:line and the field, and each message says what would be valid.
+
+The file format:
+
+    name: my-run                # run directory name under runs/ (default: the file's stem)
+    seed: 42                    # every sampling seed derives from this
+    backends:                   # optional; with none, the embedded llama.cpp model is used
+      default: {type: local}
+    stages:                     # in order; `stage:` picks the stage, the other keys are its params
+      - stage: load
+        path: data/topics.jsonl
+      - stage: generate
+        template: quickstart/question.jinja
+        output: question
+    output: {format: sft}
+    run: {batch_size: 64}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, Problem, SynthError
+from .llm.specs import BackendSpec, LocalSpec
+from .registry import closest, get_stage, stage_names
+from .seeds import digest
+from .stages.base import CheckEnv, Stage, StageParams
+from .yamlfile import YamlDoc, format_path, load_yaml_file
+
+FINGERPRINT_VERSION = 1
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(64, ge=1, description="rows per shard: the unit of checkpointing")
+    # Excluded from the fingerprint: changes speed and memory, never rows.
+    max_batches_in_flight: int = Field(4, ge=1, description="batches processed concurrently")
+    max_failure_rate: float = Field(
+        1.0, ge=0, le=1, description="exit non-zero when a stage drops a larger share of its rows for failures"
+    )
+
+
+class OutputSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["raw", "sft"] = "raw"
+    instruction_column: str = "instruction"
+    response_column: str = "response"
+    columns: list[str] | None = Field(None, description="keep only these columns (raw format)")
+
+
+class PipelineFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    backends: dict[str, BackendSpec] = Field(default_factory=dict)
+    stages: list[dict[str, Any]] = Field(min_length=1)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+
+@dataclass
+class StageSpec:
+    index: int
+    key: str
+    label: str
+    params: StageParams
+    cls: type[Stage]
+    line: int | None = None
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    name: str
+    description: str
+    seed: int
+    backends: dict[str, Any]
+    stages: list[StageSpec]
+    output: OutputSettings
+    run: RunSettings
+    text: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def stage_fingerprints(self) -> list[str]:
+        """Cumulative fingerprint per stage: stage k's shards stay valid while stages 0..k, the
+        seed, the batch size and the models they use are unchanged. Excluded on purpose:
+        description, run.max_batches_in_flight, run.max_failure_rate, and every backend field
+        marked speed-only (URLs, keys, concurrency, timeouts, retries, threads)."""
+        previous = digest({"v": FINGERPRINT_VERSION, "seed": self.seed, "batch_size": self.run.batch_size})
+        out = []
+        for spec in self.stages:
+            backend = getattr(spec.params, "backend", None)
+            model = self.backends[backend].identity() if backend in self.backends else None
+            previous = digest([previous, spec.key, spec.params.model_dump(mode="json"), model])
+            out.append(previous)
+        return out
+
+    def fingerprint(self) -> str:
+        return digest([self.stage_fingerprints(), self.output.model_dump(mode="json")], 16)
+
+
+def _field(loc: tuple, doc: YamlDoc) -> str:
+    """The field as the user wrote it: drop pydantic's union tags, which are not in the file."""
+    kept: tuple = ()
+    for i, element in enumerate(loc):
+        if kept + (element,) in doc.lines or i == len(loc) - 1 or isinstance(element, int):
+            kept += (element,)
+    return format_path(kept)
+
+
+def _pydantic_problems(exc: ValidationError, doc: YamlDoc, prefix: tuple, model=None) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        field = _field(loc, doc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            fields = list((model or PipelineFile).model_fields) if len(err["loc"]) == 1 else []
+            hint = closest(str(err["loc"][-1]), fields) if fields else None
+            allowed = ", ".join(f for f in fields if f != "name") if fields else ""
+            msg = "unknown field" + (f"; did you mean '{hint}'?" if hint else "")
+            if allowed and not hint:
+                msg += f" (valid: {allowed})"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        problems.append(Problem(doc.file, doc.line_of(loc), field, msg))
+    return problems
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Parse and validate a pipeline file; raise ConfigError listing every problem found."""
+    path = Path(path)
+    doc = load_yaml_file(path)
+    problems = list(doc.problems)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([Problem(doc.file, 1, "", "a pipeline file is a YAML mapping with a 'stages:' list")])
+    try:
+        top = PipelineFile.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, doc, ())
+        top = None
+    backends: dict[str, Any] = dict(top.backends) if top else {}
+    if top is not None and "default" not in backends:
+        backends["default"] = LocalSpec()
+    raw_stages = doc.data.get("stages") if isinstance(doc.data.get("stages"), list) else []
+
+    specs: list[StageSpec] = []
+    labels: dict[str, int] = {}
+    for index, entry in enumerate(raw_stages):
+        where = ("stages", index)
+        if not isinstance(entry, dict):
+            problems.append(
+                Problem(doc.file, doc.line_of(where), format_path(where), "each stage is a mapping with a 'stage:' key")
+            )
+            continue
+        key = entry.get("stage")
+        if not isinstance(key, str):
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(where),
+                    format_path(where + ("stage",)),
+                    f"missing 'stage:' (one of: {', '.join(stage_names())})",
+                )
+            )
+            continue
+        try:
+            cls = get_stage(key)
+        except SynthError as exc:
+            problems.append(
+                Problem(doc.file, doc.line_of(where + ("stage",)), format_path(where + ("stage",)), str(exc))
+            )
+            continue
+        body = {k: v for k, v in entry.items() if k != "stage"}
+        try:
+            params = cls.Params.model_validate(body)
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, doc, where, model=cls.Params)
+            continue
+        label = params.name or key
+        if label in labels:
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(where),
+                    format_path(where + ("name",)),
+                    f"two stages are labelled '{label}' (stages[{labels[label]}] too): give one a different 'name:'",
+                )
+            )
+        labels[label] = index
+        specs.append(StageSpec(index, key, label, params, cls, doc.line_of(where)))
+
+    if top is not None and specs and len(specs) == len(raw_stages):
+        problems += _check_flow(specs, doc, path.parent, set(backends))
+
+    if problems:
+        raise ConfigError(problems)
+    assert top is not None
+    return Pipeline(
+        path=path.resolve(),
+        name=top.name or path.stem,
+        description=top.description,
+        seed=top.seed,
+        backends=backends,
+        stages=specs,
+        output=top.output,
+        run=top.run,
+        text=path.read_text(encoding="utf-8"),
+    )
+
+
+def _check_flow(specs: list[StageSpec], doc: YamlDoc, base_dir: Path, backends: set[str]) -> list[Problem]:
+    """Stage order, backends named, columns read before they exist, and each stage's own checks."""
+    problems: list[Problem] = []
+    columns: set[str] | None = set()
+    for position, spec in enumerate(specs):
+        where = ("stages", spec.index)
+        if (spec.cls.kind == "source") != (position == 0):
+            msg = (
+                "the first stage must produce rows (a source such as 'load')"
+                if position == 0
+                else f"'{spec.key}' produces rows and can only be the first stage"
+            )
+            problems.append(Problem(doc.file, doc.line_of(where), format_path(where + ("stage",)), msg))
+        backend = getattr(spec.params, "backend", None)
+        if spec.cls.uses_llm and backend not in backends:
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(where + ("backend",)),
+                    format_path(where + ("backend",)),
+                    f"no backend named '{backend}' (defined: {', '.join(sorted(backends))})",
+                )
+            )
+        env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns)
+        for field_path, message in spec.cls.check(spec.params, env):
+            loc = where + tuple(field_path)
+            problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), message))
+        if columns is not None:
+            missing = [c for c in spec.cls.reads(spec.params) if c not in columns]
+            if missing:
+                have = ", ".join(sorted(columns)) or "none"
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(where),
+                        format_path(where),
+                        f"reads column(s) {', '.join(missing)} that no earlier stage provides (available: {have})",
+                    )
+                )
+        columns = spec.cls.output_columns(spec.params, env)
+    return problems

@@ -1,0 +1,82 @@
+"""Terminal output: live progress with rows/s and tokens/s, and the end-of-run summary table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import Progress as RichBar
+from rich.progress import ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .pipeline import Progress, RunResult
+
+console = Console(stderr=True)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.speed or 0.0
+        tokens = task.fields.get("tokens", 0)
+        elapsed = task.elapsed or 0.0
+        tok = f"  {tokens / elapsed:,.0f} tok/s" if tokens and elapsed else ""
+        return Text(f"{speed:,.1f} rows/s{tok}", style="cyan")
+
+
+class ConsoleProgress(Progress):
+    def __init__(self):
+        self.bar = RichBar(
+            SpinnerColumn(),
+            TextColumn("{task.description:<22}"),
+            TextColumn("{task.completed:>9,.0f} rows"),
+            _Rate(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def start(self, stages) -> None:
+        for spec in stages:
+            self.tasks[spec.label] = self.bar.add_task(f"{spec.index:02d} {spec.label}", total=None, tokens=0)
+        self.bar.start()
+
+    def advance(self, label: str, rows: int, tokens: int = 0) -> None:
+        task = self.tasks[label]
+        tokens_so_far = self.bar.tasks[task].fields.get("tokens", 0) + tokens
+        self.bar.update(task, advance=rows, tokens=tokens_so_far)
+
+    def note(self, message: str) -> None:
+        console.print(f"[yellow]note:[/] {message}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def stage_table(stages: list[dict], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("stage", "in", "out", "filtered", "failed", "requests", "cached", "tokens out", "seconds"):
+        table.add_column(column, justify="left" if column in ("stage", "filtered", "failed") else "right")
+    for s in stages:
+        counters = s.get("counters", {})
+        reasons = lambda d: ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "-"  # noqa: E731
+        table.add_row(
+            s["label"],
+            f"{s['rows_in']:,}",
+            f"{s['rows_out']:,}",
+            reasons(s.get("filtered", {})),
+            reasons(s.get("failed", {})),
+            f"{counters.get('requests', 0):,}",
+            f"{counters.get('cache_hits', 0):,}",
+            f"{counters.get('completion_tokens', 0):,}",
+            f"{s.get('seconds', 0):,.1f}",
+        )
+    return table
+
+
+def print_summary(result: RunResult) -> None:
+    console.print(stage_table(result.manifest["stages"], title="Run summary"))
+    session = result.manifest["sessions"][-1]
+    console.print(
+        f"[green]done:[/] {result.output_rows:,} rows in {result.root / 'output'} "
+        f"({session['seconds']:,.1f} s this session)"
+    )

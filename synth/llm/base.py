@@ -1,0 +1,102 @@
+"""The backend protocol and the request/answer types that cross it.
+
+A backend takes many requests at once and yields `(index, result)` as each finishes, so an HTTP
+backend can fan out, an engine can batch, and the caller can cache every answer the moment it
+exists (a kill -9 then loses only what was in flight).
+
+A result is a list of `n` generations, or a `RequestFailed` when that one request cannot succeed
+(the prompt is too long, the server rejects it): the row is dropped with the reason. A backend
+that cannot serve at all (nothing listens after every retry) raises `BackendError` instead: the
+run stops, and resumes later from its cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    """Sampling parameters, part of every request's cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = Field(1.0, gt=0)
+    n: int = Field(1, ge=1)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One completion (`prompt`) or chat (`messages`) request, with its own seed."""
+
+    sampling: Sampling
+    seed: int
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None  # ((role, content), ...)
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
+        if self.prompt is not None:
+            body["prompt"] = self.prompt
+        if self.messages is not None:
+            body["messages"] = [list(m) for m in self.messages]
+        return body
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Log-probability of `continuation` given `prompt` (token by token)."""
+
+    prompt: str
+    continuation: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "continuation": self.continuation}
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str = "stop"
+    completion_tokens: int = 0
+    prompt_tokens: int = 0  # counted on the first generation of a request only
+
+
+@dataclass
+class Scored:
+    token_logprobs: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.token_logprobs))
+
+
+@dataclass
+class RequestFailed:
+    reason: str
+    detail: str = ""
+
+
+CompleteResult = list[Generation] | RequestFailed
+ScoreResult = Scored | RequestFailed
+
+
+@runtime_checkable
+class Backend(Protocol):
+    model_id: str  # what produced the text: part of every cache key and of provenance
+
+    def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]: ...
+
+    def chat(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]: ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> AsyncIterator[tuple[int, ScoreResult]]: ...
+
+    async def close(self) -> None: ...

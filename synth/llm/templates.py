@@ -1,0 +1,76 @@
+"""Chat templates: render a conversation the way the model was trained to see it.
+
+A template comes from, in order: the backend's `chat_template` setting (a built-in name such as
+`chatml` or `gemma`, a path to a Jinja file, or Jinja text), or the model's own metadata
+(`tokenizer.chat_template` in a GGUF or a tokenizer_config.json). Templates run sandboxed, with
+the variables Hugging Face templates expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import BackendError
+from ..resources import resource_dir
+
+
+def _raise(message: str):
+    raise jinja2.TemplateError(message)
+
+
+_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+_env.globals["raise_exception"] = _raise
+
+
+def builtin_names() -> list[str]:
+    root = resource_dir("templates") / "chat"
+    return sorted(p.stem for p in root.glob("*.jinja"))
+
+
+@dataclass
+class ChatTemplate:
+    source: str
+    name: str
+    bos_token: str = ""
+    eos_token: str = ""
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+        try:
+            template = _env.from_string(self.source)
+            return template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **extra,
+            )
+        except jinja2.TemplateError as exc:
+            raise BackendError(f"chat template '{self.name}' failed: {exc}") from None
+
+    @classmethod
+    def resolve(cls, setting: str | None, metadata: dict | None, model_id: str, bos: str = "", eos: str = ""):
+        metadata = metadata or {}
+        if setting:
+            builtin = resource_dir("templates") / "chat" / f"{setting}.jinja"
+            if builtin.is_file():
+                return cls(builtin.read_text(encoding="utf-8"), setting, bos, eos)
+            path = Path(setting).expanduser()
+            if path.suffix in (".jinja", ".j2", ".txt") and path.is_file():
+                return cls(path.read_text(encoding="utf-8"), str(path), bos, eos)
+            if "{%" in setting or "{{" in setting:
+                return cls(setting, "inline", bos, eos)
+            raise BackendError(
+                f"chat_template '{setting}' is neither a built-in ({', '.join(builtin_names())}), "
+                f"a Jinja file, nor Jinja text"
+            )
+        source = metadata.get("tokenizer.chat_template")
+        if source:
+            return cls(source, f"{model_id} (model metadata)", bos, eos)
+        raise BackendError(
+            f"{model_id} has no chat template (it is a base model): set chat_template on its backend to "
+            f"one of {', '.join(builtin_names())} or to a Jinja file"
+        )

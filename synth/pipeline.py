@@ -1,0 +1,363 @@
+"""The runner: streams batches through stages, checkpoints every stage's output, resumes.
+
+Stages are cut into segments at global stages. Within a segment each batch travels through
+every stage on its own (up to `run.max_batches_in_flight` batches at once, so a backend always
+has work while one batch waits on its slowest request); a global stage waits for all rows of the
+stage before it. Batch i of the source becomes shard i of every stage in the segment, so on
+resume each batch restarts after the last stage that finished it, and LLM requests it had already
+sent are answered from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from itertools import islice
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .cache import RequestCache
+from .config import Pipeline, StageSpec
+from .errors import RunError, SynthError
+from .llm import make_backend
+from .llm.client import LLM, current_counters
+from .seeds import digest
+from .stages.base import Batch, Row, Stage, StageContext
+from .store import RunStore, ShardStats, StageDir, atomic_write_json, concat, write_parquet
+
+RECORDED_PACKAGES = (
+    "synth",
+    "pyarrow",
+    "pydantic",
+    "jinja2",
+    "llama_cpp_python",
+    "openai",
+    "vllm",
+    "datasets",
+    "faiss-cpu",
+    "sentence-transformers",
+    "torch",
+)
+
+
+class Progress:
+    """Progress events; the CLI shows them with rich, library use ignores them."""
+
+    def start(self, stages: list[StageSpec]) -> None: ...
+    def advance(self, label: str, rows: int, tokens: int = 0) -> None: ...
+    def note(self, message: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    root: Path
+    manifest: dict
+    stages: list[tuple[StageSpec, ShardStats]] = field(default_factory=list)
+    output_rows: int = 0
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    while batch := list(islice(rows, size)):
+        yield batch
+
+
+class Runner:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        root: str | Path,
+        *,
+        overwrite: bool = False,
+        limit: int | None = None,
+        progress: Progress | None = None,
+    ):
+        self.pipeline = pipeline
+        self.store = RunStore(root)
+        self.overwrite = overwrite
+        self.limit = limit
+        self.progress = progress or Progress()
+        self.stages: list[Stage] = []
+        self.dirs: list[StageDir] = []
+        self.llms: dict[str, LLM] = {}
+        self.cache: RequestCache | None = None
+
+    # ---- set-up ----
+    def _fingerprints(self) -> list[str]:
+        # The row limit decides shard boundaries, so it belongs to every stage's fingerprint.
+        return [digest([fp, self.limit]) for fp in self.pipeline.stage_fingerprints()]
+
+    def _open_store(self) -> dict:
+        store = self.store
+        store.lock()
+        if store.exists() and self.overwrite:
+            store.wipe()
+        previous = store.read_manifest() if store.exists() else None
+        manifest = {
+            "synth_manifest": 1,
+            "name": self.pipeline.name,
+            "pipeline_file": str(self.pipeline.path),
+            "fingerprint": self.pipeline.fingerprint(),
+            "seed": self.pipeline.seed,
+            "limit": self.limit,
+            "config": self.pipeline.text,
+            "backends": {k: v.identity() for k, v in self.pipeline.backends.items()},
+            "python": platform.python_version(),
+            "packages": package_versions(),
+            "sessions": (previous or {}).get("sessions", []),
+            "status": "running",
+        }
+        manifest["sessions"].append({"started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running"})
+        (store.root / "pipeline.yaml").write_text(self.pipeline.text, encoding="utf-8")
+        store.write_manifest(manifest)
+        for spec, fp in zip(self.pipeline.stages, self._fingerprints(), strict=True):
+            stage_dir, discarded = store.prepare_stage(spec.index, spec.label, fp)
+            if discarded:
+                self.progress.note(
+                    f"stage '{spec.label}' changed since the last run: recomputing it "
+                    f"(LLM answers already cached are reused)"
+                )
+            self.dirs.append(stage_dir)
+        return manifest
+
+    def _llm(self, name: str) -> LLM:
+        if name not in self.llms:
+            self.llms[name] = LLM(name, make_backend(self.pipeline.backends[name]), self.cache)
+        return self.llms[name]
+
+    async def _open_stages(self) -> None:
+        self.cache = RequestCache(self.store.root / "cache.sqlite")
+        for spec in self.pipeline.stages:
+            ctx = StageContext(
+                seed=self.pipeline.seed, label=spec.label, index=spec.index, base_dir=self.pipeline.base_dir
+            )
+            backend = getattr(spec.params, "backend", None)
+            if spec.cls.uses_llm and backend is not None:
+                ctx.llms[backend] = self._llm(backend)
+            stage = spec.cls(spec.params, ctx)
+            self.stages.append(stage)
+        for stage in self.stages:
+            await stage.open()
+
+    # ---- running ----
+    async def run(self) -> RunResult:
+        manifest = self._open_store()
+        started = time.perf_counter()
+        try:
+            await self._open_stages()
+            self.progress.start(self.pipeline.stages)
+            for segment in self._segments():
+                await self._run_segment(segment)
+            output_rows = self._write_output()
+            status = "complete"
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
+            manifest["sessions"][-1].update(status=status, error=str(exc)[:500])
+            raise
+        finally:
+            self.progress.stop()
+            for stage in self.stages:
+                await stage.close()
+            for llm in self.llms.values():
+                await llm.backend.close()
+            stats = [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]
+            manifest["stages"] = [
+                {"label": spec.label, "stage": spec.key, "kind": spec.cls.kind, **s.__dict__} for spec, s in stats
+            ]
+            manifest["sessions"][-1]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            manifest["sessions"][-1]["seconds"] = round(time.perf_counter() - started, 3)
+            if manifest["sessions"][-1]["status"] == "running":
+                manifest["sessions"][-1]["status"] = status
+            manifest["status"] = manifest["sessions"][-1]["status"]
+            self.store.write_manifest(manifest)
+            if self.cache:
+                self.cache.close()
+            self.store.unlock()
+        manifest["output"] = {"path": "output", "rows": output_rows, "format": self.pipeline.output.format}
+        self.store.write_manifest(manifest)
+        self._check_failure_rate(stats)
+        return RunResult(self.store.root, manifest, stats, output_rows)
+
+    def _check_failure_rate(self, stats: list[tuple[StageSpec, ShardStats]]) -> None:
+        limit = self.pipeline.run.max_failure_rate
+        for spec, s in stats:
+            failed = sum(s.failed.values())
+            if s.rows_in and failed / s.rows_in > limit:
+                raise RunError(
+                    f"stage '{spec.label}' failed on {failed} of {s.rows_in} rows ({failed / s.rows_in:.1%}), "
+                    f"above run.max_failure_rate={limit}; see {spec.label}'s dropped rows with 'synth inspect "
+                    f"{self.store.root} --dropped'"
+                )
+
+    def _segments(self) -> list[list[int]]:
+        segments: list[list[int]] = []
+        for i, stage in enumerate(self.stages):
+            if stage.kind in ("source", "global") or not segments:
+                segments.append([i])
+            else:
+                segments[-1].append(i)
+        return segments
+
+    def _batches(self, head: int) -> Iterator[tuple[int, list[Row] | None]]:
+        stage = self.stages[head]
+        if stage.kind == "source":
+            yield from enumerate(chunks(iter(stage.iter_rows(self.limit)), self.pipeline.run.batch_size))
+        else:
+            for index in self.dirs[head].done_indices():
+                yield index, None
+
+    async def _run_segment(self, segment: list[int]) -> None:
+        head = segment[0]
+        if self.stages[head].kind == "global":
+            await self._run_global(head)
+        in_flight: set[asyncio.Task] = set()
+        slots = asyncio.Semaphore(self.pipeline.run.max_batches_in_flight)
+        failure: list[BaseException] = []
+
+        async def one(index: int, rows: list[Row] | None) -> None:
+            try:
+                await self._chain(segment, index, rows)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                slots.release()
+
+        try:
+            for index, rows in self._batches(head):
+                if self.dirs[segment[-1]].done(index):
+                    for i in segment:
+                        self.progress.advance(self.pipeline.stages[i].label, 0)
+                    continue
+                await slots.acquire()
+                if failure:
+                    break
+                task = asyncio.create_task(one(index, rows))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:
+            for task in list(in_flight):
+                task.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _chain(self, segment: list[int], index: int, rows: list[Row] | None) -> None:
+        start = -1
+        for position, i in enumerate(segment):
+            if self.dirs[i].done(index):
+                start = position
+        if start >= 0:
+            rows = self.dirs[segment[start]].read(index)
+        assert rows is not None
+        for i in segment[start + 1 :]:
+            rows = await self._process(i, index, rows)
+
+    async def _process(self, i: int, index: int, rows: list[Row]) -> list[Row]:
+        stage, spec = self.stages[i], self.pipeline.stages[i]
+        started = time.perf_counter()
+        batch = Batch(rows=rows, index=index)
+        counters: dict[str, int] = {}
+        token = current_counters.set(counters)
+        try:
+            out = await stage.process(batch) if rows else []
+        finally:
+            current_counters.reset(token)
+        for k, v in batch.counters.items():
+            counters[k] = counters.get(k, 0) + v
+        stats = ShardStats(
+            rows_in=len(rows), rows_out=len(out), counters=counters, seconds=round(time.perf_counter() - started, 4)
+        )
+        for d in batch.dropped:
+            bucket = stats.failed if d.failed else stats.filtered
+            bucket[d.reason] = bucket.get(d.reason, 0) + 1
+        self.dirs[i].write(index, out, batch.dropped, stats)
+        self.progress.advance(spec.label, len(out), counters.get("completion_tokens", 0))
+        return out
+
+    async def _run_global(self, i: int) -> None:
+        stage_dir, stage = self.dirs[i], self.stages[i]
+        if stage_dir.complete_marker.exists():
+            return
+        for old in stage_dir.path.glob("shard-*"):
+            old.unlink()  # a killed earlier attempt: global stages redo their whole output
+        started = time.perf_counter()
+        table = self.dirs[i - 1].table()
+        batch = Batch(rows=[], index=0)
+        counters: dict[str, int] = {}
+        token = current_counters.set(counters)
+        try:
+            out = await stage.process_all(table, batch) if table.num_rows else table
+        finally:
+            current_counters.reset(token)
+        size = self.pipeline.run.batch_size
+        offsets = list(range(0, out.num_rows, size)) or [0]
+        for n, offset in enumerate(offsets):
+            part = out.slice(offset, size).to_pylist()
+            stats = ShardStats(rows_out=len(part))
+            if n == 0:
+                stats.rows_in = table.num_rows
+                stats.counters = {**counters, **batch.counters}
+                stats.seconds = round(time.perf_counter() - started, 4)
+                for d in batch.dropped:
+                    bucket = stats.failed if d.failed else stats.filtered
+                    bucket[d.reason] = bucket.get(d.reason, 0) + 1
+            stage_dir.write(n, part, batch.dropped if n == 0 else [], stats)
+            self.progress.advance(self.pipeline.stages[i].label, len(part))
+        atomic_write_json(stage_dir.complete_marker, {"rows_in": table.num_rows, "rows_out": out.num_rows})
+
+    # ---- output ----
+    def _write_output(self) -> int:
+        from .records import format_output
+
+        table = format_output(self.dirs[-1].table(), self.pipeline.output)
+        out_dir = self.store.root / "output"
+        tmp = self.store.root / ".output.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        size = max(self.pipeline.run.batch_size, 10_000)
+        parts = list(range(0, table.num_rows, size)) or [0]
+        for n, offset in enumerate(parts):
+            write_parquet(tmp / f"data-{n:05d}-of-{len(parts):05d}.parquet", table.slice(offset, size))
+        if out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+        return table.num_rows
+
+
+def run_pipeline(pipeline: Pipeline, root: str | Path, **kwargs) -> RunResult:
+    """Run (or resume) a pipeline; the library entry point behind `synth run`."""
+    runner = Runner(pipeline, root, **kwargs)
+    try:
+        return asyncio.run(runner.run())
+    except SynthError:
+        raise
+
+
+def read_output(root: str | Path):
+    """The final dataset of a finished run as an Arrow table."""
+    out = Path(root) / "output"
+    if not out.is_dir():
+        raise RunError(f"{root} has no output yet: finish the run with 'synth run' first")
+    return concat([pq.read_table(p) for p in sorted(out.glob("*.parquet"))])

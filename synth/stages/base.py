@@ -1,0 +1,155 @@
+"""The stage contract. A stage renders requests and parses answers; it never schedules.
+
+The runner owns batching, concurrency across batches, checkpoints, resume and stats; backends own
+request concurrency, retries and the cache. A stage is one class with a pydantic `Params` model,
+the columns it reads and writes, and one method:
+
+- `map` stages (the default) implement `process(batch) -> rows`, called on each batch,
+  possibly concurrently for different batches;
+- `source` stages implement `iter_rows(limit)`, a cheap deterministic row stream; they may also
+  implement `process` (a generator source like Magpie does its LLM work there);
+- `global` stages implement `process_all(table, batch) -> table` and see every row at once
+  (dedup, sort, sample). The pipeline streams between global stages and waits at them.
+
+A filter is a stage that calls `batch.drop(row, reason)`: the row is kept in the stage's dropped
+file with its reason, and the reason is counted in the run's stats. Failures are rows, never None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..seeds import derive_seed
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..llm.client import LLM
+
+Row = dict[str, Any]
+
+
+class StageParams(BaseModel):
+    """Fields every stage accepts. Subclasses add their own; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(
+        None,
+        description="label for this stage in the run directory and stats (default: the stage key)",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+
+
+@dataclass
+class Dropped:
+    row: Row
+    reason: str
+    detail: str = ""
+    failed: bool = False  # a failure (unparseable answer, failed request), not a filter decision
+
+
+@dataclass
+class Batch:
+    """Rows on their way through one stage, plus what the stage dropped from them."""
+
+    rows: list[Row]
+    index: int = 0
+    dropped: list[Dropped] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, row: Row, reason: str, detail: str = "") -> None:
+        """A filter decided against this row."""
+        self.dropped.append(Dropped(row, reason, detail))
+
+    def fail(self, row: Row, reason: str, detail: str = "") -> None:
+        """This row could not be processed (detail: the error and raw answer)."""
+        self.dropped.append(Dropped(row, reason, detail, failed=True))
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count an event (a retried parse, a truncated answer) into the run stats."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+@dataclass
+class CheckEnv:
+    """What static checks (`synth validate`) may consult: no network, no model loading."""
+
+    base_dir: Path
+    backends: set[str]
+    columns: set[str] | None  # known columns arriving at this stage, None when unknown
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use."""
+
+    seed: int
+    label: str
+    index: int
+    base_dir: Path
+    llms: dict[str, LLM] = field(default_factory=dict)
+
+    def llm(self, name: str = "default") -> LLM:
+        return self.llms[name]
+
+    def seed_for(self, *parts) -> int:
+        """A seed for one request: the pipeline seed, this stage's label and a stable row key."""
+        return derive_seed(self.seed, self.label, *parts)
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+class Stage:
+    key: ClassVar[str]
+    Params: ClassVar[type[StageParams]] = StageParams
+    kind: ClassVar[Literal["source", "map", "global"]] = "map"
+    uses_llm: ClassVar[bool] = False  # whether params carry a `backend` that must exist
+
+    def __init__(self, params: StageParams, ctx: StageContext):
+        self.params = params
+        self.ctx = ctx
+
+    # ---- static description (used by `synth validate` and `synth stages`) ----
+    @classmethod
+    def reads(cls, params: StageParams) -> list[str]:
+        return []
+
+    @classmethod
+    def writes(cls, params: StageParams) -> list[str]:
+        return []
+
+    @classmethod
+    def output_columns(cls, params: StageParams, env: CheckEnv) -> set[str] | None:
+        """Columns after this stage, when knowable without running it."""
+        if env.columns is None:
+            return None
+        return env.columns | set(cls.writes(params))
+
+    @classmethod
+    def check(cls, params: StageParams, env: CheckEnv) -> list[tuple[tuple, str]]:
+        """Problems found without running anything: (field path within the stage, message)."""
+        return []
+
+    # ---- running ----
+    async def open(self) -> None:
+        """Load what the stage needs (models, templates) once, before the first batch."""
+
+    async def close(self) -> None:
+        pass
+
+    def iter_rows(self, limit: int | None) -> Iterator[Row]:  # source stages
+        raise NotImplementedError
+
+    async def process(self, batch: Batch) -> list[Row]:  # map stages (and generator sources)
+        return batch.rows
+
+    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:  # global stages
+        raise NotImplementedError

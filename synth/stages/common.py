@@ -1,0 +1,66 @@
+"""Pieces shared by LLM stages: sampling parameters in a stage's YAML, template checks,
+and the provenance every generated row carries."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+
+from ..llm.base import Sampling
+from ..templating import environment, template_problem, template_variables
+from .base import CheckEnv, Row, StageParams
+
+
+class LLMParams(StageParams):
+    backend: str = Field("default", description="name of a backend under backends: in the pipeline file")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    repetition_penalty: float = Field(1.0, gt=0)
+    n: int = Field(1, ge=1, description="samples per row; n > 1 writes a list")
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop),
+            repetition_penalty=self.repetition_penalty,
+            n=self.n,
+        )
+
+
+def check_template(name: str, field: str, env: CheckEnv, extra_vars: set[str] = frozenset()) -> list[tuple[tuple, str]]:
+    problem = template_problem(name, env.base_dir)
+    if problem:
+        return [((field,), problem)]
+    if env.columns is not None:
+        unknown = template_variables(name, env.base_dir) - env.columns - set(extra_vars)
+        if unknown:
+            have = ", ".join(sorted(env.columns)) or "none"
+            return [
+                (
+                    (field,),
+                    f"template '{name}' uses {', '.join(sorted(unknown))}, which no earlier stage "
+                    f"provides (available columns: {have})",
+                )
+            ]
+    return []
+
+
+@cache
+def template_sha(name: str, base_dir: Path) -> str:
+    env = environment(base_dir)
+    source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def add_provenance(row: Row, label: str, record: dict) -> Row:
+    """Record which stage, model, template and sampling made a row's new columns."""
+    provenance = dict(row.get("provenance") or {})
+    provenance[label] = record
+    return {**row, "provenance": provenance}

@@ -1,0 +1,55 @@
+"""`limit` and `sample`: keep some rows. Global stages: they see every row before choosing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from ..seeds import derive_seed
+from .base import Batch, Stage, StageParams
+
+
+class LimitParams(StageParams):
+    n: int = Field(ge=0, description="keep the first n rows")
+
+
+class Limit(Stage):
+    """Keep the first n rows (in source order)."""
+
+    Params = LimitParams
+    kind = "global"
+    params: LimitParams
+
+    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+        return table.slice(0, self.params.n)
+
+
+class SampleParams(StageParams):
+    n: int | None = Field(None, ge=0, description="number of rows to keep")
+    fraction: float | None = Field(None, gt=0, le=1, description="share of rows to keep")
+    shuffle: bool = Field(False, description="return the rows in random order instead of source order")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.n is None) == (self.fraction is None):
+            raise ValueError("give exactly one of 'n' or 'fraction'")
+        return self
+
+
+class Sample(Stage):
+    """Keep a random sample of rows, drawn from the pipeline seed (the same rows every run)."""
+
+    Params = SampleParams
+    kind = "global"
+    params: SampleParams
+
+    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+        p = self.params
+        total = table.num_rows
+        k = min(total, p.n) if p.n is not None else round(total * p.fraction)  # type: ignore[operator]
+        rng = np.random.default_rng(derive_seed(self.ctx.seed, self.ctx.label))
+        chosen = rng.choice(total, size=k, replace=False)
+        if not p.shuffle:
+            chosen = np.sort(chosen)
+        return table.take(pa.array(chosen, type=pa.int64()))

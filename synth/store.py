@@ -1,0 +1,208 @@
+"""The run directory: everything a run writes, laid out so a kill -9 loses nothing finished.
+
+    runs/<name>/
+      pipeline.yaml            the pipeline file as given
+      manifest.json            config, fingerprint, versions, per-stage counts and timings
+      cache.sqlite             the request cache (WAL)
+      stages/03-respond/
+        stage.json             this stage's cumulative fingerprint
+        shard-00007.parquet    rows out of batch 7
+        shard-00007.dropped.parquet   rows this stage dropped from batch 7, with reason and detail
+        shard-00007.json       completion marker: counts, drop reasons, counters, seconds
+      output/                  the final dataset (Parquet), written when every stage is done
+
+A shard counts as done only once its marker exists; data files are written to a temporary name
+and renamed into place first, so a marker never points at a half-written file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import RunError
+from .stages.base import Dropped, Row
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode())
+
+
+def rows_to_table(rows: list[Row]) -> pa.Table:
+    if not rows:
+        return pa.table({})
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise RunError(f"rows cannot be stored as Parquet: {exc} (a column holds values of mixed types)") from None
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[Row]:
+    return pq.read_table(path).to_pylist()
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_columns]
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+@dataclass
+class ShardStats:
+    rows_in: int = 0
+    rows_out: int = 0
+    filtered: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, other: ShardStats) -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.seconds += other.seconds
+        for mine, theirs in (
+            (self.filtered, other.filtered),
+            (self.failed, other.failed),
+            (self.counters, other.counters),
+        ):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+class StageDir:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def shard(self, index: int) -> Path:
+        return self.path / f"shard-{index:05d}.parquet"
+
+    def marker(self, index: int) -> Path:
+        return self.path / f"shard-{index:05d}.json"
+
+    def done(self, index: int) -> bool:
+        return self.marker(index).exists()
+
+    def done_indices(self) -> list[int]:
+        return sorted(int(p.name[6:11]) for p in self.path.glob("shard-*.json"))
+
+    def write(self, index: int, rows: list[Row], dropped: list[Dropped], stats: ShardStats) -> None:
+        write_parquet(self.shard(index), rows_to_table(rows))
+        dropped_path = self.path / f"shard-{index:05d}.dropped.parquet"
+        if dropped:
+            records = [
+                {
+                    "reason": d.reason,
+                    "detail": d.detail,
+                    "failed": d.failed,
+                    "row": json.dumps(d.row, ensure_ascii=False, default=str),
+                }
+                for d in dropped
+            ]
+            write_parquet(dropped_path, rows_to_table(records))
+        atomic_write_json(self.marker(index), stats.__dict__)
+
+    def read(self, index: int) -> list[Row]:
+        return read_rows(self.shard(index))
+
+    def stats(self) -> ShardStats:
+        total = ShardStats()
+        for marker in self.path.glob("shard-*.json"):
+            total.add(ShardStats(**json.loads(marker.read_text())))
+        return total
+
+    def table(self) -> pa.Table:
+        return concat([pq.read_table(self.shard(i)) for i in self.done_indices()])
+
+    def iter_dropped(self) -> Iterator[dict]:
+        for path in sorted(self.path.glob("shard-*.dropped.parquet")):
+            yield from read_rows(path)
+
+    @property
+    def complete_marker(self) -> Path:
+        return self.path / "_complete.json"
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock_fh = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def lock(self) -> None:
+        """One process per run directory; the OS releases the lock if the process is killed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.root / ".lock", "w")  # noqa: SIM115 - held for the run's life
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{self.root} is in use by another synth process; wait for it or use another -o") from None
+
+    def unlock(self) -> None:
+        if self._lock_fh:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def wipe(self) -> None:
+        for child in self.root.iterdir() if self.root.exists() else []:
+            if child.name == ".lock":
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def stage(self, index: int, label: str) -> StageDir:
+        return StageDir(self.root / "stages" / f"{index:02d}-{label}")
+
+    def prepare_stage(self, index: int, label: str, fingerprint: str) -> tuple[StageDir, bool]:
+        """Open a stage's directory; if it was made by a different pipeline, clear it.
+        Returns (dir, whether old shards were discarded)."""
+        stage = self.stage(index, label)
+        meta = stage.path / "stage.json"
+        discarded = False
+        if stage.path.exists():
+            old = json.loads(meta.read_text()).get("fingerprint") if meta.exists() else None
+            if old != fingerprint:
+                shutil.rmtree(stage.path)
+                discarded = True
+        stage.path.mkdir(parents=True, exist_ok=True)
+        if not meta.exists():
+            atomic_write_json(meta, {"label": label, "index": index, "fingerprint": fingerprint})
+        return stage, discarded
+
+    def read_manifest(self) -> dict:
+        if not self.exists():
+            raise RunError(f"{self.root} is not a synth run directory (no manifest.json)")
+        return json.loads(self.manifest_path.read_text())
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.manifest_path, manifest)
