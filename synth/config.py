@@ -112,11 +112,21 @@ class Pipeline:
 
 
 def _field(loc: tuple, doc: YamlDoc) -> str:
-    """The field as the user wrote it: drop pydantic's union tags, which are not in the file."""
+    """The field as the user wrote it: drop pydantic's union tags (a backend's `type:` value),
+    which are not keys in the file."""
     kept: tuple = ()
-    for i, element in enumerate(loc):
-        if kept + (element,) in doc.lines or i == len(loc) - 1 or isinstance(element, int):
-            kept += (element,)
+    node = doc.data
+    for element in loc:
+        if isinstance(node, dict) and element not in node and node.get("type") == element:
+            continue
+        kept += (element,)
+        node = (
+            node.get(element)
+            if isinstance(node, dict)
+            else (
+                node[element] if isinstance(node, list) and isinstance(element, int) and element < len(node) else None
+            )
+        )
     return format_path(kept)
 
 
@@ -159,6 +169,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     raw_stages = doc.data.get("stages") if isinstance(doc.data.get("stages"), list) else []
 
     specs: list[StageSpec] = []
+    parsed: list[StageSpec | None] = []  # None where a stage entry itself is invalid
     labels: dict[str, int] = {}
     for index, entry in enumerate(raw_stages):
         where = ("stages", index)
@@ -166,6 +177,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             problems.append(
                 Problem(doc.file, doc.line_of(where), format_path(where), "each stage is a mapping with a 'stage:' key")
             )
+            parsed.append(None)
             continue
         key = entry.get("stage")
         if not isinstance(key, str):
@@ -190,6 +202,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             params = cls.Params.model_validate(body)
         except ValidationError as exc:
             problems += _pydantic_problems(exc, doc, where, model=cls.Params)
+            parsed.append(None)
             continue
         label = params.name or key
         if label in labels:
@@ -203,9 +216,12 @@ def load_pipeline(path: str | Path) -> Pipeline:
             )
         labels[label] = index
         specs.append(StageSpec(index, key, label, params, cls, doc.line_of(where)))
+        parsed.append(specs[-1])
 
-    if top is not None and specs and len(specs) == len(raw_stages):
-        problems += _check_flow(specs, doc, path.parent, set(backends))
+    raw_backends = doc.data.get("backends")
+    names = set(raw_backends) | {"default"} if isinstance(raw_backends, dict) else {"default"}
+    problems += _check_flow(parsed, doc, path.parent, names)
+    problems.sort(key=lambda p: p.line or 0)
 
     if problems:
         raise ConfigError(problems)
@@ -223,11 +239,16 @@ def load_pipeline(path: str | Path) -> Pipeline:
     )
 
 
-def _check_flow(specs: list[StageSpec], doc: YamlDoc, base_dir: Path, backends: set[str]) -> list[Problem]:
-    """Stage order, backends named, columns read before they exist, and each stage's own checks."""
+def _check_flow(specs: list[StageSpec | None], doc: YamlDoc, base_dir: Path, backends: set[str]) -> list[Problem]:
+    """Stage order, backends named, columns read before they exist, and each stage's own checks.
+    Entries that failed to parse are None: the stages after them are still checked, with the
+    columns arriving at them unknown."""
     problems: list[Problem] = []
     columns: set[str] | None = set()
     for position, spec in enumerate(specs):
+        if spec is None:
+            columns = None
+            continue
         where = ("stages", spec.index)
         if (spec.cls.kind == "source") != (position == 0):
             msg = (

@@ -75,6 +75,11 @@ class LocalBackend:
         s = request.sampling
         out: list[Generation] = []
         for i in range(s.n):
+            # llama.cpp reuses the KV cache of the previous prompt's common prefix, and the
+            # shorter prefill changes the floating-point path: the same seed then gives another
+            # text depending on what ran before. Resetting makes every answer a function of its
+            # request alone, which resume-equals-uninterrupted depends on.
+            self.llm.reset()
             try:
                 answer = self.llm.create_completion(
                     prompt,

@@ -1,0 +1,243 @@
+"""The runner on real files: outputs, determinism, resume and recompute, empty inputs, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synth import InputError, RunError, load_pipeline, read_output, run_pipeline
+from synth.store import RunStore
+
+ROWS = [{"topic": f"topic {i}", "n": i} for i in range(23)]
+
+
+def pipeline_text(extra_stages: str = "", batch_size: int = 5) -> str:
+    rows = json.dumps(ROWS)
+    return f"""
+name: t
+seed: 7
+run: {{batch_size: {batch_size}, max_batches_in_flight: 3}}
+stages:
+  - stage: load
+    rows: {rows}
+  - stage: template
+    template: p.jinja
+    output: prompt
+{extra_stages}
+"""
+
+
+@pytest.fixture
+def make(write):
+    write("p.jinja", "Tell me about {{ topic }} (#{{ n }}).")
+
+    def _make(extra: str = "", batch_size: int = 5, name: str = "p.yaml"):
+        return load_pipeline(write(name, pipeline_text(extra, batch_size)))
+
+    return _make
+
+
+def test_rows_flow_through_stages_into_output(make, tmp_path):
+    result = run_pipeline(make(), tmp_path / "run")
+    rows = read_output(tmp_path / "run").to_pylist()
+    assert [r["prompt"] for r in rows] == [f"Tell me about topic {i} (#{i})." for i in range(23)]
+    assert result.output_rows == 23
+    stages = {s["label"]: s for s in result.manifest["stages"]}
+    assert stages["template"]["rows_in"] == 23 and stages["template"]["rows_out"] == 23
+    # 23 rows in batches of 5: five shards per stage, each with a completion marker
+    assert RunStore(tmp_path / "run").stage(1, "template").done_indices() == [0, 1, 2, 3, 4]
+
+
+def test_output_loads_with_datasets(make, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    run_pipeline(make("  - stage: sample\n    n: 10\n    shuffle: true"), tmp_path / "run")
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "run" / "output"), split="train")
+    assert len(loaded) == 10
+    assert loaded.column_names == ["topic", "n", "prompt"]
+    assert list(loaded) == read_output(tmp_path / "run").to_pylist()
+
+
+def test_sample_is_seeded_and_reproducible(make, tmp_path):
+    stage = "  - stage: sample\n    n: 6\n"
+    run_pipeline(make(stage), tmp_path / "a")
+    run_pipeline(make(stage), tmp_path / "b")
+    a = read_output(tmp_path / "a").column("n").to_pylist()
+    assert a == read_output(tmp_path / "b").column("n").to_pylist()
+    assert len(a) == 6 and a == sorted(a) and a != list(range(6))
+
+
+def test_rerun_resumes_without_recomputing(make, tmp_path):
+    pipeline = make()
+    run_pipeline(pipeline, tmp_path / "run")
+    marker = RunStore(tmp_path / "run").stage(1, "template").marker(2)
+    before = marker.stat().st_mtime_ns
+    result = run_pipeline(pipeline, tmp_path / "run")
+    assert marker.stat().st_mtime_ns == before
+    assert len(result.manifest["sessions"]) == 2
+    assert result.output_rows == 23
+
+
+def test_changed_stage_is_recomputed_and_earlier_stages_kept(make, write, tmp_path):
+    run_pipeline(make("  - stage: limit\n    n: 20\n"), tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    load_marker = store.stage(0, "load").marker(0)
+    before = load_marker.stat().st_mtime_ns
+    result = run_pipeline(make("  - stage: limit\n    n: 4\n"), tmp_path / "run")
+    assert load_marker.stat().st_mtime_ns == before
+    assert result.output_rows == 4
+    assert read_output(tmp_path / "run").column("n").to_pylist() == [0, 1, 2, 3]
+
+
+def test_overwrite_starts_over(make, tmp_path):
+    run_pipeline(make(), tmp_path / "run")
+    result = run_pipeline(make(), tmp_path / "run", overwrite=True)
+    assert len(result.manifest["sessions"]) == 1
+
+
+def test_limit_caps_source_rows(make, tmp_path):
+    result = run_pipeline(make(), tmp_path / "run", limit=7)
+    assert result.output_rows == 7
+    assert result.manifest["stages"][0]["rows_out"] == 7
+
+
+def test_everything_filtered_gives_an_empty_dataset_not_a_hang(make, tmp_path):
+    result = run_pipeline(
+        make(
+            "  - stage: limit\n    n: 0\n  - stage: template\n    name: again\n    template: p.jinja\n    output: p2\n"
+        ),
+        tmp_path / "run",
+    )
+    assert result.output_rows == 0
+    assert read_output(tmp_path / "run").num_rows == 0
+
+
+def test_rows_failing_a_stage_are_kept_with_their_reason(write, tmp_path):
+    write("p.jinja", "{{ topic }} needs {{ extra }}")
+    path = write(
+        "p.yaml",
+        """
+        run: {batch_size: 2}
+        stages:
+          - stage: load
+            rows: [{topic: a, extra: x}, {topic: b}, {topic: c, extra: z}]
+          - stage: template
+            template: p.jinja
+            output: prompt
+    """,
+    )
+    result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert result.output_rows == 2
+    stage = result.manifest["stages"][1]
+    assert stage["failed"] == {"template_error": 1}
+    dropped = list(RunStore(tmp_path / "run").stage(1, "template").iter_dropped())
+    assert len(dropped) == 1 and json.loads(dropped[0]["row"]) == {"topic": "b"}
+    assert "extra" in dropped[0]["detail"]
+
+
+def test_max_failure_rate_makes_the_run_fail(write, tmp_path):
+    write("p.jinja", "{{ topic }} needs {{ extra }}")
+    path = write(
+        "p.yaml",
+        """
+        run: {max_failure_rate: 0.1}
+        stages:
+          - stage: load
+            rows: [{topic: a, extra: x}, {topic: b}]
+          - stage: template
+            template: p.jinja
+            output: prompt
+    """,
+    )
+    with pytest.raises(RunError, match=r"failed on 1 of 2 rows \(50.0%\), above run.max_failure_rate=0.1"):
+        run_pipeline(load_pipeline(path), tmp_path / "run")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "hf"])
+def test_load_reads_every_input_format(fmt, write, tmp_path):
+    rows = [{"topic": f"t{i}", "text": f"hello {i}"} for i in range(9)]
+    if fmt == "jsonl":
+        source = write("in.jsonl", "\n".join(json.dumps(r) for r in rows))
+    elif fmt == "parquet":
+        source = tmp_path / "in.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), source)
+    elif fmt == "csv":
+        source = write("in.csv", "topic,text\n" + "\n".join(f"{r['topic']},{r['text']}" for r in rows))
+    else:
+        datasets = pytest.importorskip("datasets")
+        source = tmp_path / "hfds"
+        datasets.Dataset.from_list(rows).save_to_disk(str(source))
+    path = write(
+        "p.yaml",
+        f"""
+        run: {{batch_size: 4}}
+        stages:
+          - stage: load
+            path: {source}
+            rename: {{text: body}}
+    """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert read_output(tmp_path / "run").to_pylist() == [{"topic": r["topic"], "body": r["text"]} for r in rows]
+
+
+def test_bad_jsonl_line_is_reported_with_file_and_line(write, tmp_path):
+    source = write("in.jsonl", '{"topic": "a"}\n{"topic": "b"\n')
+    path = write(
+        "p.yaml",
+        f"""
+        stages:
+          - stage: load
+            path: {source}
+    """,
+    )
+    with pytest.raises(InputError, match=rf"{source}:2: not valid JSON"):
+        run_pipeline(load_pipeline(path), tmp_path / "run")
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(make, tmp_path):
+    store = RunStore(tmp_path / "run")
+    store.lock()
+    try:
+        with pytest.raises(RunError, match="in use by another synth process"):
+            run_pipeline(make(), tmp_path / "run")
+    finally:
+        store.unlock()
+
+
+def test_cli_run_reports_user_mistakes_in_one_line(write, tmp_path):
+    source = write("in.jsonl", '{"topic": "a"}\nnot json\n')
+    path = write(
+        "p.yaml",
+        f"""
+        stages:
+          - stage: load
+            path: {source}
+    """,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(tmp_path / "r"), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {source}:2: not valid JSON (Expecting value); fix or remove that line"
+
+
+def test_cli_inspect_shows_counts_and_rows(make, tmp_path):
+    run_pipeline(make(), tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-m", "synth.cli", "inspect", str(tmp_path / "run"), "-n", "1"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "status: complete" in out
+    assert "output: 23 rows" in out
+    assert "Tell me about topic 0 (#0)." in out
