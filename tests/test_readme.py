@@ -64,3 +64,9 @@ def test_public_api_is_pinned():
 def test_shipped_pipelines_validate():
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         synth.load_pipeline(path)
+
+
+def test_docs_cli_md_matches_help():
+    from synth.cli_docs import render
+
+    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m synth.cli_docs > docs/cli.md"
