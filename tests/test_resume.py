@@ -138,3 +138,28 @@ def test_second_run_sends_no_request(write, tmp_path):
     answer = {s["label"]: s for s in third.manifest["stages"]}["answer"]
     assert answer["counters"].get("requests", 0) == 0 and answer["counters"]["cache_hits"] == 3
     assert read_output(tmp_path / "run").to_pylist() == first_rows
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(write, tmp_path):
+    topics = json.dumps([{"topic": t} for t in TOPICS])
+    path = write("p.yaml", PIPELINE.replace(topics, json.dumps([{"topic": t} for t in TOPICS[:8]])))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run / "stages" / "02-answer").glob("shard-*.json")):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: finished work is saved; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    result = run_pipeline(load_pipeline(path), run)
+    assert [r["topic"] for r in read_output(run).to_pylist()] == TOPICS[:8]
+    assert result.manifest["status"] == "complete"

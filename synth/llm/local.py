@@ -8,6 +8,7 @@ vLLM: llama.cpp's extra default filters (top_k=40, min_p=0.05) are turned off.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class LocalBackend:
         self._llm = None
         self._scorer = None
         self._lock = asyncio.Lock()
+        # Held by the worker thread while it uses a model. On Ctrl-C the event loop lets go of a
+        # request while its thread still runs; close() waits on this so it never frees a model
+        # under a running completion (which crashes the process).
+        self._busy = threading.Lock()
         self._template: ChatTemplate | None = None
 
     def _load(self, logits_all: bool = False):
@@ -105,10 +110,14 @@ class LocalBackend:
             )
         return out
 
+    def _guarded(self, work, item):
+        with self._busy:
+            return work(item)
+
     async def _each(self, items: Sequence, work) -> AsyncIterator:
         async with self._lock:
             for i, item in enumerate(items):
-                yield i, await asyncio.to_thread(work, item)
+                yield i, await asyncio.to_thread(self._guarded, work, item)
 
     async def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
         async for item in self._each(requests, lambda r: self._generate(r.prompt or "", r)):
@@ -150,9 +159,13 @@ class LocalBackend:
         async for item in self._each(requests, self._score_one):
             yield item
 
+    def _close(self) -> None:
+        with self._busy:
+            for attr in ("_llm", "_scorer"):
+                model = getattr(self, attr)
+                if model is not None:
+                    model.close()
+                    setattr(self, attr, None)
+
     async def close(self) -> None:
-        for attr in ("_llm", "_scorer"):
-            model = getattr(self, attr)
-            if model is not None:
-                model.close()
-                setattr(self, attr, None)
+        await asyncio.to_thread(self._close)
