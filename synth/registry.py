@@ -19,6 +19,8 @@ BUILTIN_STAGES: dict[str, str] = {
     "load": "synth.stages.load:Load",
     "template": "synth.stages.template:Template",
     "generate": "synth.stages.generate:Generate",
+    "magpie": "synth.stages.magpie:Magpie",
+    "respond": "synth.stages.respond:Respond",
     "limit": "synth.stages.select:Limit",
     "sample": "synth.stages.select:Sample",
 }
