@@ -21,6 +21,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "generate": "synth.stages.generate:Generate",
     "magpie": "synth.stages.magpie:Magpie",
     "respond": "synth.stages.respond:Respond",
+    "tag": "synth.stages.tag:Tag",
     "limit": "synth.stages.select:Limit",
     "sample": "synth.stages.select:Sample",
 }
