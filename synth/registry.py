@@ -22,6 +22,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "magpie": "synth.stages.magpie:Magpie",
     "respond": "synth.stages.respond:Respond",
     "tag": "synth.stages.tag:Tag",
+    "sort": "synth.stages.sort:Sort",
     "limit": "synth.stages.select:Limit",
     "sample": "synth.stages.select:Sample",
 }

@@ -241,3 +241,23 @@ def test_cli_inspect_shows_counts_and_rows(make, tmp_path):
     assert "status: complete" in out
     assert "output: 23 rows" in out
     assert "Tell me about topic 0 (#0)." in out
+
+
+def test_sort_by_length_keeps_the_longest_and_records_the_rest(write, tmp_path):
+    path = write(
+        "p.yaml",
+        """
+        run: {batch_size: 2}
+        stages:
+          - stage: load
+            rows: [{r: "aaa"}, {r: "a"}, {r: "aaaaa"}, {r: "bbb"}, {r: "aa"}, {r: null}]
+          - stage: sort
+            by: r
+            key: length
+            descending: true
+            top: 3
+    """,
+    )
+    result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert read_output(tmp_path / "run").column("r").to_pylist() == ["aaaaa", "aaa", "bbb"]  # ties: source order
+    assert result.manifest["stages"][1]["filtered"] == {"not_in_top_3": 3}
