@@ -19,7 +19,7 @@ The file format:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,8 @@ class StageSpec:
     params: StageParams
     cls: type[Stage]
     line: int | None = None
+    doc: YamlDoc | None = field(default=None, repr=False)  # the file that defined it (a preset or the pipeline)
+    where: tuple = ()
 
 
 @dataclass
@@ -151,6 +153,89 @@ def _pydantic_problems(exc: ValidationError, doc: YamlDoc, prefix: tuple, model=
     return problems
 
 
+def _find_preset(name: str, base_dir: Path) -> Path | None:
+    from .resources import resource_dir
+
+    for folder in (base_dir, resource_dir("filters")):
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Problem]) -> list[tuple]:
+    """Replace `{include: preset, with: {label: {param: value}}}` entries by the preset's stages.
+
+    A preset is a YAML file with a `stages:` list (filters/ ships the papers' recipes). Each stage
+    keeps a pointer to the file it came from, so a mistake inside a preset is reported at the
+    preset's own file:line."""
+    entries: list[tuple] = []
+    for index, entry in enumerate(raw):
+        where = ("stages", index)
+        if not (isinstance(entry, dict) and "include" in entry):
+            entries.append((entry, doc, where))
+            continue
+        unknown = set(entry) - {"include", "with"}
+        if unknown:
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(where),
+                    format_path(where),
+                    f"an include takes only 'include' and 'with' (got {', '.join(sorted(unknown))})",
+                )
+            )
+        preset = _find_preset(str(entry["include"]), base_dir)
+        if preset is None:
+            from .resources import list_resources
+
+            shipped = ", ".join(p.removesuffix(".yaml") for p in list_resources("filters", "*.yaml"))
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of((*where, "include")),
+                    format_path((*where, "include")),
+                    f"no preset '{entry['include']}' beside the pipeline or in synth's filters/ "
+                    f"(shipped: {shipped or 'none'})",
+                )
+            )
+            continue
+        sub = load_yaml_file(preset)
+        problems += sub.problems
+        stages = sub.data.get("stages") if isinstance(sub.data, dict) else None
+        if not isinstance(stages, list):
+            problems.append(Problem(sub.file, 1, "stages", "a preset is a YAML mapping with a 'stages:' list"))
+            continue
+        overrides = entry.get("with") or {}
+        if not isinstance(overrides, dict):
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of((*where, "with")),
+                    format_path((*where, "with")),
+                    "'with' maps a preset stage's label to the parameters to change",
+                )
+            )
+            overrides = {}
+        labels = [s.get("name") or s.get("stage") for s in stages if isinstance(s, dict)]
+        for label in overrides:
+            if label not in labels:
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of((*where, "with", label)),
+                        format_path((*where, "with", label)),
+                        f"preset '{entry['include']}' has no stage labelled '{label}' "
+                        f"(it has: {', '.join(map(str, labels))})",
+                    )
+                )
+        for j, stage in enumerate(stages):
+            if isinstance(stage, dict):
+                stage = {**stage, **(overrides.get(stage.get("name") or stage.get("stage")) or {})}
+            entries.append((stage, sub, ("stages", j)))
+    return entries
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """Parse and validate a pipeline file; raise ConfigError listing every problem found."""
     path = Path(path)
@@ -167,60 +252,54 @@ def load_pipeline(path: str | Path) -> Pipeline:
     if top is not None and "default" not in backends:
         backends["default"] = LocalSpec()
     raw_stages = doc.data.get("stages") if isinstance(doc.data.get("stages"), list) else []
+    entries = _expand_includes(raw_stages, doc, path.parent, problems)
 
     specs: list[StageSpec] = []
     parsed: list[StageSpec | None] = []  # None where a stage entry itself is invalid
     labels: dict[str, int] = {}
-    for index, entry in enumerate(raw_stages):
-        where = ("stages", index)
+    for index, (entry, edoc, where) in enumerate(entries):
+
+        def problem(field: tuple, message: str, edoc=edoc, where=where) -> Problem:
+            loc = where + field
+            return Problem(edoc.file, edoc.line_of(loc), format_path(loc), message)
+
         if not isinstance(entry, dict):
-            problems.append(
-                Problem(doc.file, doc.line_of(where), format_path(where), "each stage is a mapping with a 'stage:' key")
-            )
+            problems.append(problem((), "each stage is a mapping with a 'stage:' key"))
             parsed.append(None)
             continue
         key = entry.get("stage")
         if not isinstance(key, str):
-            problems.append(
-                Problem(
-                    doc.file,
-                    doc.line_of(where),
-                    format_path(where + ("stage",)),
-                    f"missing 'stage:' (one of: {', '.join(stage_names())})",
-                )
-            )
+            problems.append(problem(("stage",), f"missing 'stage:' (one of: {', '.join(stage_names())})"))
+            parsed.append(None)
             continue
         try:
             cls = get_stage(key)
         except SynthError as exc:
-            problems.append(
-                Problem(doc.file, doc.line_of(where + ("stage",)), format_path(where + ("stage",)), str(exc))
-            )
+            problems.append(problem(("stage",), str(exc)))
+            parsed.append(None)
             continue
         body = {k: v for k, v in entry.items() if k != "stage"}
         try:
             params = cls.Params.model_validate(body)
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, doc, where, model=cls.Params)
+            problems += _pydantic_problems(exc, edoc, where, model=cls.Params)
             parsed.append(None)
             continue
         label = params.name or key
         if label in labels:
             problems.append(
-                Problem(
-                    doc.file,
-                    doc.line_of(where),
-                    format_path(where + ("name",)),
-                    f"two stages are labelled '{label}' (stages[{labels[label]}] too): give one a different 'name:'",
+                problem(
+                    ("name",),
+                    f"two stages are labelled '{label}' (stage {labels[label]} too): give one a different 'name:'",
                 )
             )
         labels[label] = index
-        specs.append(StageSpec(index, key, label, params, cls, doc.line_of(where)))
+        specs.append(StageSpec(index, key, label, params, cls, edoc.line_of(where), edoc, where))
         parsed.append(specs[-1])
 
     raw_backends = doc.data.get("backends")
     names = set(raw_backends) | {"default"} if isinstance(raw_backends, dict) else {"default"}
-    problems += _check_flow(parsed, doc, path.parent, names)
+    problems += _check_flow(parsed, path.parent, names)
     problems.sort(key=lambda p: p.line or 0)
 
     if problems:
@@ -239,7 +318,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     )
 
 
-def _check_flow(specs: list[StageSpec | None], doc: YamlDoc, base_dir: Path, backends: set[str]) -> list[Problem]:
+def _check_flow(specs: list[StageSpec | None], base_dir: Path, backends: set[str]) -> list[Problem]:
     """Stage order, backends named, columns read before they exist, and each stage's own checks.
     Entries that failed to parse are None: the stages after them are still checked, with the
     columns arriving at them unknown."""
@@ -249,7 +328,8 @@ def _check_flow(specs: list[StageSpec | None], doc: YamlDoc, base_dir: Path, bac
         if spec is None:
             columns = None
             continue
-        where = ("stages", spec.index)
+        doc, where = spec.doc, spec.where
+        assert doc is not None
         if (spec.cls.kind == "source") != (position == 0):
             msg = (
                 "the first stage must produce rows (a source such as 'load')"

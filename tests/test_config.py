@@ -315,3 +315,64 @@ def test_fingerprint_ignores_speed_settings_but_not_sampling(write):
     reference = fp(conc=8, flight=2, temp=0.5)
     assert fp(conc=64, flight=8, temp=0.5) == reference
     assert fp(conc=8, flight=2, temp=0.7) != reference
+
+
+def test_include_expands_a_preset_with_overrides(write, tmp_path):
+    write(
+        "recipe.yaml",
+        """
+        stages:
+          - stage: sort
+            name: longest
+            by: topic
+            key: length
+            descending: true
+          - stage: limit
+            name: top
+            n: 100
+    """,
+    )
+    path = write(
+        "p.yaml",
+        """
+        stages:
+          - stage: load
+            rows: [{topic: a}, {topic: bbb}, {topic: cc}]
+          - include: recipe
+            with: {top: {n: 2}}
+    """,
+    )
+    pipeline = load_pipeline(path)
+    assert [s.label for s in pipeline.stages] == ["load", "longest", "top"]
+    assert pipeline.stages[2].params.n == 2
+    from synth import read_output, run_pipeline
+
+    run_pipeline(pipeline, tmp_path / "run")
+    assert read_output(tmp_path / "run").column("topic").to_pylist() == ["bbb", "cc"]
+
+
+def test_mistakes_inside_a_preset_point_at_the_preset(write):
+    preset = write(
+        "recipe.yaml",
+        """
+        stages:
+          - stage: sort
+            by: topic
+            kee: length
+    """,
+    )
+    path = write(
+        "p.yaml",
+        """
+        stages:
+          - stage: load
+            rows: [{topic: a}]
+          - include: recipe
+            with: {nope: {n: 2}}
+          - include: missing-recipe
+    """,
+    )
+    text = "\n".join(problems_of(path))
+    assert f"{preset}:4: stages[0].kee: unknown field; did you mean 'key'?" in text
+    assert f"{path}:5: stages[1].with.nope: preset 'recipe' has no stage labelled 'nope' (it has: sort)" in text
+    assert f"{path}:6: stages[2].include: no preset 'missing-recipe'" in text
