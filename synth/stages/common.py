@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..llm.base import Sampling
+from ..llm.base import CompleteResult, RequestFailed, Sampling
 from ..templating import environment, template_problem, template_variables
-from .base import CheckEnv, Row, StageParams
+from .base import Batch, CheckEnv, Row, StageParams
 
 
 class LLMParams(StageParams):
@@ -64,3 +64,28 @@ def add_provenance(row: Row, label: str, record: dict) -> Row:
     provenance = dict(row.get("provenance") or {})
     provenance[label] = record
     return {**row, "provenance": provenance}
+
+
+def answer_value(
+    batch: Batch,
+    row: Row,
+    result: CompleteResult,
+    n: int,
+    *,
+    strip: bool = True,
+    drop_empty: bool = True,
+    empty_reason: str = "empty_answer",
+) -> str | list[str] | None:
+    """The column value from one request's answers (a string, or a list when n > 1); None when
+    the row failed, which is then recorded in the batch with its reason and the raw answers."""
+    if isinstance(result, RequestFailed):
+        batch.fail(row, f"request_failed:{result.reason}", result.detail)
+        return None
+    texts = [g.text.strip() if strip else g.text for g in result]
+    truncated = sum(g.finish_reason == "length" for g in result)
+    if truncated:
+        batch.count("truncated", truncated)
+    if drop_empty and not all(texts):
+        batch.fail(row, empty_reason, repr(texts))
+        return None
+    return texts[0] if n == 1 else texts

@@ -11,10 +11,10 @@ from typing import Literal
 import jinja2
 from pydantic import Field, model_validator
 
-from ..llm.base import Request, RequestFailed
+from ..llm.base import Request
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, template_sha
+from .common import LLMParams, add_provenance, answer_value, check_template, template_sha
 
 
 class GenerateParams(LLMParams):
@@ -86,16 +86,8 @@ class Generate(Stage):
         }
         out = []
         for (row, request), result in zip(prepared, results, strict=True):
-            if isinstance(result, RequestFailed):
-                batch.fail(row, f"request_failed:{result.reason}", result.detail)
-                continue
-            texts = [g.text.strip() if p.strip else g.text for g in result]
-            truncated = sum(g.finish_reason == "length" for g in result)
-            if truncated:
-                batch.count("truncated", truncated)
-            if p.drop_empty and not all(texts):
-                batch.fail(row, "empty_answer", repr(texts))
-                continue
-            value = texts[0] if p.n == 1 else texts
-            out.append(add_provenance({**row, p.output: value}, self.ctx.label, {**provenance, "seed": request.seed}))
+            value = answer_value(batch, row, result, p.n, strip=p.strip, drop_empty=p.drop_empty)
+            if value is not None:
+                record = {**provenance, "seed": request.seed}
+                out.append(add_provenance({**row, p.output: value}, self.ctx.label, record))
         return out

@@ -10,10 +10,10 @@ from __future__ import annotations
 import jinja2
 from pydantic import Field, model_validator
 
-from ..llm.base import Request, RequestFailed
+from ..llm.base import Request
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, check_template, template_sha
+from .common import LLMParams, answer_value, check_template, template_sha
 
 
 class RespondParams(LLMParams):
@@ -85,16 +85,7 @@ class Respond(Stage):
         }
         out = []
         for (row, request), result in zip(prepared, results, strict=True):
-            if isinstance(result, RequestFailed):
-                batch.fail(row, f"request_failed:{result.reason}", result.detail)
-                continue
-            texts = [g.text.strip() for g in result]
-            if not all(texts):
-                batch.fail(row, "empty_response", repr(texts))
-                continue
-            truncated = sum(g.finish_reason == "length" for g in result)
-            if truncated:
-                batch.count("truncated", truncated)
-            value = texts[0] if p.n == 1 else texts
-            out.append({**row, p.output: value, "gen_response_configs": {**configs, "seed": request.seed}})
+            value = answer_value(batch, row, result, p.n, empty_reason="empty_response")
+            if value is not None:
+                out.append({**row, p.output: value, "gen_response_configs": {**configs, "seed": request.seed}})
         return out
