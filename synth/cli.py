@@ -185,6 +185,56 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder to write the dataset and its README.md card to",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["sft", "preference", "kto", "raw"]),
+    default="sft",
+    show_default=True,
+    help="sft: messages; preference: prompt/chosen/rejected; kto: prompt/completion/label",
+)
+@click.option("--jsonl", is_flag=True, help="write JSONL instead of Parquet")
+@click.option(
+    "--test-size",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="share of rows for a test split (seeded shuffle)",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="seed of the train/test split")
+@click.option("--license", "license_", help="licence identifier for the card, e.g. apache-2.0 or llama3")
+@friendly
+def export(run_dir: Path, out: Path, fmt: str, jsonl: bool, test_size: float, seed: int, license_: str | None):
+    """Export a finished run as a training dataset (Parquet or JSONL) with a dataset card.
+
+    The formats are the ones TRL trains on without reshaping. The README.md card records the
+    pipeline, models, template hashes, sampling parameters, rows kept and dropped per stage, and
+    length and category distributions; it never contains keys or tokens.
+
+    \b
+    Examples:
+      synth export runs/magpie -o out/magpie-sft
+      synth export runs/magpie-dpo -o out/dpo --format preference --test-size 0.02
+      synth export runs/quickstart -o out/qs --jsonl --license apache-2.0
+    """
+    from .export import export_run
+
+    counts = export_run(
+        run_dir, out, fmt, file_format="jsonl" if jsonl else "parquet", test_size=test_size, seed=seed, license=license_
+    )
+    click.echo(f"wrote {', '.join(f'{k}: {v:,} rows' for k, v in counts.items())} to {out} (card: {out / 'README.md'})")
+
+
+@main.command()
 @friendly
 def templates():
     """List the prompt and chat templates shipped with synth.

@@ -118,6 +118,7 @@ class Runner:
             "limit": self.limit,
             "config": self.pipeline.text,
             "backends": {k: v.identity() for k, v in self.pipeline.backends.items()},
+            "templates": self._template_hashes(),
             "python": platform.python_version(),
             "packages": package_versions(),
             "sessions": (previous or {}).get("sessions", []),
@@ -135,6 +136,22 @@ class Runner:
                 )
             self.dirs.append(stage_dir)
         return manifest
+
+    def _template_hashes(self) -> dict[str, str]:
+        """sha256 of every prompt template a stage names, for the manifest and the dataset card."""
+        from .stages.common import template_sha
+        from .templating import template_problem
+
+        found = {}
+        for spec in self.pipeline.stages:
+            for value in spec.params.model_dump().values():
+                if (
+                    isinstance(value, str)
+                    and value.endswith(".jinja")
+                    and not template_problem(value, self.pipeline.base_dir)
+                ):
+                    found[value] = template_sha(value, self.pipeline.base_dir)
+        return found
 
     def _llm(self, name: str) -> LLM:
         if name not in self.llms:

@@ -69,6 +69,8 @@ def test_sample_is_seeded_and_reproducible(make, tmp_path):
     a = read_output(tmp_path / "a").column("n").to_pylist()
     assert a == read_output(tmp_path / "b").column("n").to_pylist()
     assert len(a) == 6 and a == sorted(a) and a != list(range(6))
+    sampled = run_pipeline(make(stage), tmp_path / "a").manifest["stages"][2]
+    assert sampled["filtered"] == {"not_sampled": 17}
 
 
 def test_rerun_resumes_without_recomputing(make, tmp_path):

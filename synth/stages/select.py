@@ -22,6 +22,8 @@ class Limit(Stage):
     params: LimitParams
 
     async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+        for row in table.slice(self.params.n).to_pylist():
+            batch.drop(row, f"beyond_first_{self.params.n}")
         return table.slice(0, self.params.n)
 
 
@@ -52,4 +54,8 @@ class Sample(Stage):
         chosen = rng.choice(total, size=k, replace=False)
         if not p.shuffle:
             chosen = np.sort(chosen)
+        kept = np.zeros(total, dtype=bool)
+        kept[chosen] = True
+        for row in table.filter(pa.array(~kept)).to_pylist():
+            batch.drop(row, "not_sampled")
         return table.take(pa.array(chosen, type=pa.int64()))

@@ -1,0 +1,146 @@
+"""The dataset card (README.md) of an exported run, generated from its manifest and rows.
+
+It says what made the data (pipeline, models, templates with hashes, sampling parameters, seed),
+how many rows each stage kept and why it dropped the others, what the rows look like (lengths,
+categories), the licence, and how to load it. Every card passes through `scrub`, so no key or
+token can reach it, even one a user pasted into a pipeline's description or a URL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+
+_SECRET_PATTERNS = [
+    (re.compile(r"hf_[A-Za-z0-9]{10,}"), "<redacted>"),
+    (re.compile(r"sk-[A-Za-z0-9_-]{10,}"), "<redacted>"),
+    (
+        re.compile(
+            r"(?i)\b((?:api[_-]?key|access[_-]?token|token|secret|password|authorization)\s*[:=]\s*)"
+            r"(?!<redacted>)[^\s,}\]]+"
+        ),
+        r"\1<redacted>",
+    ),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/-]{8,}"), r"\1<redacted>"),
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "://<redacted>@"),
+]
+_SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD)", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Remove anything that looks like a credential, and the values of secret-named env vars."""
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name) and len(value) >= 8:
+            text = text.replace(value, "<redacted>")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _length_stats(values: list) -> str | None:
+    lengths = [len(v) for v in values if isinstance(v, str)]
+    if not lengths:
+        return None
+    return (
+        f"min {min(lengths):,}, median {statistics.median(lengths):,.0f}, "
+        f"mean {statistics.fmean(lengths):,.0f}, max {max(lengths):,}"
+    )
+
+
+def _counts_table(counter: Counter, title: str) -> list[str]:
+    lines = [f"| {title} | rows |", "|---|---:|"]
+    lines += [f"| {value if value is not None else '(none)'} | {count:,} |" for value, count in counter.most_common()]
+    return lines
+
+
+def render_card(
+    manifest: dict, table: pa.Table, *, fmt: str, counts: dict[str, int], file_format: str, license: str | None
+) -> str:
+    name = manifest.get("name", "dataset")
+    ext = "jsonl" if file_format == "jsonl" else "parquet"
+    data_files = "\n".join(f"  - split: {split}\n    path: {split}*.{ext}" for split in counts)
+    lines = [
+        "---",
+        f"license: {license or 'other'}",
+        "task_categories:\n- text-generation",
+        "tags:\n- synthetic\n- synth",
+        f"configs:\n- config_name: default\n  data_files:\n{data_files}",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"Synthetic `{fmt}` data made with synth {manifest.get('packages', {}).get('synth', '')} "
+        f"from the pipeline below (seed {manifest.get('seed')}).",
+        "",
+        "## Splits",
+        "",
+        *(f"- {split}: {n:,} rows" for split, n in counts.items()),
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("{ext}", data_dir="path/to/this/folder")  # or load_dataset("<user>/<repo>")',
+        "```",
+        "",
+        "## Models",
+        "",
+        "| backend | settings |",
+        "|---|---|",
+        *(
+            f"| {k} | {', '.join(f'{a}={b}' for a, b in v.items() if b is not None)} |"
+            for k, v in manifest.get("backends", {}).items()
+        ),
+        "",
+    ]
+    templates = manifest.get("templates") or {}
+    if templates:
+        lines += ["## Templates", "", "| template | sha256 (first 16) |", "|---|---|"]
+        lines += [f"| {t} | {h} |" for t, h in sorted(templates.items())] + [""]
+    stages = manifest.get("stages") or []
+    if stages:
+        lines += ["## Rows through each stage", "", "| stage | in | out | dropped (why) |", "|---|---:|---:|---|"]
+        for s in stages:
+            why = {**s.get("filtered", {}), **{f"failed: {k}": v for k, v in s.get("failed", {}).items()}}
+            reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(why.items())) or "-"
+            lines.append(f"| {s['label']} ({s['stage']}) | {s['rows_in']:,} | {s['rows_out']:,} | {reasons} |")
+        lines.append("")
+    lines += ["## What the rows look like", ""]
+    for column in ("instruction", "response", "chosen", "rejected"):
+        if column in table.column_names:
+            stats = _length_stats(table.column(column).to_pylist())
+            if stats:
+                lines.append(f"- `{column}` length in characters: {stats}")
+    lines.append("")
+    for column, title in (
+        ("task_category", "task category"),
+        ("difficulty", "difficulty"),
+        ("input_quality", "input quality"),
+        ("language", "language"),
+    ):
+        if column in table.column_names:
+            lines += _counts_table(Counter(table.column(column).to_pylist()), title) + [""]
+    lines += [
+        "## Pipeline",
+        "",
+        "```yaml",
+        manifest.get("config", "").rstrip(),
+        "```",
+        "",
+        "## Versions",
+        "",
+        ", ".join(f"{k} {v}" for k, v in sorted(manifest.get("packages", {}).items())),
+        "",
+    ]
+    return scrub("\n".join(lines))
+
+
+def write_card(out_dir: Path, manifest: dict, table: pa.Table, **kwargs) -> Path:
+    path = Path(out_dir) / "README.md"
+    path.write_text(render_card(manifest, table, **kwargs), encoding="utf-8")
+    return path

@@ -1,0 +1,139 @@
+"""Export a finished run as a training dataset, with a dataset card.
+
+Formats are the ones TRL reads without reshaping:
+- `sft`: `messages`, a list of {role, content} (built from instruction/response when needed);
+- `preference`: `prompt`, `chosen`, `rejected` as message lists (DPO's conversational format),
+  plus `score_chosen` / `score_rejected` when the run has scores;
+- `kto`: `prompt`, `completion` (message lists) and a boolean `label`; each preference pair
+  becomes two rows, or a run's own `label` column is used;
+- `raw`: every column as the run made it.
+Files are Parquet (default) or JSONL, split into train/test with a seeded shuffle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .card import write_card
+from .errors import RunError
+from .pipeline import read_output
+from .store import RunStore
+
+Format = Literal["sft", "preference", "kto", "raw"]
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _need(row: dict, *columns: str, fmt: str) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise RunError(f"the '{fmt}' format needs column(s) {', '.join(missing)}; the run has: {', '.join(row)}")
+
+
+def to_sft(rows: list[dict], instruction: str = "instruction", response: str = "response") -> list[dict]:
+    out = []
+    for row in rows:
+        if row.get("messages"):
+            out.append({"messages": row["messages"]})
+            continue
+        _need(row, instruction, response, fmt="sft")
+        out.append({"messages": _user(row[instruction]) + _assistant(row[response])})
+    return out
+
+
+def to_preference(rows: list[dict], prompt: str = "instruction") -> list[dict]:
+    out = []
+    for row in rows:
+        _need(row, prompt, "chosen", "rejected", fmt="preference")
+        record = {
+            "prompt": _user(row[prompt]),
+            "chosen": _assistant(row["chosen"]),
+            "rejected": _assistant(row["rejected"]),
+        }
+        for column in ("score_chosen", "score_rejected"):
+            if column in row:
+                record[column] = row[column]
+        out.append(record)
+    return out
+
+
+def to_kto(rows: list[dict], prompt: str = "instruction") -> list[dict]:
+    out = []
+    for row in rows:
+        if "label" in row:
+            _need(row, prompt, "response", fmt="kto")
+            out.append(
+                {"prompt": _user(row[prompt]), "completion": _assistant(row["response"]), "label": bool(row["label"])}
+            )
+            continue
+        _need(row, prompt, "chosen", "rejected", fmt="kto")
+        out.append({"prompt": _user(row[prompt]), "completion": _assistant(row["chosen"]), "label": True})
+        out.append({"prompt": _user(row[prompt]), "completion": _assistant(row["rejected"]), "label": False})
+    return out
+
+
+def convert(rows: list[dict], fmt: Format) -> list[dict]:
+    if fmt == "raw":
+        return rows
+    return {"sft": to_sft, "preference": to_preference, "kto": to_kto}[fmt](rows)
+
+
+def split(rows: list[dict], test_size: float, seed: int) -> dict[str, list[dict]]:
+    if not test_size:
+        return {"train": rows}
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(len(rows) * test_size)) if rows else 0
+    test = set(order[:n_test])
+    return {
+        "train": [r for i, r in enumerate(rows) if i not in test],
+        "test": [r for i, r in enumerate(rows) if i in test],
+    }
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: Format = "sft",
+    *,
+    file_format: str = "parquet",
+    test_size: float = 0.0,
+    seed: int = 42,
+    license: str | None = None,
+) -> dict[str, int]:
+    """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    manifest = RunStore(run_dir).read_manifest()
+    if manifest.get("status") != "complete":
+        raise RunError(
+            f"{run_dir} is not finished (status: {manifest.get('status')}): "
+            f"run 'synth run' on its pipeline again to complete it"
+        )
+    rows = convert(read_output(run_dir).to_pylist(), fmt)
+    splits = split(rows, test_size, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        if file_format == "jsonl":
+            with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+                for row in part:
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        else:
+            table = pa.Table.from_pylist(part) if part else pa.table({})
+            pq.write_table(table, out_dir / f"{name}-00000-of-00001.parquet", compression="zstd")
+    counts = {name: len(part) for name, part in splits.items()}
+    write_card(
+        out_dir, manifest, read_output(run_dir), fmt=fmt, counts=counts, file_format=file_format, license=license
+    )
+    return counts

@@ -1,0 +1,127 @@
+"""Export formats, splits, and the dataset card (which must never contain a secret)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from synth import RunError, load_pipeline, run_pipeline
+from synth.cli import main
+from synth.export import export_run
+
+datasets = pytest.importorskip("datasets")
+
+ROWS = [
+    {
+        "instruction": f"question {i}",
+        "response": f"answer {i} " + "x" * i,
+        "chosen": f"good {i}",
+        "rejected": f"bad {i}",
+        "score_chosen": 1.0 + i,
+        "score_rejected": -1.0,
+        "task_category": "Math" if i % 3 else "Reasoning",
+    }
+    for i in range(20)
+]
+
+
+@pytest.fixture
+def run_dir(write, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_SecretTokenValue1234567890")
+    write("t.jinja", "{{ instruction }}")
+    path = write(
+        "p.yaml",
+        f"""
+        name: exported
+        description: "pushed with token hf_SecretTokenValue1234567890 via http://alice:pa55word@proxy.local:8080"
+        seed: 11
+        backends:
+          judge: {{type: openai, model: some-model, base_url: "http://bob:hunter22@10.0.0.1/v1", api_key_env: MY_KEY}}
+        stages:
+          - stage: load
+            rows: {json.dumps(ROWS)}
+          - stage: template
+            template: t.jinja
+            output: prompt
+          - stage: limit
+            n: 18
+    """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_sft_export_loads_with_datasets_and_splits_by_seed(run_dir, tmp_path):
+    counts = export_run(run_dir, tmp_path / "a", "sft", test_size=0.2, seed=1)
+    assert counts == {"train": 14, "test": 4}
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "a"))
+    assert ds["train"].column_names == ["messages"]
+    first = ds["train"][0]["messages"]
+    assert [m["role"] for m in first] == ["user", "assistant"]
+    assert first[1]["content"].startswith(first[0]["content"].replace("question", "answer"))
+    export_run(run_dir, tmp_path / "b", "sft", test_size=0.2, seed=1)
+    export_run(run_dir, tmp_path / "c", "sft", test_size=0.2, seed=2)
+    test_a = datasets.load_dataset("parquet", data_dir=str(tmp_path / "a"))["test"]["messages"]
+    assert test_a == datasets.load_dataset("parquet", data_dir=str(tmp_path / "b"))["test"]["messages"]
+    assert test_a != datasets.load_dataset("parquet", data_dir=str(tmp_path / "c"))["test"]["messages"]
+
+
+def test_preference_and_kto_formats(run_dir, tmp_path):
+    export_run(run_dir, tmp_path / "dpo", "preference", file_format="jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "dpo" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 18
+    assert rows[3] == {
+        "prompt": [{"role": "user", "content": "question 3"}],
+        "chosen": [{"role": "assistant", "content": "good 3"}],
+        "rejected": [{"role": "assistant", "content": "bad 3"}],
+        "score_chosen": 4.0,
+        "score_rejected": -1.0,
+    }
+    export_run(run_dir, tmp_path / "kto", "kto")
+    kto = datasets.load_dataset("parquet", data_dir=str(tmp_path / "kto"), split="train")
+    assert len(kto) == 36 and sum(kto["label"]) == 18
+    assert kto[0]["completion"] == [{"role": "assistant", "content": "good 0"}] and kto[1]["label"] is False
+
+
+def test_card_describes_the_run_and_holds_no_secret(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-live-abcdefghijklmnopqrstuvwx")
+    export_run(run_dir, tmp_path / "out", "sft", license="apache-2.0", test_size=0.1)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\n")
+    assert "| load (load) | 20 | 20 | - |" in card and "| limit (limit) | 20 | 18 | beyond_first_18: 2 |" in card
+    assert "| t.jinja |" in card  # template with its hash
+    assert "| Math | 12 |" in card and "| Reasoning | 6 |" in card
+    assert "- train: 16 rows" in card and "- test: 2 rows" in card
+    assert "`response` length in characters: min 9, median" in card
+    for secret in ("hf_SecretTokenValue1234567890", "pa55word", "hunter22", "sk-live-abcdefghijklmnopqrstuvwx"):
+        assert secret not in card
+    assert "seed 11" in card
+
+
+def test_unfinished_runs_are_not_exported(write, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(RunError, match="is not finished"):
+        export_run(tmp_path / "run", tmp_path / "out")
+
+
+def test_missing_columns_name_the_format(run_dir, tmp_path, write):
+    path = write(
+        "q.yaml",
+        """
+        stages:
+          - stage: load
+            rows: [{text: a}]
+    """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "q")
+    with pytest.raises(RunError, match="the 'preference' format needs column"):
+        export_run(tmp_path / "q", tmp_path / "out", "preference")
+
+
+def test_cli_export(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(tmp_path / "o"), "--test-size", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "wrote train: 9 rows, test: 9 rows" in result.output
