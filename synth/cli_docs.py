@@ -1,6 +1,6 @@
 """Generate docs/cli.md from the CLI's own --help, so the reference cannot drift from the code.
 
-    python -m synth.cli_docs > docs/cli.md
+python -m synth.cli_docs > docs/cli.md
 """
 
 from __future__ import annotations
