@@ -235,6 +235,32 @@ def export(run_dir: Path, out: Path, fmt: str, jsonl: bool, test_size: float, se
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for index.html and the PNG plots (default: RUN/report)",
+)
+@friendly
+def report(run_dir: Path, out: Path | None):
+    """Write a self-contained HTML report of a run, with its plots as PNG files.
+
+    Rows per stage, drop reasons, length histograms, task categories, score and dedup-distance
+    distributions, tokens and time per stage, sample rows and the pipeline.
+
+    \b
+    Examples:
+      synth report runs/quickstart                 # writes runs/quickstart/report/index.html
+      synth report runs/magpie -o /tmp/magpie-report
+    """
+    from .report import build_report
+
+    click.echo(str(build_report(run_dir, out)))
+
+
+@main.command()
 @friendly
 def templates():
     """List the prompt and chat templates shipped with synth.

@@ -1,0 +1,195 @@
+"""`synth report RUN`: one self-contained HTML page about a run, plus its plots as PNG files.
+
+Rows per stage, why rows were dropped, length histograms, task categories, score and dedup
+neighbour-distance distributions, tokens and time per stage, and a few sample rows. The PNGs are
+embedded in the page as data URIs, so the page can be mailed or attached as one file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+
+from .card import scrub
+from .errors import MissingDependency
+from .pipeline import read_output
+from .store import RunStore
+
+SCORE_HINTS = ("reward", "score")
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependency("matplotlib", "report", "synth report") from None
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buffer.getvalue()
+
+
+def _bar(labels, series: dict[str, list], title: str, xlabel: str = "", horizontal: bool = False) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(labels)) if horizontal else 3.2))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        positions = [p + i * width for p in range(len(labels))]
+        (ax.barh if horizontal else ax.bar)(positions, values, width, label=name)
+    ticks = [p + width * (len(series) - 1) / 2 for p in range(len(labels))]
+    if horizontal:
+        ax.set_yticks(ticks, labels)
+        ax.invert_yaxis()
+    else:
+        ax.set_xticks(ticks, labels, rotation=30, ha="right")
+    if len(series) > 1:
+        ax.legend()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return _png(fig)
+
+
+def _hist(values: list[float], title: str, xlabel: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.hist(values, bins=min(40, max(5, len(values) // 3)))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    return _png(fig)
+
+
+def make_plots(manifest: dict, table: pa.Table) -> dict[str, tuple[str, bytes]]:
+    """name -> (caption, PNG bytes), for what this run has."""
+    plots: dict[str, tuple[str, bytes]] = {}
+    stages = manifest.get("stages") or []
+    if stages:
+        labels = [s["label"] for s in stages]
+        plots["rows_per_stage"] = (
+            "Rows into and out of each stage",
+            _bar(
+                labels, {"in": [s["rows_in"] for s in stages], "out": [s["rows_out"] for s in stages]}, "Rows per stage"
+            ),
+        )
+        reasons: Counter = Counter()
+        for s in stages:
+            for k, v in s.get("filtered", {}).items():
+                reasons[f"{s['label']}: {k}"] += v
+            for k, v in s.get("failed", {}).items():
+                reasons[f"{s['label']}: failed {k}"] += v
+        if reasons:
+            top = reasons.most_common(20)
+            plots["dropped"] = (
+                "Rows dropped, by stage and reason",
+                _bar([k for k, _ in top], {"rows": [v for _, v in top]}, "Dropped rows", horizontal=True),
+            )
+        tokens = [s.get("counters", {}).get("completion_tokens", 0) for s in stages]
+        if any(tokens):
+            plots["tokens"] = ("Generated tokens per stage", _bar(labels, {"tokens": tokens}, "Tokens generated"))
+        plots["time"] = (
+            "Processing time per stage (summed over batches)",
+            _bar(labels, {"seconds": [s.get("seconds", 0) for s in stages]}, "Seconds per stage"),
+        )
+    names = table.column_names
+    for column in ("instruction", "response", "chosen", "rejected"):
+        if column in names:
+            lengths = [len(v) for v in table.column(column).to_pylist() if isinstance(v, str)]
+            if lengths:
+                plots[f"length_{column}"] = (
+                    f"Length of `{column}` in characters",
+                    _hist(lengths, f"{column} length", "characters"),
+                )
+    if "task_category" in names:
+        counts = Counter(v for v in table.column("task_category").to_pylist() if v is not None).most_common()
+        if counts:
+            plots["categories"] = (
+                "Task categories",
+                _bar([k for k, _ in counts], {"rows": [v for _, v in counts]}, "Task categories", horizontal=True),
+            )
+    for column in names:
+        kind = table.schema.field(column).type
+        if (pa.types.is_floating(kind) or pa.types.is_integer(kind)) and any(h in column for h in SCORE_HINTS):
+            values = [v for v in table.column(column).to_pylist() if v is not None]
+            if values:
+                plots[f"score_{column}"] = (f"Distribution of `{column}`", _hist(values, column, column))
+    if "min_neighbor_distance" in names:
+        values = [v for v in table.column("min_neighbor_distance").to_pylist() if v is not None]
+        if values:
+            plots["dedup"] = (
+                "Dedup: distance to the nearest neighbour",
+                _hist(values, "min_neighbor_distance", "distance"),
+            )
+    return plots
+
+
+def _table_html(stages: list[dict]) -> str:
+    head = (
+        "<tr><th>stage</th><th>in</th><th>out</th><th>dropped (why)</th><th>requests</th><th>cached</th>"
+        "<th>tokens out</th><th>seconds</th></tr>"
+    )
+    body = []
+    for s in stages:
+        c = s.get("counters", {})
+        why = {**s.get("filtered", {}), **{f"failed {k}": v for k, v in s.get("failed", {}).items()}}
+        body.append(
+            f"<tr><td>{html.escape(s['label'])} <small>({html.escape(s['stage'])})</small></td>"
+            f"<td>{s['rows_in']:,}</td><td>{s['rows_out']:,}</td>"
+            f"<td>{html.escape(', '.join(f'{k}: {v:,}' for k, v in sorted(why.items())) or '-')}</td>"
+            f"<td>{c.get('requests', 0):,}</td><td>{c.get('cache_hits', 0):,}</td>"
+            f"<td>{c.get('completion_tokens', 0):,}</td><td>{s.get('seconds', 0):,.1f}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child,td:nth-child(4){text-align:left}
+.plots{display:grid;grid-template-columns:1fr 1fr;gap:1em}figure{margin:0}img{max-width:100%}
+pre{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}h1 small{color:#777;font-size:60%}"""
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_rows: int = 3) -> Path:
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = RunStore(run_dir).read_manifest()
+    table = read_output(run_dir) if (run_dir / "output").is_dir() else pa.table({})
+    plots = make_plots(manifest, table)
+    figures = []
+    for name, (caption, png) in plots.items():
+        (out / f"{name}.png").write_bytes(png)
+        data = base64.b64encode(png).decode()
+        figures.append(
+            f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    samples = json.dumps(table.slice(0, sample_rows).to_pylist(), indent=2, ensure_ascii=False, default=str)
+    sessions = manifest.get("sessions", [])
+    name = html.escape(manifest["name"])
+    summary = (
+        f"status: {html.escape(manifest.get('status', '?'))}, {table.num_rows:,} rows out, "
+        f"{len(sessions)} session(s), {sum(s.get('seconds', 0) for s in sessions):,.1f} s"
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synth report: {name}</title>
+<style>{STYLE}</style></head><body>
+<h1>{name} <small>{summary}</small></h1>
+<h2>Stages</h2>{_table_html(manifest.get("stages") or [])}
+<h2>Plots</h2><div class="plots">{"".join(figures) or "<p>no plots: the run has no rows yet</p>"}</div>
+<h2>Sample rows</h2><pre>{html.escape(samples)}</pre>
+<h2>Pipeline</h2><pre>{html.escape(manifest.get("config", ""))}</pre>
+</body></html>"""
+    index = out / "index.html"
+    index.write_text(scrub(page), encoding="utf-8")
+    return index
