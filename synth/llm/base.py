@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..seeds import derive_seed
+
 
 class Sampling(BaseModel):
     """Sampling parameters, part of every request's cache key."""
@@ -87,6 +89,13 @@ class RequestFailed:
 
 CompleteResult = list[Generation] | RequestFailed
 ScoreResult = Scored | RequestFailed
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of the index-th of a request's n samples, where a backend draws them one by one:
+    sample 0 uses the request's own seed. Every backend uses this rule, so n samples are the
+    same whichever backend draws them one at a time."""
+    return seed if index == 0 else derive_seed(seed, index)
 
 
 @runtime_checkable

