@@ -263,3 +263,28 @@ def test_sort_by_length_keeps_the_longest_and_records_the_rest(write, tmp_path):
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     assert read_output(tmp_path / "run").column("r").to_pylist() == ["aaaaa", "aaa", "bbb"]  # ties: source order
     assert result.manifest["stages"][1]["filtered"] == {"not_in_top_3": 3}
+
+
+def test_selecting_a_backend_that_is_not_there_is_a_clear_error(write, tmp_path):
+    path = write(
+        "p.yaml",
+        """
+        backends:
+          default: {type: vllm, model: some/model}
+        stages:
+          - stage: load
+            rows: [{topic: a}]
+          - stage: generate
+            template: quickstart/question.jinja
+            output: q
+    """,
+    )
+    from synth import SynthError
+
+    try:
+        import synth.llm.vllm  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(SynthError, match="use a backend with type: openai"):
+            run_pipeline(load_pipeline(path), tmp_path / "run")
+    else:
+        pytest.skip("the vllm backend exists: its own tests cover it")
