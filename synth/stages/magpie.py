@@ -113,6 +113,7 @@ class Magpie(Stage):
         self.early_stop = True if p.early_stop is None else p.early_stop
         self.sanitize = bool(p.sanitize)
         self.pre_query: str | None = None
+        self.extracted = None
         if p.mode == "few_shot":
             return self._open_few_shot()
         if p.pre_query_template is not None:
@@ -145,12 +146,15 @@ class Magpie(Stage):
             from ..llm import prequery
 
             extracted = prequery.extract(template.source, bos_token=template.bos_token, eos_token=template.eos_token)
+            self.extracted = extracted
             self.pre_query = extracted.pre_query_template
             self.stops += list(extracted.stop)
         if p.control_task:
             from ..llm import prequery
 
-            self.pre_query = prequery.with_system_prompt(self.pre_query, self._control_prompt(), family=self.family)
+            self.pre_query = prequery.with_system_prompt(
+                self.pre_query, self._control_prompt(), family=self.family, extracted=self.extracted
+            )
 
     def _open_few_shot(self) -> None:
         path = self.ctx.resolve(self.params.few_shot_examples)
