@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import platform
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .cache import RequestCache
 from .config import Pipeline, StageSpec
-from .errors import RunError, SynthError
+from .errors import RunError
 from .llm import make_backend
 from .llm.client import LLM, current_counters
 from .seeds import digest
@@ -347,8 +348,6 @@ class Runner:
         out_dir = self.store.root / "output"
         tmp = self.store.root / ".output.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         tmp.mkdir()
         size = max(self.pipeline.run.batch_size, 10_000)
@@ -356,8 +355,6 @@ class Runner:
         for n, offset in enumerate(parts):
             write_parquet(tmp / f"data-{n:05d}-of-{len(parts):05d}.parquet", table.slice(offset, size))
         if out_dir.exists():
-            import shutil
-
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
         return table.num_rows
@@ -365,11 +362,7 @@ class Runner:
 
 def run_pipeline(pipeline: Pipeline, root: str | Path, **kwargs) -> RunResult:
     """Run (or resume) a pipeline; the library entry point behind `synth run`."""
-    runner = Runner(pipeline, root, **kwargs)
-    try:
-        return asyncio.run(runner.run())
-    except SynthError:
-        raise
+    return asyncio.run(Runner(pipeline, root, **kwargs).run())
 
 
 def read_output(root: str | Path):
