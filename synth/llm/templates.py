@@ -9,6 +9,7 @@ the variables Hugging Face templates expect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import jinja2
@@ -22,8 +23,23 @@ def _raise(message: str):
     raise jinja2.TemplateError(message)
 
 
-_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-_env.globals["raise_exception"] = _raise
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _environment(undefined: type[jinja2.Undefined]) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, undefined=undefined, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = _strftime_now  # Llama-3.2 and later templates date their system turn with it
+    return env
+
+
+_env = _environment(jinja2.StrictUndefined)
+# Models' own templates are written for Hugging Face's lenient environment: Qwen2.5's reads
+# `message.tool_calls` and `tools` without checking they exist, which StrictUndefined refuses.
+_hf_env = _environment(jinja2.Undefined)
 
 
 def builtin_names() -> list[str]:
@@ -37,10 +53,11 @@ class ChatTemplate:
     name: str
     bos_token: str = ""
     eos_token: str = ""
+    strict: bool = True  # False: undefined names are empty, as in Hugging Face's apply_chat_template
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         try:
-            template = _env.from_string(self.source)
+            template = (_env if self.strict else _hf_env).from_string(self.source)
             return template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
