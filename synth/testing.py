@@ -1,20 +1,31 @@
 """Test helpers that ship with synth, for its own tests and for users' tests of their pipelines.
 
 `FaultProxy` sits between a backend and a real OpenAI-compatible server on 127.0.0.1 and breaks
-things on purpose: answer the next N requests with 429 or 500, delay them, or stop listening
-altogether (a dead server) and come back later. It counts requests and the most it saw in flight,
-which is how a test checks a concurrency limit. It runs in a thread, so plain tests can use it.
+things on purpose: answer the next N requests with 429 or 500, cut the next N connections without
+an answer, delay every answer, or stop listening altogether (a dead server) and come back later.
+It counts what it saw, including the most requests in flight at once, which is how a test checks
+a concurrency limit. Its event loop runs in a thread, so plain (sync) tests can use it:
 
-It speaks just enough HTTP/1.1 for JSON APIs: one request per connection (it answers with
-`Connection: close`), bodies by Content-Length.
+    with FaultProxy("127.0.0.1", 8080) as proxy:
+        proxy.fail_next(2, status=429)
+        ...  # point the backend at proxy.url
+
+`InstantServer` answers /v1/completions and /v1/chat/completions at once with fixed text: it
+measures synth's own overhead in benchmarks, and must never stand in for a real model in tests
+of behaviour.
+
+Both speak just enough HTTP/1.1 for JSON APIs (bodies by Content-Length, no chunked requests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+__all__ = ["FaultProxy", "InstantServer", "free_port"]
 
 
 def free_port() -> int:
@@ -23,36 +34,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class _Faults:
-    status: int | None = None
-    remaining: int = 0
-    delay: float = 0.0
-    retry_after: int | None = None
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, (await reader.readexactly(length) if length else b"")
 
 
-@dataclass
-class FaultProxy:
-    upstream_host: str
-    upstream_port: int
-    port: int = field(default_factory=free_port)
-    requests: int = 0
-    injected: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
+def _response(status: int, payload: bytes, extra: str = "", close: bool = True) -> bytes:
+    head = f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\nContent-Type: application/json\r\n{extra}"
+    head += f"Content-Length: {len(payload)}\r\n" + ("Connection: close\r\n" if close else "")
+    return (head + "\r\n").encode() + payload
 
-    def __post_init__(self):
-        self._faults = _Faults()
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread, and a listening server on it that can stop and restart."""
+
+    def __init__(self, port: int | None):
+        self.port = port or free_port()
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    # ---- control (from any thread) ----
-    def __enter__(self) -> FaultProxy:
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def start_listening(self) -> None:
+        async def start():
+            if self._server is None:
+                self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+        self._call(start())
+
+    def stop_listening(self) -> None:
+        async def stop():
+            if self._server is not None:
+                self._server.close()  # no wait_closed: from 3.12 it waits for open connections
+                self._server = None
+
+        self._call(stop())
+
+    def __enter__(self):
         self._thread.start()
         self.start_listening()
         return self
@@ -62,132 +93,138 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
-    def start_listening(self) -> None:
-        async def start():
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+@dataclass
+class _Faults:
+    status: int = 500
+    fail: int = 0  # answer this many more requests with `status`
+    drop: int = 0  # cut this many more connections after reading the request
+    retry_after: float | None = None
+    delay: float = 0.0  # seconds before every answer (injected ones too)
 
-        self._call(start())
 
-    def stop_listening(self) -> None:
-        async def stop():
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-                self._server = None
+class FaultProxy(_LoopThread):
+    """A proxy to a real server at upstream_host:upstream_port that injects faults on demand."""
 
-        self._call(stop())
+    def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None):
+        super().__init__(port)
+        self.upstream = (upstream_host, upstream_port)
+        self.faults = _Faults()
+        self.requests = 0  # every request received, faulty or not
+        self.forwarded = 0
+        self.injected = 0
+        self.dropped = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._open: set[asyncio.StreamWriter] = set()
 
-    def fail_next(self, count: int, status: int = 500, retry_after: int | None = None) -> None:
-        self._faults = _Faults(status=status, remaining=count, retry_after=retry_after, delay=self._faults.delay)
+    # ---- control, from any thread ----
+    def fail_next(self, count: int, status: int = 500, retry_after: float | None = None) -> None:
+        """Answer the next `count` requests with `status` (and a Retry-After header if given)."""
+        self.faults.status, self.faults.fail, self.faults.retry_after = status, count, retry_after
+
+    def drop_next(self, count: int) -> None:
+        """Close the next `count` connections after reading the request, without an answer."""
+        self.faults.drop = count
 
     def set_delay(self, seconds: float) -> None:
-        self._faults.delay = seconds
+        self.faults.delay = seconds
+
+    def stop_listening(self, drop_open: bool = True) -> None:
+        """Refuse new connections; with drop_open, also cut the ones in progress, as a crash would."""
+        super().stop_listening()
+        if drop_open:
+
+            async def cut():
+                for writer in list(self._open):
+                    writer.transport.abort()
+
+            self._call(cut())
 
     # ---- the proxy ----
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await reader.readexactly(length) if length else b""
-        return head, body
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
-            head, body = await self._read_request(reader)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        self.requests += 1
-        faults = self._faults
-        try:
-            if faults.delay:
-                await asyncio.sleep(faults.delay)
-            if faults.remaining > 0:
-                faults.remaining -= 1
-                self.injected += 1
-                extra = f"Retry-After: {faults.retry_after}\r\n" if faults.retry_after is not None else ""
-                payload = b'{"error": "injected by FaultProxy"}'
-                writer.write(
-                    f"HTTP/1.1 {faults.status} Injected\r\nContent-Type: application/json\r\n{extra}"
-                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                    + payload
-                )
-                await writer.drain()
-                return
+            head, body = await _read_request(reader)
+            self.requests += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
-                lines = [ln for ln in head.split(b"\r\n") if ln and not ln.lower().startswith(b"connection:")]
-                up_writer.write(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
-                await up_writer.drain()
-                response = await up_reader.read()
-                up_writer.close()
+                await self._answer(head, body, writer)
             finally:
                 self.in_flight -= 1
-            writer.write(response)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        faults = self.faults
+        if faults.delay:
+            await asyncio.sleep(faults.delay)
+            if writer.transport.is_closing():  # cut by stop_listening meanwhile: a dead server
+                return
+        if faults.drop > 0:
+            faults.drop -= 1
+            self.dropped += 1
+            writer.transport.abort()
+            return
+        if faults.fail > 0:
+            faults.fail -= 1
+            self.injected += 1
+            extra = f"Retry-After: {faults.retry_after:g}\r\n" if faults.retry_after is not None else ""
+            writer.write(_response(faults.status, b'{"error": {"message": "injected by FaultProxy"}}', extra))
             await writer.drain()
-        except ConnectionError:
+            return
+        self.forwarded += 1
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        try:
+            # One request per connection both ways keeps the proxy free of HTTP framing.
+            lines = [ln for ln in head.split(b"\r\n") if ln and not ln.lower().startswith(b"connection:")]
+            up_writer.write(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
+            await up_writer.drain()
+            response = await up_reader.read()
+        finally:
+            up_writer.close()
+        writer.write(response)
+        await writer.drain()
+
+
+class InstantServer(_LoopThread):
+    """An OpenAI-compatible server that answers at once with fixed text (keep-alive, n choices).
+    For measuring synth's own overhead in benchmarks, never for testing behaviour."""
+
+    def __init__(self, text: str = "ok", port: int | None = None):
+        super().__init__(port)
+        self.text = text
+        self.requests = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, body = await _read_request(reader)
+                self.requests += 1
+                path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+                request = json.loads(body or b"{}")
+                writer.write(_response(*self._reply(path, request), close=False))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             writer.close()
 
-
-class InstantServer:
-    """An OpenAI-compatible server that answers at once with fixed text: for measuring synth's
-    own overhead in benchmarks, never for testing behaviour."""
-
-    def __init__(self, text: str = "ok", port: int | None = None):
-        self.text, self.port = text, port or free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        import json
-
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (int(x.split(b":", 1)[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")),
-                    0,
-                )
-                if length:
-                    await reader.readexactly(length)
-                chat = b"/chat/completions" in head.split(b"\r\n", 1)[0]
-                choice = {"index": 0, "finish_reason": "stop"}
-                choice.update({"message": {"role": "assistant", "content": self.text}} if chat else {"text": self.text})
-                payload = json.dumps(
-                    {"choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
-                ).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(payload)).encode()
-                    + b"\r\n\r\n"
-                    + payload
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    def __enter__(self) -> InstantServer:
-        self._thread.start()
-
-        async def start():
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+    def _reply(self, path: str, request: dict) -> tuple[int, bytes]:
+        if path.endswith("/completions"):
+            chat = path.endswith("/chat/completions")
+            n = int(request.get("n") or 1)
+            choices = [
+                {"index": i, "finish_reason": "stop"}
+                | ({"message": {"role": "assistant", "content": self.text}} if chat else {"text": self.text})
+                for i in range(n)
+            ]
+            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
+            return 200, json.dumps({"object": "text_completion", "choices": choices, "usage": usage}).encode()
+        if path.endswith("/models"):
+            return 200, json.dumps({"object": "list", "data": [{"id": "instant", "object": "model"}]}).encode()
+        return 404, json.dumps({"error": {"message": f"InstantServer has no route {path}"}}).encode()

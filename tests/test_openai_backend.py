@@ -13,7 +13,7 @@ from synth import BackendError, load_pipeline, read_output, run_pipeline
 from synth.llm.base import Request, RequestFailed, Sampling, Scored, ScoreRequest
 from synth.llm.openai import OpenAIBackend
 from synth.llm.specs import OpenAISpec
-from synth.testing import FaultProxy, free_port
+from synth.testing import FaultProxy, InstantServer, free_port
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("httpx")
@@ -66,12 +66,15 @@ def test_completion_stops_at_the_stop_string(server):
     assert generation.prompt_tokens > 10 and 0 < generation.completion_tokens <= 40
 
 
-def test_same_seed_same_text_and_n_samples(server):
+def test_same_seed_same_text_other_seeds_differ_and_n_samples(server):
     sampling = Sampling(max_tokens=16, stop=("\n",), temperature=1.0)
-    a, b, _ = complete(backend(server.url), [QUESTION] * 3, sampling, seeds=[7, 7, 8])
+    a, b, *others = complete(backend(server.url), [QUESTION] * 4, sampling, seeds=[7, 7, 8, 9])
     assert a[0].text == b[0].text
+    assert any(o[0].text != a[0].text for o in others)
     (many,) = complete(backend(server.url), [QUESTION], sampling.model_copy(update={"n": 3}))
     assert len(many) == 3 and all(g.text for g in many)
+    assert many[0].prompt_tokens > 10 and [g.prompt_tokens for g in many[1:]] == [0, 0]
+    assert all(g.completion_tokens > 0 for g in many)
 
 
 def test_chat_goes_through_the_server_template(server):
@@ -92,7 +95,8 @@ def test_score_gives_a_logprob_per_continuation_token(server):
     b = backend(server.url)
     requests = [
         ScoreRequest("The capital of France is", " Paris"),
-        ScoreRequest("The capital of France is", " a purple elephant banana"),
+        ScoreRequest("The capital of France is", " purple banana"),
+        ScoreRequest("The capital of Fra", "nce is Paris"),  # " France" straddles the boundary
     ]
 
     async def go():
@@ -101,11 +105,14 @@ def test_score_gives_a_logprob_per_continuation_token(server):
         finally:
             await b.close()
 
-    likely, unlikely = run(go())
+    likely, unlikely, straddling = run(go())
     assert isinstance(likely, Scored) and isinstance(unlikely, Scored)
     assert len(unlikely.token_logprobs) > len(likely.token_logprobs) >= 1
     assert all(v <= 0 for v in likely.token_logprobs + unlikely.token_logprobs)
     assert likely.total / len(likely.token_logprobs) > unlikely.total / len(unlikely.token_logprobs)
+    # " France", " is", " Paris": the same text as `likely`, so " Paris" scores the same.
+    assert len(straddling.token_logprobs) == 3 and likely.prompt_tokens == straddling.prompt_tokens
+    assert straddling.token_logprobs[-1] == pytest.approx(likely.token_logprobs[-1], abs=0.05)
 
 
 def test_concurrency_limit_is_respected(server):
@@ -116,35 +123,68 @@ def test_concurrency_limit_is_respected(server):
     assert proxy.requests == 9 and proxy.max_in_flight == 3
 
 
-def test_429_and_500_are_retried(server):
+def test_429_500_and_cut_connections_are_retried(server):
     with FaultProxy("127.0.0.1", server.port) as proxy:
         proxy.fail_next(2, status=429, retry_after=0)
         results = complete(backend(proxy.url), [QUESTION], seeds=[3])
-        proxy.fail_next(3, status=503)
+        proxy.fail_next(3, status=500)
         results += complete(backend(proxy.url), [QUESTION], seeds=[4])
+        proxy.drop_next(2)
+        results += complete(backend(proxy.url), [QUESTION], seeds=[5])
     assert all(r[0].text for r in results)
-    assert proxy.injected == 5 and proxy.requests == 7
+    assert (proxy.injected, proxy.dropped, proxy.forwarded, proxy.requests) == (5, 2, 3, 10)
 
 
-def test_a_server_that_goes_away_and_comes_back(server):
+def test_retry_after_is_honoured(server):
     with FaultProxy("127.0.0.1", server.port) as proxy:
-        proxy.stop_listening()
-        threading.Timer(1.5, proxy.start_listening).start()
-        started = time.time()
-        results = complete(backend(proxy.url, max_retries=40), [QUESTION] * 2, seeds=[5, 6])
-    assert time.time() - started >= 1.5
+        proxy.fail_next(1, status=429, retry_after=1)
+        started = time.monotonic()
+        (result,) = complete(backend(proxy.url), [QUESTION], seeds=[3])
+        assert time.monotonic() - started >= 1.0  # our own backoff alone would wait < 0.05 s
+    assert result[0].text and proxy.requests == 2
+
+
+def test_a_server_that_dies_mid_call_and_comes_back(server):
+    with FaultProxy("127.0.0.1", server.port) as proxy:
+        proxy.set_delay(0.4)  # so requests are in flight when it dies
+
+        def die_then_revive():
+            while proxy.in_flight == 0:
+                time.sleep(0.01)
+            proxy.stop_listening()  # cuts the open connections too, as a crash would
+            time.sleep(1.5)
+            proxy.start_listening()
+
+        threading.Thread(target=die_then_revive, daemon=True).start()
+        started = time.monotonic()
+        results = complete(backend(proxy.url, max_concurrency=2, max_retries=40), [QUESTION] * 4, seeds=[5, 6, 7, 8])
+        elapsed = time.monotonic() - started
+    assert elapsed >= 1.5 and all(r[0].text for r in results)
+    assert proxy.forwarded == 4 and proxy.requests > 4  # the cut ones were sent again
+
+
+def test_a_dead_url_is_avoided_while_a_live_one_serves(server):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    b = OpenAIBackend(
+        OpenAISpec(model="gemma", base_urls=[dead, server.url], max_retries=4), backoff_base=0.2, backoff_cap=1
+    )
+    results = complete(b, [QUESTION] * 6, seeds=list(range(6)))
     assert all(r[0].text for r in results)
+    assert b.endpoints[0].failures >= 1 and b.endpoints[1].failures == 0
 
 
-def test_nothing_listening_is_a_clear_error():
+def test_nothing_listening_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-leak")
     url = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(BackendError, match=rf"no answer from {url} after 3 attempts .*run the same command again"):
+    with pytest.raises(BackendError, match=rf"no answer from {url} after 3 attempts .*run the same command again") as e:
         complete(backend(url, max_retries=2), [QUESTION])
+    assert "ConnectError" in str(e.value) and "sk-do-not-leak" not in str(e.value)
 
 
 def test_a_rejected_request_is_a_failed_row_not_a_crash(server):
     (result,) = complete(backend(server.url), ["word " * 3000])  # far beyond n_ctx 1024
-    assert isinstance(result, RequestFailed) and result.reason == "rejected" and "HTTP 4" in result.detail
+    assert isinstance(result, RequestFailed) and result.reason == "rejected"
+    assert "HTTP 400" in result.detail and "context length" in result.detail  # the server's own words
 
 
 def test_pipeline_over_the_openai_backend_and_a_second_url(server, write, tmp_path):
@@ -170,3 +210,41 @@ def test_pipeline_over_the_openai_backend_and_a_second_url(server, write, tmp_pa
     assert [r["topic"] for r in rows] == ["cooking", "chess", "birds", "tea"]
     assert all(r["provenance"]["generate"]["model"] == "openai:gemma" for r in rows)
     assert result.manifest["stages"][1]["counters"]["requests"] == 4
+
+
+def test_instant_server_answers_every_route_the_backend_uses():
+    with InstantServer(text="fixed") as instant:
+        b = backend(instant.url)
+        requests = [Request(Sampling(n=2), 1, prompt="x"), Request(Sampling(), 2, messages=(("user", "hi"),))]
+
+        async def go():
+            try:
+                return await collect(b.complete(requests[:1])), await collect(b.chat(requests[1:]))
+            finally:
+                await b.close()
+
+        (completed,), (chatted,) = run(go())
+    assert [g.text for g in completed] == ["fixed", "fixed"] and chatted[0].text == "fixed"
+    assert instant.requests == 2
+
+
+def test_prompt_logprobs_are_cut_where_the_prompt_tokens_end():
+    """vLLM's route, on the shape its JSON has (no vLLM server in this suite): ids as keys."""
+    from synth.llm.openai import prompt_logprobs_continuation
+
+    def entries(*pairs):
+        return [None] + [{str(i): {"logprob": v, "rank": 1, "decoded_token": "?"}} for i, v in pairs]
+
+    full = entries((651, -1.0), (6037, -2.0), (576, -3.0))  # <bos> The capital is
+    assert prompt_logprobs_continuation([2, 651, 6037], full) == [-3.0]
+    # "The capit" + "al is": the prompt's last token (99) merged into " capital": scored from there
+    assert prompt_logprobs_continuation([2, 651, 99], full) == [-2.0, -3.0]
+    assert prompt_logprobs_continuation([2], full) == [-1.0, -2.0, -3.0]  # empty prompt: all after <bos>
+
+
+def test_a_wrong_key_stops_the_run_instead_of_dropping_every_row(server):
+    with FaultProxy("127.0.0.1", server.port) as proxy:
+        proxy.fail_next(1, status=401)
+        with pytest.raises(BackendError, match=r"HTTP 401: injected by FaultProxy; .*API key in \$OPENAI_API_KEY"):
+            complete(backend(proxy.url), [QUESTION])
+    assert proxy.requests == 1  # not retried

@@ -1,13 +1,15 @@
 """Any OpenAI-compatible server: `vllm serve`, `python -m llama_cpp.server`, OpenAI itself.
 
-Requests fan out concurrently (at most `max_concurrency` in flight per backend) over one or more
-base URLs, each request to the URL with the fewest outstanding requests among those not cooling
-down after a failure. Connection errors, timeouts, 408/409/429 and 5xx are retried with
-exponential backoff and full jitter (honouring Retry-After); when retries run out the run stops
-with a BackendError, and running the same command again resumes it from the cache. Any other 4xx
-rejects that one request (a prompt too long, say): the row is dropped with the server's message.
+Requests fan out concurrently (at most `max_concurrency` in flight per backend, whatever the
+number of calls) over one or more base URLs, each to the URL with the fewest requests in flight
+among those not cooling down after a failure. Connection errors, timeouts, 408/409/429 and 5xx are
+retried with exponential backoff and full jitter (honouring Retry-After); when retries run out the
+run stops with a BackendError, and running the same command again resumes it from the cache. Any
+other 4xx rejects that one request (a prompt too long, say): the row is dropped with the server's
+message.
 
-The API key comes only from the environment variable named by `api_key_env`; it is never logged.
+The API key comes only from the environment variable named by `api_key_env`; it lives in the HTTP
+client's headers and is never logged or put in an error.
 """
 
 from __future__ import annotations
@@ -16,29 +18,84 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BackendError, MissingDependency
 from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
 from .specs import OpenAISpec
 
 RETRY_STATUS = {408, 409, 429}
+FATAL_STATUS = frozenset({401, 403, 404})  # a wrong key, model or URL: no row can succeed
 BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.5, 30.0, 60.0
 
 
 @dataclass
 class _Endpoint:
-    url: str
-    outstanding: int = 0
+    url: str  # ends in /v1 (or whatever the user gave)
+    in_flight: int = 0
+    failures: int = 0  # consecutive; a success resets it
     cooling_until: float = 0.0
-    failures: int = 0
+
+    @property
+    def root(self) -> str:
+        """Where vLLM's non-OpenAI routes live (/version, /tokenize)."""
+        return self.url.removesuffix("/v1")
 
 
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def _server_message(response) -> str:
+    """The server's own words: OpenAI, llama.cpp and vLLM nest them differently."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(data, dict):
+        error = data.get("error")
+        for candidate in (
+            error.get("message") if isinstance(error, dict) else error,
+            data.get("message"),
+            data.get("detail"),
+        ):
+            if candidate:
+                return str(candidate)[:500]
+    return response.text[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(max(float(value), 0.0), RETRY_AFTER_CAP) if value else None
+    except ValueError:  # the HTTP-date form: our own backoff will do
+        return None
+
+
+def prompt_logprobs_continuation(prompt_ids: list[int], entries: list) -> list[float]:
+    """vLLM's prompt_logprobs=0 gives each position the token that is there (its id as the key),
+    the first position none. The continuation starts where those ids stop matching the prompt's
+    own, so a token that merges across the boundary is scored, as in the local backend."""
+    full_ids = [prompt_ids[0] if prompt_ids else None] + [int(next(iter(e))) if e else None for e in entries[1:]]
+    start = 0
+    while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
+        start += 1
+    return [float(next(iter(e.values()))["logprob"]) for e in entries[max(start, 1) :] if e]
+
+
+def echo_continuation(logprobs: dict, prompt: str, text: str) -> list[float]:
+    """A token of an echoed prompt belongs to the continuation if it ends past the prompt (one
+    straddling the boundary counts) and starts before the token generated after the text."""
+    offsets, values = logprobs.get("text_offset") or [], logprobs.get("token_logprobs") or []
+    ends = [*offsets[1:], len(text) + 1]
+    return [
+        float(v)
+        for start, end, v in zip(offsets, ends, values, strict=False)
+        if end > len(prompt) and start < len(text) and v is not None
+    ]
 
 
 class OpenAIBackend:
@@ -48,65 +105,84 @@ class OpenAIBackend:
         except ImportError:
             raise MissingDependency("httpx", "openai", "The openai backend") from None
         self.spec = spec
-        self.model_id = f"openai:{spec.model}"
+        self.model_id = f"openai:{spec.model}"  # no URL: moving a server must not invalidate a cache
         self.endpoints = [_Endpoint(u.rstrip("/")) for u in spec.urls()]
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        key = os.environ.get(spec.api_key_env) or "EMPTY"
+        key = os.environ.get(spec.api_key_env) or "EMPTY"  # local servers want none, but a header
         self._client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(spec.timeout, connect=10.0),
+            timeout=httpx.Timeout(spec.timeout, connect=min(spec.timeout, 10.0)),
             limits=httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency),
         )
         self._slots = asyncio.Semaphore(spec.max_concurrency)
-        self._vllm: bool | None = None  # whether the server understands prompt_logprobs
+        self._vllm: bool | None = None  # whether to score with prompt_logprobs; probed once
+        self._probe = asyncio.Lock()
 
-    # ---- transport ----
     def _pick(self) -> _Endpoint:
         now = time.monotonic()
-        ready = [e for e in self.endpoints if e.cooling_until <= now]
-        if ready:
-            return min(ready, key=lambda e: e.outstanding)
-        return min(self.endpoints, key=lambda e: e.cooling_until)
+        ready = [e for e in self.endpoints if e.cooling_until <= now] or [
+            min(self.endpoints, key=lambda e: e.cooling_until)
+        ]
+        return min(ready, key=lambda e: e.in_flight)
 
-    async def _post(self, path: str, body: dict) -> dict | RequestFailed:
+    async def _once(self, url: str, body: dict | None, fatal: Collection[int]) -> Any:
+        """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets."""
+        method = "GET" if body is None else "POST"
+        response = await asyncio.wait_for(self._client.request(method, url, json=body), self.spec.timeout)
+        status, message = response.status_code, _server_message(response)
+        if status in RETRY_STATUS or status >= 500:
+            raise _Retryable(f"HTTP {status}: {message}", _retry_after(response.headers.get("retry-after")))
+        if status in fatal:  # every request would get it: stop rather than drop every row
+            raise BackendError(
+                f"{url} answered HTTP {status}: {message}; check the model name ({self.spec.model}), the base_url "
+                f"(it usually ends in /v1) and the API key in ${self.spec.api_key_env}"
+            )
+        if status >= 300:
+            return RequestFailed("rejected", f"HTTP {status}: {message}")
+        try:
+            return response.json()
+        except ValueError:
+            raise _Retryable(f"HTTP {status} with a body that is not JSON: {response.text[:200]!r}") from None
+
+    async def _send(
+        self, path: str, body: dict | None = None, *, root: bool = False, fatal: Collection[int] = FATAL_STATUS
+    ) -> Any:
+        """POST (GET without a body) to the least busy URL, retrying what may pass."""
         import httpx
 
         last = ""
         for attempt in range(self.spec.max_retries + 1):
-            endpoint = self._pick()
-            endpoint.outstanding += 1
-            try:
-                async with self._slots:
-                    response = await self._client.post(endpoint.url + path, json=body)
-                if response.status_code < 400:
+            retry_after: float | None = None
+            async with self._slots:  # pick once a slot is free, so the choice is current
+                endpoint = self._pick()
+                url = (endpoint.root if root else endpoint.url) + path
+                endpoint.in_flight += 1
+                try:
+                    answer = await self._once(url, body, fatal)
                     endpoint.failures = 0
-                    return response.json()
-                message = response.text[:500]
-                if response.status_code in RETRY_STATUS or response.status_code >= 500:
-                    retry_after = response.headers.get("retry-after")
-                    raise _Retryable(
-                        f"HTTP {response.status_code}: {message}",
-                        float(retry_after) if retry_after and retry_after.isdigit() else None,
-                    )
-                return RequestFailed("rejected", f"HTTP {response.status_code}: {message}")
-            except (httpx.TransportError, _Retryable) as exc:
-                last = f"{endpoint.url}: {type(exc).__name__}: {exc}"
-                endpoint.failures += 1
+                    return answer
+                except (httpx.TransportError, asyncio.TimeoutError, _Retryable) as exc:
+                    last = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
+                    retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
+                    endpoint.failures += 1
+                    # The URL cools down for longer the more it fails, so other URLs take the
+                    # traffic meanwhile; this request waits its own jittered time, then retries.
+                    cool = min(self.backoff_cap, self.backoff_base * 2 ** min(endpoint.failures - 1, 16))
+                    endpoint.cooling_until = time.monotonic() + max(cool, retry_after or 0.0)
+                finally:
+                    endpoint.in_flight -= 1
+            if attempt < self.spec.max_retries:
                 delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-                if isinstance(exc, _Retryable) and exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, RETRY_AFTER_CAP))
-                endpoint.cooling_until = time.monotonic() + delay
-                if attempt < self.spec.max_retries:
-                    await asyncio.sleep(delay)
-            finally:
-                endpoint.outstanding -= 1
-        urls = ", ".join(e.url for e in self.endpoints)
+                await asyncio.sleep(max(delay, retry_after or 0.0))
         raise BackendError(
-            f"no answer from {urls} after {self.spec.max_retries + 1} attempts (last error: {last}); "
-            f"check that the server is up, then run the same command again to resume"
+            f"no answer from {', '.join(e.url for e in self.endpoints)} after {self.spec.max_retries + 1} attempts "
+            f"(last error: {last}); check that the server is up and reachable, then run the same command again "
+            "to resume: finished requests are cached"
         )
 
     async def _fan_out(self, items: Sequence, one) -> AsyncIterator:
+        """Yield (index, result) in the order requests finish, so each is cached at once."""
+
         async def indexed(i, item):
             return i, await one(item)
 
@@ -114,120 +190,116 @@ class OpenAIBackend:
         try:
             for next_done in asyncio.as_completed(tasks):
                 yield await next_done
-        finally:
+        finally:  # an error or an early exit must not leave requests running behind the caller
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    # ---- the protocol ----
-    def _sampling(self, request: Request) -> dict:
+    def _body(self, request: Request, seed: int, n: int) -> dict:
         s = request.sampling
         body = {
             "model": self.spec.model,
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
-            "n": s.n,
-            "seed": request.seed,
+            "n": n,
+            "seed": seed,
         }
         if s.stop:
             body["stop"] = list(s.stop)
-        if s.repetition_penalty != 1.0:
+        if s.repetition_penalty != 1.0:  # not OpenAI's API: vLLM's extension, sent only when used
             body["repetition_penalty"] = s.repetition_penalty
         return body
 
     @staticmethod
     def _generations(data: dict, chat: bool) -> list[Generation]:
-        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        """Usage is per response, not per choice: its tokens go on the response's first generation."""
         usage = data.get("usage") or {}
         out = []
-        for i, choice in enumerate(choices):
+        for i, choice in enumerate(sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))):
             text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
-            out.append(
-                Generation(
-                    text or "",
-                    choice.get("finish_reason") or "stop",
-                    usage.get("completion_tokens", 0) if i == 0 else 0,
-                    usage.get("prompt_tokens", 0) if i == 0 else 0,
-                )
-            )
+            tokens = [(usage.get(k) or 0) if i == 0 else 0 for k in ("completion_tokens", "prompt_tokens")]
+            out.append(Generation(text or "", choice.get("finish_reason") or "stop", *tokens))
         return out
 
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
-        data = await self._post(path, {**self._sampling(request), **payload})
+        n = request.sampling.n
+        data = await self._send(path, {**self._body(request, request.seed, n), **payload})
         if isinstance(data, RequestFailed):
             return data
         generations = self._generations(data, chat)
-        # Some servers (llama.cpp's) ignore n and return one choice: ask for the missing samples
-        # one by one, with the per-sample seeds the local backend uses too.
-        for index in range(len(generations), request.sampling.n):
-            single = Request(
-                request.sampling.model_copy(update={"n": 1}),
-                sample_seed(request.seed, index),
-                request.prompt,
-                request.messages,
+        if len(generations) >= n:
+            return generations[:n]
+        # Some servers (llama.cpp's) ignore n and answer once: draw the missing samples one by
+        # one, seeded the way the local backend seeds them. Their prompt tokens are not counted
+        # again, as if the server had drawn them all from one prompt.
+        extra = await asyncio.gather(
+            *(
+                self._send(path, {**self._body(request, sample_seed(request.seed, i), 1), **payload})
+                for i in range(len(generations), n)
             )
-            extra = await self._post(path, {**self._sampling(single), **payload})
-            if isinstance(extra, RequestFailed):
-                return extra
-            generations += self._generations(extra, chat)
+        )
+        for data in extra:
+            if isinstance(data, RequestFailed):
+                return data
+            for g in self._generations(data, chat)[:1]:
+                g.prompt_tokens = 0
+                generations.append(g)
         return generations
 
-    async def _complete_one(self, request: Request) -> CompleteResult:
-        return await self._generate("/completions", request, {"prompt": request.prompt}, chat=False)
-
-    async def _chat_one(self, request: Request) -> CompleteResult:
-        messages = [{"role": role, "content": content} for role, content in request.messages or ()]
-        return await self._generate("/chat/completions", request, {"messages": messages}, chat=True)
-
     def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
-        return self._fan_out(requests, self._complete_one)
+        return self._fan_out(requests, lambda r: self._generate("/completions", r, {"prompt": r.prompt or ""}, False))
 
     def chat(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
-        return self._fan_out(requests, self._chat_one)
+        def one(r: Request):
+            messages = [{"role": role, "content": content} for role, content in r.messages or ()]
+            return self._generate("/chat/completions", r, {"messages": messages}, True)
 
-    async def _score_one(self, request: ScoreRequest) -> ScoreResult:
-        text = request.prompt + request.continuation
-        if self._vllm is not False:
-            body = {"model": self.spec.model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-            data = await self._post("/completions", body)
-            if not isinstance(data, RequestFailed) and data["choices"][0].get("prompt_logprobs") is not None:
-                self._vllm = True
-                return await self._score_vllm(request, data)
-            self._vllm = False
-        body = {
-            "model": self.spec.model,
-            "prompt": text,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "echo": True,
-            "logprobs": 1,
-        }
-        data = await self._post("/completions", body)
+        return self._fan_out(requests, one)
+
+    async def _is_vllm(self) -> bool:
+        """vLLM answers GET /version; its echo offsets count raw token strings, so it is scored
+        with prompt_logprobs instead. Other servers (llama.cpp: 404) get the echo route."""
+        async with self._probe:
+            if self._vllm is None:
+                answer = await self._send("/version", root=True, fatal=())
+                self._vllm = isinstance(answer, dict) and "version" in answer
+        return self._vllm
+
+    async def _score_prompt_logprobs(self, r: ScoreRequest) -> ScoreResult | None:
+        body = {"model": self.spec.model, "prompt": r.prompt + r.continuation, "max_tokens": 1, "temperature": 0.0}
+        data = await self._send("/completions", {**body, "prompt_logprobs": 0})
         if isinstance(data, RequestFailed):
             return data
-        logprobs = data["choices"][0].get("logprobs") or {}
-        offsets, values = logprobs.get("text_offset") or [], logprobs.get("token_logprobs") or []
-        if not offsets:
-            return RequestFailed("no_logprobs", "the server returned no echo logprobs; it cannot score")
-        start = len(request.prompt)
-        picked = [v for off, v in zip(offsets, values, strict=False) if start <= off < len(text) and v is not None]
-        return Scored([float(v) for v in picked], prompt_tokens=(data.get("usage") or {}).get("prompt_tokens", 0))
-
-    async def _score_vllm(self, request: ScoreRequest, data: dict) -> ScoreResult:
-        base = self.endpoints[0].url.removesuffix("/v1")
-        tokens = await self._post_raw(base + "/tokenize", {"model": self.spec.model, "prompt": request.prompt})
-        entries = data["choices"][0]["prompt_logprobs"]
-        n_prompt = tokens.get("count", len(tokens.get("tokens", [])))
-        values = []
-        for entry in entries[n_prompt:]:
-            # With prompt_logprobs=0 each position holds exactly the prompt's own token.
-            values.append(float(next(iter(entry.values()))["logprob"]) if entry else 0.0)
+        entries = data["choices"][0].get("prompt_logprobs")
+        tokens = None
+        if entries is not None:
+            tokens = await self._send("/tokenize", {"model": self.spec.model, "prompt": r.prompt}, root=True, fatal=())
+        if not isinstance(tokens, dict) or "tokens" not in tokens:
+            return None  # not vLLM after all: the caller falls back to echo
+        values = prompt_logprobs_continuation(tokens["tokens"], entries)
         return Scored(values, prompt_tokens=(data.get("usage") or {}).get("prompt_tokens", 0))
 
-    async def _post_raw(self, url: str, body: dict) -> dict:
-        response = await self._client.post(url, json=body)
-        response.raise_for_status()
-        return response.json()
+    async def _score_echo(self, r: ScoreRequest) -> ScoreResult:
+        text = r.prompt + r.continuation
+        # max_tokens=1, not 0: llama.cpp reads 0 as "until the context is full".
+        body = {"model": self.spec.model, "prompt": text, "max_tokens": 1, "temperature": 0.0}
+        data = await self._send("/completions", {**body, "echo": True, "logprobs": 1})
+        if isinstance(data, RequestFailed):
+            return data
+        logprobs = data["choices"][0].get("logprobs")
+        if not logprobs or not logprobs.get("text_offset"):
+            return RequestFailed("no_logprobs", "the server returned no echo logprobs, so it cannot score")
+        values = echo_continuation(logprobs, r.prompt, text)
+        return Scored(values, prompt_tokens=(data.get("usage") or {}).get("prompt_tokens", 0))
+
+    async def _score_one(self, r: ScoreRequest) -> ScoreResult:
+        if await self._is_vllm():
+            result = await self._score_prompt_logprobs(r)
+            if result is not None:
+                return result
+            self._vllm = False
+        return await self._score_echo(r)
 
     def score(self, requests: Sequence[ScoreRequest]) -> AsyncIterator[tuple[int, ScoreResult]]:
         return self._fan_out(requests, self._score_one)
