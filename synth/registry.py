@@ -25,6 +25,12 @@ BUILTIN_STAGES: dict[str, str] = {
     "sort": "synth.stages.sort:Sort",
     "limit": "synth.stages.select:Limit",
     "sample": "synth.stages.select:Sample",
+    "dedup": "synth.stages.dedup:Dedup",
+    "filter": "synth.stages.filters:Filter",
+    "length": "synth.stages.filters:Length",
+    "regex": "synth.stages.filters:Regex",
+    "language": "synth.stages.language:Language",
+    "benchbuilder": "synth.stages.benchbuilder:BenchBuilder",
 }
 
 

@@ -1,0 +1,210 @@
+"""`dedup`: drop duplicate rows (exact, MinHash or embedding), and rows that match a reference set.
+
+Methods (the algorithms live in synth/filters/):
+- `exact`: identical text after normalization (NFKC, case-folded, punctuation removed, whitespace
+  collapsed).
+- `minhash`: MinHash LSH over character (or word) n-grams; `threshold` is the Jaccard similarity.
+- `embedding` (default): Magpie's method (gen_dis.py) with sentence embeddings and FAISS;
+  `threshold` is a cosine similarity. Magpie's 0.05 squared-L2 distance on unit vectors is
+  cosine > 0.975 (d = 2 - 2 cos); synth's default is 0.95. With `cascade: true` a static model
+  distilled from `model` finds candidates (cos >= `candidate_threshold`) and `model` confirms
+  them; `cascade: false` embeds every row with `model`, as Magpie did. `near_copies: true` also
+  drops candidates that differ only by typos, moved words or a short added sentence (embeddings
+  are weak on typos), with character MinHash proposing more candidates. Measured on planted
+  near-duplicates among real sentences and look-alikes (benchmarks/dedup.py, 10k rows): precision
+  0.98 / recall 0.97 with these defaults; 0.84 / 0.98 at cosine 0.9.
+
+Columns written (Magpie's names, except the representative):
+- `representative_id`: the lowest row within the threshold, itself included: the row's
+  `id_column` value, or its 0-based position in this stage's input when no `id_column` is set.
+  This is Magpie's `min_similar_conversation_id` / `min_similar_uuid`; a row is kept iff it is its
+  own representative (set `keep: all` to only annotate, as Magpie's gen_dis.py does).
+- `repeat_count`: how many other rows are within the threshold.
+- `min_neighbor_distance` (embedding): 2 - 2 cos to the nearest other row (Magpie's unit).
+
+`reference:` a file or dataset folder (e.g. a benchmark's prompts): rows that match one of its
+rows are dropped as `matches_reference`, to keep a benchmark out of training data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from .base import Batch, CheckEnv, Stage, StageParams
+
+DEFAULT_THRESHOLD = {"exact": 1.0, "minhash": 0.7, "embedding": 0.95}
+
+
+class DedupParams(StageParams):
+    column: str = Field("instruction", description="text column to compare (a messages list uses its user turns)")
+    method: Literal["exact", "minhash", "embedding"] = "embedding"
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="minhash: Jaccard; embedding: cosine (default 0.7 / 0.95; Magpie's is 0.975)"
+    )
+    keep: Literal["representatives", "all"] = Field(
+        "representatives", description="drop duplicates, or keep every row and only write the columns"
+    )
+    id_column: str | None = Field(None, description="column whose value names the representative (else the position)")
+    normalize: bool = Field(True, description="exact/minhash: compare normalized text (case, punctuation, spaces)")
+    ngram: int = Field(5, ge=1, description="minhash: shingle size")
+    shingle: Literal["char", "word"] = Field("char", description="minhash: character or word n-grams")
+    num_perm: int = Field(128, ge=16, description="minhash: permutations")
+    model: str = Field("all-MiniLM-L6-v2", description="embedding: a sentence-transformers model folder")
+    cascade: bool = Field(True, description="embedding: a static model finds candidates, `model` confirms")
+    candidate_threshold: float = Field(0.8, gt=0, le=1, description="embedding cascade: static-model cosine")
+    near_copies: bool = Field(
+        True, description="embedding: also drop candidates that differ only by typos or an added short sentence"
+    )
+    k: int = Field(100, ge=1, description="embedding: neighbours looked at per row (Magpie: 500)")
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="FAISS index (auto: flat when small)")
+    exact_below: int = Field(50_000, ge=0, description="auto index: exact flat search below this many rows")
+    reference: str | None = Field(None, description="file or dataset folder: drop rows that match its rows")
+    reference_column: str | None = Field(None, description="text column of the reference (default: column)")
+    within: bool = Field(True, description="also dedup the rows among themselves (false: only against reference)")
+
+    def effective_threshold(self) -> float:
+        return self.threshold if self.threshold is not None else DEFAULT_THRESHOLD[self.method]
+
+
+def text_of(value: Any) -> str:
+    """The text to compare: a string, or the user turns of a messages list."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        users = [m for m in value if m.get("role", m.get("from")) in ("user", "human")] or value
+        return "\n".join(str(m.get("content", m.get("value", ""))) for m in users)
+    return str(value)
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _rows(table: pa.Table, mask: np.ndarray):
+    """(position, row) for the rows where mask is true."""
+    positions = np.flatnonzero(mask)
+    return zip(positions.tolist(), table.take(pa.array(positions, pa.int64())).to_pylist(), strict=True)
+
+
+class Dedup(Stage):
+    """Drop duplicates (exact, MinHash or embedding + FAISS) and rows matching a reference set."""
+
+    Params = DedupParams
+    kind = "global"
+    params: DedupParams
+
+    @classmethod
+    def reads(cls, params: DedupParams) -> list[str]:
+        return [params.column] + ([params.id_column] if params.id_column else [])
+
+    @classmethod
+    def writes(cls, params: DedupParams) -> list[str]:
+        if not params.within:
+            return []
+        extra = ["min_neighbor_distance"] if params.method == "embedding" else []
+        return ["representative_id", "repeat_count", *extra]
+
+    @classmethod
+    def check(cls, params: DedupParams, env: CheckEnv) -> list[tuple[tuple, str]]:
+        if params.reference is None:
+            return []
+        path = Path(params.reference).expanduser()
+        path = path if path.is_absolute() else env.base_dir / path
+        if not path.exists():
+            return [(("reference",), f"{path} does not exist (paths are relative to the pipeline file)")]
+        return []
+
+    async def open(self) -> None:
+        from ..filters.dedup import require_datasketch
+
+        p = self.params
+        if p.method == "minhash" or (p.method == "embedding" and p.near_copies):
+            require_datasketch()
+        if p.method == "embedding":
+            await asyncio.to_thread(self._encoders)
+
+    def _encoders(self):
+        from ..filters import embed
+
+        p = self.params
+        encode = embed.sentence_encoder(p.model)
+        return encode, (embed.static_encoder(p.model) if p.cascade else None)
+
+    def _reference_texts(self) -> list[str]:
+        from .load import Load, LoadParams
+
+        p = self.params
+        rows = Load(LoadParams(path=p.reference), self.ctx).iter_rows(None)
+        column = p.reference_column or p.column
+        return [text_of(r.get(column)) for r in rows]
+
+    def match_reference(self, texts: list[str], reference: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from ..filters import dedup, neighbors
+
+        p, threshold = self.params, self.params.effective_threshold()
+        if p.method == "exact":
+            match = dedup.exact_matches(texts, reference, p.normalize)
+            return match, (match >= 0).astype(np.float32)
+        if p.method == "minhash":
+            return dedup.minhash_matches(texts, reference, threshold, p.ngram, p.shingle, p.num_perm)
+        encode, fast = self._encoders()
+        return neighbors.embedding_matches(texts, reference, encode, threshold, fast, p.candidate_threshold)
+
+    def find(self, texts: list[str]):
+        from ..filters import dedup, neighbors
+
+        p, threshold = self.params, self.params.effective_threshold()
+        if p.method == "exact":
+            return dedup.dedup_exact(texts, p.normalize)
+        if p.method == "minhash":
+            return dedup.dedup_minhash(texts, threshold, p.ngram, p.shingle, p.num_perm)
+        encode, fast = self._encoders()
+        return neighbors.dedup_embedding(
+            texts, encode, threshold, p.k, p.index, p.exact_below, fast, p.candidate_threshold, p.near_copies
+        )
+
+    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+        p = self.params
+        texts = [text_of(v) for v in table.column(p.column).to_pylist()]
+        if p.reference:
+            reference = await asyncio.to_thread(self._reference_texts)
+            match, score = await asyncio.to_thread(self.match_reference, texts, reference)
+            hit = match >= 0
+            for i, row in _rows(table, hit):
+                ref = int(match[i])
+                detail = f"reference row {ref} ({float(score[i]):.3f}): {_short(reference[ref])}"
+                batch.drop(row, "matches_reference", detail)
+            if hit.any():
+                table = table.filter(pa.array(~hit))
+                texts = [t for t, h in zip(texts, hit.tolist(), strict=True) if not h]
+        if not p.within or table.num_rows == 0:
+            return table
+        result = await asyncio.to_thread(self.find, texts)
+        self.result, self.texts = result, texts  # for `synth dedup`'s cluster report
+        for name in ("recall_pairs", "recall_found", "confirm_encoded"):
+            if name in result.info:
+                batch.count(f"dedup_{name}", int(result.info[name]))
+        ids = table.column(p.id_column).to_pylist() if p.id_column else list(range(table.num_rows))
+        rep = result.representative
+        table = table.append_column("representative_id", pa.array([ids[r] for r in rep.tolist()]))
+        table = table.append_column("repeat_count", pa.array(result.repeat_count, pa.int64()))
+        if result.min_neighbor_distance is not None:
+            distance = [None if np.isnan(d) else round(float(d), 6) for d in result.min_neighbor_distance.tolist()]
+            table = table.append_column("min_neighbor_distance", pa.array(distance, pa.float64()))
+        if p.keep == "all":
+            return table
+        keep = result.keep
+        reason = f"duplicate_{p.method}"
+        for i, row in _rows(table, ~keep):
+            r = int(rep[i])
+            batch.drop(row, reason, f"of row {ids[r]}: {_short(texts[r])}")
+        return table.filter(pa.array(keep))

@@ -1,0 +1,205 @@
+"""Row filters: `filter` (column conditions), `length`, `regex` (patterns and blocklists).
+
+Each drops rows with a reason that names the rule (`instruct_reward > -10`, `too_long_chars`,
+`ends_with_colon`), so a run's summary says how many rows each rule removed. Magpie's filter recipe
+(data_filter.ipynb) in these stages:
+
+    - stage: filter
+      where: ["input_quality in [good, excellent]", "instruct_reward > -10"]
+    - stage: regex
+      column: instruction
+      patterns: [':\\s*$']
+      reason: ends_with_colon
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from ..errors import InputError, MissingDependency
+from ..filters.conditions import Condition
+from .base import Batch, Row, Stage, StageParams
+from .dedup import text_of
+
+
+class FilterParams(StageParams):
+    where: list[Condition] = Field(
+        min_length=1,
+        description="conditions that must all hold: 'reward > -10' or {column: reward, gt: -10} (see docs)",
+    )
+
+
+class Filter(Stage):
+    """Keep rows where every condition on their columns holds (no code is evaluated)."""
+
+    Params = FilterParams
+    params: FilterParams
+
+    @classmethod
+    def reads(cls, params: FilterParams) -> list[str]:
+        return list(dict.fromkeys(c.column for c in params.where))
+
+    async def process(self, batch: Batch) -> list[Row]:
+        out = []
+        for row in batch.rows:
+            failed = next((c for c in self.params.where if not c.holds(row)), None)
+            if failed is None:
+                out.append(row)
+            else:
+                batch.drop(row, str(failed), f"{failed.column} = {row.get(failed.column)!r}")
+        return out
+
+
+class LengthParams(StageParams):
+    column: str = Field(description="text column to measure (a messages list counts its user turns)")
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    tokenizer: str = Field(
+        "whitespace",
+        description="'whitespace' (words), 'minilm' (the shipped MiniLM tokenizer), or a tokenizer.json / folder",
+    )
+    output: str | None = Field(None, description="write the length in characters here (Magpie: instruction_length)")
+
+    @model_validator(mode="after")
+    def _some_bound(self):
+        bounds = (self.min_chars, self.max_chars, self.min_tokens, self.max_tokens)
+        if all(b is None for b in bounds) and self.output is None:
+            raise ValueError("give at least one of min_chars, max_chars, min_tokens, max_tokens (or output)")
+        return self
+
+
+@cache
+def load_tokenizer(name: str):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise MissingDependency("tokenizers", "embed", "Counting tokens") from None
+    if name.lower() in ("minilm", "all-minilm-l6-v2"):
+        from ..filters.embed import model_path
+
+        name = model_path(name)
+    path = Path(name).expanduser()
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if not path.exists():
+        raise InputError(f"tokenizer file {path} does not exist; give a tokenizer.json or a folder holding one")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()  # a model's tokenizer.json may pad or truncate to its input size
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+class Length(Stage):
+    """Drop rows whose text is too short or too long, in characters and/or tokens."""
+
+    Params = LengthParams
+    params: LengthParams
+
+    @classmethod
+    def reads(cls, params: LengthParams) -> list[str]:
+        return [params.column]
+
+    @classmethod
+    def writes(cls, params: LengthParams) -> list[str]:
+        return [params.output] if params.output else []
+
+    def _tokens(self, texts: list[str]) -> list[int]:
+        p = self.params
+        if p.min_tokens is None and p.max_tokens is None:
+            return [0] * len(texts)
+        if p.tokenizer == "whitespace":
+            return [len(t.split()) for t in texts]
+        tokenizer = load_tokenizer(p.tokenizer)
+        return [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    async def process(self, batch: Batch) -> list[Row]:
+        p = self.params
+        texts = [text_of(r.get(p.column)) for r in batch.rows]
+        out = []
+        for row, text, tokens in zip(batch.rows, texts, self._tokens(texts), strict=True):
+            chars = len(text)
+            checks = (
+                ("too_short_chars", p.min_chars is not None and chars < p.min_chars, f"{chars} chars"),
+                ("too_long_chars", p.max_chars is not None and chars > p.max_chars, f"{chars} chars"),
+                ("too_short_tokens", p.min_tokens is not None and tokens < p.min_tokens, f"{tokens} tokens"),
+                ("too_long_tokens", p.max_tokens is not None and tokens > p.max_tokens, f"{tokens} tokens"),
+            )
+            failed = next((c for c in checks if c[1]), None)
+            if failed:
+                batch.drop(row, failed[0], failed[2])
+            else:
+                out.append({**row, p.output: chars} if p.output else row)
+        return out
+
+
+class RegexParams(StageParams):
+    column: str = Field(description="text column to search")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions (Python syntax)")
+    blocklist: list[str] = Field(default_factory=list, description="words or phrases, matched as whole words")
+    blocklist_file: str | None = Field(None, description="a text file of blocklisted words, one per line")
+    ignore_case: bool = True
+    keep_matching: bool = Field(False, description="keep only the rows that match (instead of dropping them)")
+    reason: str | None = Field(None, description="reason recorded for dropped rows (default: matches_pattern)")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not (self.patterns or self.blocklist or self.blocklist_file):
+            raise ValueError("give patterns, blocklist or blocklist_file")
+        return self
+
+
+class Regex(Stage):
+    """Drop rows matching regular expressions or blocklisted words (or keep only those)."""
+
+    Params = RegexParams
+    params: RegexParams
+
+    @classmethod
+    def reads(cls, params: RegexParams) -> list[str]:
+        return [params.column]
+
+    async def open(self) -> None:
+        p = self.params
+        words = list(p.blocklist)
+        if p.blocklist_file:
+            path = self.ctx.resolve(p.blocklist_file)
+            if not path.exists():
+                raise InputError(f"blocklist_file {path} does not exist (paths are relative to the pipeline file)")
+            words += [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+        flags = re.IGNORECASE if p.ignore_case else 0
+        self._rules = [(re.compile(x, flags), p.reason or "matches_pattern") for x in p.patterns]
+        if words:
+            alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+            self._rules.append((re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", flags), p.reason or "blocklisted"))
+
+    async def process(self, batch: Batch) -> list[Row]:
+        p = self.params
+        out = []
+        for row in batch.rows:
+            text = text_of(row.get(p.column))
+            hit = next(((m, reason) for rx, reason in self._rules if (m := rx.search(text))), None)
+            if p.keep_matching:
+                if hit:
+                    out.append(row)
+                else:
+                    batch.drop(row, p.reason or "no_pattern_matched")
+            elif hit:
+                batch.drop(row, hit[1], f"matched {hit[0].group(0)!r}")
+            else:
+                out.append(row)
+        return out
