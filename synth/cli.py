@@ -301,5 +301,16 @@ def pipelines(name: str | None):
         click.echo(item)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules, to keep this one short."""
+    from .dedup_cli import dedup
+    from .models_cli import models
+
+    main.add_command(dedup)
+    main.add_command(models)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

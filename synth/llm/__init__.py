@@ -27,16 +27,7 @@ def make_backend(spec) -> Backend:
 
         return OpenAIBackend(spec)
     if isinstance(spec, VLLMSpec):
-        try:
-            from .vllm import VLLMBackend
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.vllm":
-                raise
-            from ..errors import SynthError
+        from .vllm import VLLMBackend
 
-            raise SynthError(
-                "the in-process vllm backend is not in this version of synth yet: run "
-                "'vllm serve MODEL' and use a backend with type: openai and its base_url"
-            ) from None
         return VLLMBackend(spec)
     raise TypeError(f"unknown backend spec {spec!r}")

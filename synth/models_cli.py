@@ -1,0 +1,70 @@
+"""`synth models`: get local models ready for a backend (registered by synth/cli.py)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import click
+
+
+def _friendly(fn):
+    """synth's one-line errors (the CLI's own wrapper, looked up when the command runs, since
+    cli.py imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .cli import friendly
+
+        return friendly(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+@click.group()
+def models():
+    """Prepare local model files for synth's backends.
+
+    \b
+    Examples:
+      synth models prepare                         # convert the shipped Gemma 3 270M for vLLM
+      synth models prepare model.gguf -o models/m  # convert your own GGUF into models/m
+    """
+
+
+@models.command()
+@click.argument("gguf", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder to write (default: a cache folder under ~/.cache/synth/models, or $SYNTH_CACHE_DIR/models)",
+)
+@_friendly
+def prepare(gguf: Path | None, out: Path | None):
+    """Convert a GGUF file into a Hugging Face model folder that vLLM can serve, and print it.
+
+    vLLM does not load GGUF files like the shipped Gemma 3 270M directly. This dequantizes the
+    weights into a bf16 model folder (about 540 MB and 1-2 minutes for the 270M model), with a
+    tokenizer that adds BOS and, for Gemma base models, the Gemma chat template. The result is
+    cached: running it again prints the same folder at once. Needs transformers, gguf and
+    accelerate (and torch) in the environment.
+
+    With no GGUF argument it converts the Gemma 3 270M GGUF that synth[local] installs.
+
+    \b
+    Examples:
+      synth models prepare
+      synth models prepare ~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf -o models/qwen
+      python -m vllm.entrypoints.openai.api_server --model "$(synth models prepare)" --enforce-eager
+    """
+    from .llm.prepare import prepare_gguf_for_vllm
+
+    started = time.monotonic()
+    folder = prepare_gguf_for_vllm(gguf, out)
+    took = time.monotonic() - started
+    if took > 5:
+        click.echo(f"converted in {took:.0f} s", err=True)
+    click.echo(str(folder))

