@@ -164,7 +164,8 @@ def _find_preset(name: str, base_dir: Path) -> Path | None:
 
 
 def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Problem]) -> list[tuple]:
-    """Replace `{include: preset, with: {label: {param: value}}}` entries by the preset's stages.
+    """Replace `{include: preset, with: {label: {param: value}}}` entries by the preset's stages;
+    `with: {label: false}` leaves that stage out.
 
     A preset is a YAML file with a `stages:` list (filters/ ships the papers' recipes). Each stage
     keeps a pointer to the file it came from, so a mistake inside a preset is reported at the
@@ -231,7 +232,21 @@ def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Pro
                 )
         for j, stage in enumerate(stages):
             if isinstance(stage, dict):
-                stage = {**stage, **(overrides.get(stage.get("name") or stage.get("stage")) or {})}
+                label = stage.get("name") or stage.get("stage")
+                change = overrides.get(label)
+                if change is False:  # `with: {label: false}` leaves that stage out
+                    continue
+                if change is not None and not isinstance(change, dict):
+                    problems.append(
+                        Problem(
+                            doc.file,
+                            doc.line_of((*where, "with", label)),
+                            format_path((*where, "with", label)),
+                            "give the parameters to change as a mapping, or false to leave the stage out",
+                        )
+                    )
+                    change = None
+                stage = {**stage, **(change or {})}
             entries.append((stage, sub, ("stages", j)))
     return entries
 

@@ -31,6 +31,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "regex": "synth.stages.filters:Regex",
     "language": "synth.stages.language:Language",
     "benchbuilder": "synth.stages.benchbuilder:BenchBuilder",
+    "reward": "synth.stages.reward:Reward",
 }
 
 

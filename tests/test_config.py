@@ -350,6 +350,11 @@ def test_include_expands_a_preset_with_overrides(write, tmp_path):
     run_pipeline(pipeline, tmp_path / "run")
     assert read_output(tmp_path / "run").column("topic").to_pylist() == ["bbb", "cc"]
 
+    path.write_text(path.read_text().replace("{top: {n: 2}}", "{top: false}"))
+    assert [s.label for s in load_pipeline(path).stages] == ["load", "longest"]
+    path.write_text(path.read_text().replace("{top: false}", "{top: 2}"))
+    assert f"{path}:5: stages[1].with.top: give the parameters to change as a mapping" in "\n".join(problems_of(path))
+
 
 def test_mistakes_inside_a_preset_point_at_the_preset(write):
     preset = write(

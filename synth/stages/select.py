@@ -31,6 +31,7 @@ class SampleParams(StageParams):
     n: int | None = Field(None, ge=0, description="number of rows to keep")
     fraction: float | None = Field(None, gt=0, le=1, description="share of rows to keep")
     shuffle: bool = Field(False, description="return the rows in random order instead of source order")
+    seed: int | None = Field(None, description="a fixed seed (Magpie's recipe: 42); default: from the pipeline seed")
 
     @model_validator(mode="after")
     def _one(self):
@@ -50,7 +51,7 @@ class Sample(Stage):
         p = self.params
         total = table.num_rows
         k = min(total, p.n) if p.n is not None else round(total * p.fraction)  # type: ignore[operator]
-        rng = np.random.default_rng(derive_seed(self.ctx.seed, self.ctx.label))
+        rng = np.random.default_rng(p.seed if p.seed is not None else derive_seed(self.ctx.seed, self.ctx.label))
         chosen = rng.choice(total, size=k, replace=False)
         if not p.shuffle:
             chosen = np.sort(chosen)
