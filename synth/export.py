@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from .card import write_card
 from .errors import RunError
 from .pipeline import read_output
+from .records import conversation
 from .store import RunStore
 
 Format = Literal["sft", "preference", "kto", "raw"]
@@ -49,7 +50,7 @@ def to_sft(rows: list[dict], instruction: str = "instruction", response: str = "
             out.append({"messages": row["messages"]})
             continue
         _need(row, instruction, response, fmt="sft")
-        out.append({"messages": _user(row[instruction]) + _assistant(row[response])})
+        out.append({"messages": conversation(row, instruction, response)})
     return out
 
 

@@ -1,11 +1,14 @@
 """Row conventions and the output schemas.
 
 `sft` output is the conversational format TRL's SFTTrainer reads directly: a `messages` column
-of {role, content} turns (built from instruction/response columns when a run has no `messages`),
+of {role, content} turns (built from instruction/response columns, and Magpie's multi-turn
+instruction_2/response_2, ..., when a run has no `messages`),
 with the other columns kept beside it.
 """
 
 from __future__ import annotations
+
+import re
 
 import pyarrow as pa
 
@@ -32,8 +35,23 @@ def format_output(table: pa.Table, output) -> pa.Table:
             f"sft output needs a 'messages' column or columns {ins!r} and {res!r}; missing "
             f"{', '.join(missing)} (set output.instruction_column / output.response_column)"
         )
-    messages = [
-        [{"role": "user", "content": i}, {"role": "assistant", "content": r}]
-        for i, r in zip(table.column(ins).to_pylist(), table.column(res).to_pylist(), strict=True)
-    ]
-    return table.append_column("messages", pa.array(messages))
+    turns = [c for c in table.column_names if _LATER_TURN.match(c)]
+    rows = table.select([ins, res, *turns]).to_pylist()
+    return table.append_column("messages", pa.array([conversation(r, ins, res) for r in rows]))
+
+
+_LATER_TURN = re.compile(r"^(instruction|response)_\d+$")
+
+
+def conversation(row: dict, instruction: str = "instruction", response: str = "response") -> list[dict]:
+    """A row's turns as messages: the first from `instruction`/`response`, then Magpie's
+    multi-turn keys instruction_2/response_2, instruction_3/... while both are present."""
+    messages = [{"role": "user", "content": row[instruction]}, {"role": "assistant", "content": row[response]}]
+    turn = 2
+    while row.get(f"instruction_{turn}") is not None and row.get(f"response_{turn}") is not None:
+        messages += [
+            {"role": "user", "content": row[f"instruction_{turn}"]},
+            {"role": "assistant", "content": row[f"response_{turn}"]},
+        ]
+        turn += 1
+    return messages

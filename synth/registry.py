@@ -32,6 +32,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "language": "synth.stages.language:Language",
     "benchbuilder": "synth.stages.benchbuilder:BenchBuilder",
     "reward": "synth.stages.reward:Reward",
+    "followup": "synth.stages.followup:Followup",
 }
 
 

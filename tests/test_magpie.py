@@ -144,3 +144,26 @@ def test_sanitizer_cuts_llama_step_headers_only_for_llama():
     text = "Solve x^2 = 4 # Step 1 factor"
     assert sanitize_instruction(text, "llama-3.1")[0] == "Solve x^2 = 4"
     assert sanitize_instruction(text, "gemma-2")[0] == text
+
+
+def test_a_prompt_that_starts_with_bos_text_gets_one_bos_not_two():
+    """Pre-query templates start with the BOS text; llama.cpp adds its own BOS on top unless told."""
+    import asyncio
+
+    from synth.llm.base import Request, Sampling
+    from synth.llm.local import LocalBackend
+    from synth.llm.specs import LocalSpec
+
+    async def go():
+        backend = LocalBackend(LocalSpec())
+        sampling = Sampling(temperature=0.0, max_tokens=8)
+        prompts = ["<bos><start_of_turn>user\n", "<start_of_turn>user\n"]
+        try:
+            return [r async for r in backend.complete([Request(sampling, 1, prompt=p) for p in prompts])]
+        finally:
+            await backend.close()
+
+    results = dict(asyncio.run(go()))
+    with_text, without = results[0][0], results[1][0]
+    assert with_text.prompt_tokens == without.prompt_tokens == 4  # <bos> <start_of_turn> user \n
+    assert with_text.text == without.text

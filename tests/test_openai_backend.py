@@ -248,3 +248,20 @@ def test_a_wrong_key_stops_the_run_instead_of_dropping_every_row(server):
         with pytest.raises(BackendError, match=r"HTTP 401: injected by FaultProxy; .*API key in \$OPENAI_API_KEY"):
             complete(backend(proxy.url), [QUESTION])
     assert proxy.requests == 1  # not retried
+
+
+def test_more_than_four_stops_are_split_between_server_and_client():
+    """OpenAI's API (and vLLM's server) take at most 4 stops; Magpie needs more."""
+    from synth.llm.base import Generation
+    from synth.llm.openai import apply_stops, server_stops
+
+    stops = ["<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "assistant", "\n"]
+    sent = server_stops(stops)
+    assert len(sent) == 4 and "\n" in sent and "assistant" in sent  # the shortest: likeliest to end early
+    assert server_stops(["a", "b", "a"]) == ["a", "b"]
+    g = Generation("What is 2+2?<|start_header_id|>assistant", "length", 12, 3)
+    apply_stops(g, stops)
+    assert (g.text, g.finish_reason) == ("What is 2+2?", "stop")
+    untouched = Generation("no stop here", "length", 3, 1)
+    apply_stops(untouched, stops)
+    assert (untouched.text, untouched.finish_reason) == ("no stop here", "length")

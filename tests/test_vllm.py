@@ -277,3 +277,68 @@ def test_engine_scores_agree_with_the_server(engine, server):
         )
     )
     assert sensible.total > nonsense.total
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_server_pre_query_prompt_gets_one_bos(server):
+    """A Magpie pre-query template starts with the BOS text; vLLM must not add a second BOS."""
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    prompts = ["<bos><start_of_turn>user\n", "<start_of_turn>user\n"]
+    with_text, without = server_complete(server, [Request(sampling, 1, prompt=p) for p in prompts])
+    assert with_text[0].prompt_tokens == without[0].prompt_tokens == 4  # <bos> <start_of_turn> user \n
+    assert with_text[0].text == without[0].text
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_magpie_pipeline_on_the_vllm_server(server, write, tmp_path):
+    """Magpie for real on vLLM: the pre-query template, seeded instructions, chat responses."""
+    from synth import load_pipeline, read_output, run_pipeline
+
+    path = write(
+        "p.yaml",
+        f"""
+        name: magpie-vllm
+        seed: 3
+        backends:
+          default: {{type: openai, model: {server.model}, base_url: {server.url}, max_concurrency: 16}}
+        stages:
+          - stage: magpie
+            family: gemma-3
+            num_rows: 8
+            max_tokens: 48
+          - stage: respond
+            max_tokens: 48
+        output: {{format: sft}}
+        """,
+    )
+    first = run_pipeline(load_pipeline(path), tmp_path / "a")
+    rows = read_output(tmp_path / "a").to_pylist()
+    assert (
+        len(rows) + sum(sum(s["filtered"].values()) + sum(s["failed"].values()) for s in first.manifest["stages"]) == 8
+    )
+    assert len(rows) >= 4
+    for row in rows:
+        config = row["gen_input_configs"]
+        assert config["pre_query_template"] == "<bos><start_of_turn>user\n"
+        assert config["input_generator"] == f"openai:{server.model}"
+        assert row["messages"][0] == {"role": "user", "content": row["instruction"]}
+        assert row["messages"][1]["content"] == row["response"] and row["response"].strip()
+    run_pipeline(load_pipeline(path), tmp_path / "b")  # same seed, a fresh cache: the same rows
+    assert read_output(tmp_path / "b").to_pylist() == rows
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_engine_pre_query_extraction_and_one_bos(engine):
+    """The prepared folder's chat template gives Gemma's pre-query template; the engine sends it with one BOS."""
+    from synth.llm import prequery
+
+    template = engine.chat_template()
+    extracted = prequery.extract(template.source, bos_token=template.bos_token, eos_token=template.eos_token)
+    assert extracted.pre_query_template == prequery.get_family("gemma-3").pre_query_template
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    prompts = [extracted.pre_query_template, "<start_of_turn>user\n"]
+    with_text, without = collect(engine.complete([Request(sampling, 1, prompt=p) for p in prompts]))
+    assert with_text[0].prompt_tokens == without[0].prompt_tokens == 4

@@ -98,6 +98,17 @@ def sample_seed(seed: int, index: int) -> int:
     return seed if index == 0 else derive_seed(seed, index)
 
 
+def single_bos(ids: list[int], bos_id: int | None) -> list[int]:
+    """Token ids with one BOS at the start, not two.
+
+    A prompt whose text already starts with the BOS token (a Magpie pre-query template such as
+    `<bos><start_of_turn>user\n`, or a chat template that writes `{{ bos_token }}`) gets a second
+    one from a tokenizer that adds BOS itself; the model never saw that in training."""
+    if bos_id is not None and bos_id >= 0 and len(ids) >= 2 and ids[0] == ids[1] == bos_id:
+        return ids[1:]
+    return ids
+
+
 @runtime_checkable
 class Backend(Protocol):
     model_id: str  # what produced the text: part of every cache key and of provenance

@@ -13,7 +13,17 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from ..errors import BackendError, MissingDependency
-from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
+from .base import (
+    CompleteResult,
+    Generation,
+    Request,
+    RequestFailed,
+    Scored,
+    ScoreRequest,
+    ScoreResult,
+    sample_seed,
+    single_bos,
+)
 from .specs import LocalSpec
 from .templates import ChatTemplate
 
@@ -73,6 +83,7 @@ class LocalBackend:
     def _generate(self, prompt: str, request: Request) -> CompleteResult:
         s = request.sampling
         out: list[Generation] = []
+        ids = single_bos(self.llm.tokenize(prompt.encode(), add_bos=True, special=True), self.llm.token_bos())
         for i in range(s.n):
             # llama.cpp reuses the KV cache of the previous prompt's common prefix, and the
             # shorter prefill changes the floating-point path: the same seed then gives another
@@ -81,7 +92,7 @@ class LocalBackend:
             self.llm.reset()
             try:
                 answer = self.llm.create_completion(
-                    prompt,
+                    ids,
                     max_tokens=s.max_tokens,
                     temperature=s.temperature,
                     top_p=s.top_p,
@@ -135,8 +146,9 @@ class LocalBackend:
         if self._scorer is None:
             self._scorer = self._load(logits_all=True)
         llm = self._scorer
-        prompt_ids = llm.tokenize(r.prompt.encode(), add_bos=True, special=True)
-        full_ids = llm.tokenize((r.prompt + r.continuation).encode(), add_bos=True, special=True)
+        bos = llm.token_bos()
+        prompt_ids = single_bos(llm.tokenize(r.prompt.encode(), add_bos=True, special=True), bos)
+        full_ids = single_bos(llm.tokenize((r.prompt + r.continuation).encode(), add_bos=True, special=True), bos)
         if len(full_ids) > self.spec.n_ctx:
             return RequestFailed("prompt_too_long", f"{len(full_ids)} tokens > n_ctx {self.spec.n_ctx}")
         start = len(prompt_ids)

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import BackendError, MissingDependency
 from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
 from .specs import OpenAISpec
+from .templates import ChatTemplate
 
 RETRY_STATUS = {408, 409, 429}
 FATAL_STATUS = frozenset({401, 403, 404})  # a wrong key, model or URL: no row can succeed
@@ -98,6 +99,25 @@ def echo_continuation(logprobs: dict, prompt: str, text: str) -> list[float]:
     ]
 
 
+MAX_STOPS = 4  # OpenAI's API takes at most 4 stop sequences, and vLLM's server refuses more
+
+
+def server_stops(stops: Sequence[str]) -> list[str]:
+    """The stops the server gets: all of them, or the 4 likeliest to end a text early (the
+    shortest: a newline before a turn marker). The rest are applied to the answer here."""
+    stops = list(dict.fromkeys(stops))
+    return stops if len(stops) <= MAX_STOPS else sorted(stops, key=len)[:MAX_STOPS]
+
+
+def apply_stops(generation: Generation, stops: Sequence[str]) -> None:
+    """Cut the text at the first stop, as the server would have: the tokens before a stop are the
+    same whichever side looks for it, so the text is too (only the token count is larger)."""
+    cut = min((i for i in (generation.text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        generation.text = generation.text[:cut]
+        generation.finish_reason = "stop"
+
+
 class OpenAIBackend:
     def __init__(self, spec: OpenAISpec, *, backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP):
         try:
@@ -116,6 +136,8 @@ class OpenAIBackend:
         )
         self._slots = asyncio.Semaphore(spec.max_concurrency)
         self._vllm: bool | None = None  # whether to score with prompt_logprobs; probed once
+        self._template: ChatTemplate | None = None
+        self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
         self._probe = asyncio.Lock()
 
     def _pick(self) -> _Endpoint:
@@ -206,7 +228,7 @@ class OpenAIBackend:
             "seed": seed,
         }
         if s.stop:
-            body["stop"] = list(s.stop)
+            body["stop"] = server_stops(s.stop)
         if s.repetition_penalty != 1.0:  # not OpenAI's API: vLLM's extension, sent only when used
             body["repetition_penalty"] = s.repetition_penalty
         return body
@@ -223,6 +245,13 @@ class OpenAIBackend:
         return out
 
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
+        result = await self._generate_all(path, request, payload, chat)
+        if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
+            for g in result:
+                apply_stops(g, request.sampling.stop)
+        return result
+
+    async def _generate_all(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
         n = request.sampling.n
         data = await self._send(path, {**self._body(request, request.seed, n), **payload})
         if isinstance(data, RequestFailed):
@@ -247,8 +276,28 @@ class OpenAIBackend:
                 generations.append(g)
         return generations
 
+    def chat_template(self) -> ChatTemplate:
+        """The served model's template as the pipeline gives it (`chat_template:`): servers do not
+        publish theirs, and Magpie renders raw prompts client-side."""
+        if self._template is None:
+            if not self.spec.chat_template:
+                raise BackendError(
+                    f"{self.model_id}: set chat_template on this backend (the model's tokenizer_config.json or "
+                    "folder) so synth can render raw prompts from it, or give the magpie stage a family:"
+                )
+            self._template = ChatTemplate.resolve(self.spec.chat_template, None, self.model_id)
+        return self._template
+
+    async def _complete_one(self, r: Request) -> CompleteResult:
+        prompt = r.prompt or ""
+        payload: dict[str, Any] = {"prompt": prompt}
+        bos = await self._bos_text()
+        if bos and prompt.startswith(bos):
+            payload["add_special_tokens"] = False  # the prompt has its BOS: vLLM would add a second
+        return await self._generate("/completions", r, payload, False)
+
     def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
-        return self._fan_out(requests, lambda r: self._generate("/completions", r, {"prompt": r.prompt or ""}, False))
+        return self._fan_out(requests, self._complete_one)
 
     def chat(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
         def one(r: Request):
@@ -265,6 +314,27 @@ class OpenAIBackend:
                 answer = await self._send("/version", root=True, fatal=())
                 self._vllm = isinstance(answer, dict) and "version" in answer
         return self._vllm
+
+    async def _bos_text(self) -> str | None:
+        """The BOS token's text, where the server is vLLM and adds BOS to raw prompts; else None.
+
+        Magpie's pre-query templates start with the BOS text (`<|begin_of_text|>`, `<bos>`); sent
+        as they are, vLLM tokenizes them with a second BOS in front. Knowing the text, such prompts
+        go out with `add_special_tokens: false`. Probed once per backend (two small requests)."""
+        if not await self._is_vllm():
+            return None
+        async with self._probe:
+            if self._bos is None:
+                self._bos = ""
+                body = {"model": self.spec.model, "prompt": "", "add_special_tokens": True}
+                tokens = await self._send("/tokenize", body, root=True, fatal=())
+                ids = tokens.get("tokens") if isinstance(tokens, dict) else None
+                if ids:
+                    text = await self._send(
+                        "/detokenize", {"model": self.spec.model, "tokens": ids[:1]}, root=True, fatal=()
+                    )
+                    self._bos = (text.get("prompt") if isinstance(text, dict) else None) or ""
+        return self._bos or None
 
     async def _score_prompt_logprobs(self, r: ScoreRequest) -> ScoreResult | None:
         body = {"model": self.spec.model, "prompt": r.prompt + r.continuation, "max_tokens": 1, "temperature": 0.0}

@@ -53,6 +53,11 @@ class OpenAISpec(_Spec):
     max_concurrency: int = _speed_only(default=64, ge=1)
     timeout: float = _speed_only(default=600.0, gt=0)
     max_retries: int = _speed_only(default=6, ge=0)
+    chat_template: str | None = Field(
+        None,
+        description="the served model's chat template, for what synth renders itself (Magpie's pre-query "
+        "template, follow-up turns): a tokenizer_config.json, the model folder, a Jinja file or a built-in name",
+    )
 
     @model_validator(mode="after")
     def _one_url(self):

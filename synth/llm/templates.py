@@ -69,6 +69,32 @@ class ChatTemplate:
             raise BackendError(f"chat template '{self.name}' failed: {exc}") from None
 
     @classmethod
+    def from_tokenizer_config(cls, path: Path, bos: str = "", eos: str = "") -> ChatTemplate:
+        """The `chat_template` of a Hugging Face tokenizer_config.json, with its BOS and EOS texts."""
+        import json
+
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read {path}: {exc}") from None
+        source = config.get("chat_template") if isinstance(config, dict) else None
+        if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+            source = named.get("default") or next(iter(named.values()), None)
+        if not isinstance(source, str) or not source:
+            jinja = path.parent / "chat_template.jinja"  # where newer transformers versions write it
+            if not jinja.is_file():
+                raise BackendError(f"{path} has no chat_template (and no chat_template.jinja beside it)")
+            source = jinja.read_text(encoding="utf-8")
+
+        def text(key: str, default: str) -> str:
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            return value if isinstance(value, str) else default
+
+        return cls(source, str(path), text("bos_token", bos), text("eos_token", eos), strict=False)
+
+    @classmethod
     def resolve(cls, setting: str | None, metadata: dict | None, model_id: str, bos: str = "", eos: str = ""):
         metadata = metadata or {}
         if setting:
@@ -76,13 +102,17 @@ class ChatTemplate:
             if builtin.is_file():
                 return cls(builtin.read_text(encoding="utf-8"), setting, bos, eos)
             path = Path(setting).expanduser()
+            if path.is_dir() and (path / "tokenizer_config.json").is_file():
+                path = path / "tokenizer_config.json"
+            if path.suffix == ".json" and path.is_file():
+                return cls.from_tokenizer_config(path, bos, eos)
             if path.suffix in (".jinja", ".j2", ".txt") and path.is_file():
                 return cls(path.read_text(encoding="utf-8"), str(path), bos, eos)
             if "{%" in setting or "{{" in setting:
                 return cls(setting, "inline", bos, eos)
             raise BackendError(
                 f"chat_template '{setting}' is neither a built-in ({', '.join(builtin_names())}), "
-                f"a Jinja file, nor Jinja text"
+                f"a Jinja file, a tokenizer_config.json (or the model folder holding one), nor Jinja text"
             )
         source = metadata.get("tokenizer.chat_template")
         if source:

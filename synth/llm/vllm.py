@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, MissingDependency
-from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+from .base import (
+    CompleteResult,
+    Generation,
+    Request,
+    RequestFailed,
+    Scored,
+    ScoreRequest,
+    ScoreResult,
+    single_bos,
+)
 from .specs import VLLMSpec
 from .templates import ChatTemplate
 
@@ -148,7 +157,8 @@ class VLLMBackend:
 
     def _complete(self, requests: Sequence[Request]) -> list[CompleteResult]:
         tokenizer = self.llm.get_tokenizer()
-        ids = [tokenizer.encode(r.prompt or "") for r in requests]  # with BOS, as the server does
+        bos = getattr(tokenizer, "bos_token_id", None)
+        ids = [single_bos(tokenizer.encode(r.prompt or ""), bos) for r in requests]  # with one BOS
         return self._run(ids, [self._params(r) for r in requests])
 
     def _chat(self, requests: Sequence[Request]) -> list[CompleteResult]:
@@ -173,8 +183,9 @@ class VLLMBackend:
         results: list[ScoreResult | None] = [None] * len(requests)
         todo, prompts, starts = [], [], []
         for i, r in enumerate(requests):
-            prompt_ids = tokenizer.encode(r.prompt)
-            full_ids = tokenizer.encode(r.prompt + r.continuation)
+            bos = getattr(tokenizer, "bos_token_id", None)
+            prompt_ids = single_bos(tokenizer.encode(r.prompt), bos)
+            full_ids = single_bos(tokenizer.encode(r.prompt + r.continuation), bos)
             if len(full_ids) >= limit:
                 results[i] = RequestFailed("prompt_too_long", f"{len(full_ids)} tokens >= max_model_len {limit}")
                 continue

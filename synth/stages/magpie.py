@@ -134,7 +134,10 @@ class Magpie(Stage):
             if getter is not None:
                 try:
                     template = getter()
-                except BackendError:  # a base model has none: fall back below
+                except BackendError as exc:  # a base model has none: fall back below
+                    if getattr(getattr(backend, "spec", None), "type", "") == "openai":
+                        # a server's model is an instruct model as a rule: few-shot would hide the mistake
+                        raise SynthError(f"stage '{self.ctx.label}': {exc}") from None
                     template = None
             if template is None:
                 if p.mode == "pre_query":
