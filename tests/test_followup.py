@@ -22,7 +22,8 @@ ROWS = [
 
 
 def pipeline(write, name: str, backend: str = "", turn3: bool = False) -> str:
-    third = "\n          - {stage: followup, name: turn3, turn: 3, max_tokens: 32, response_max_tokens: 32}" if turn3 else ""
+    third = "{stage: followup, name: turn3, turn: 3, max_tokens: 32, response_max_tokens: 32}"
+    third = f"\n          - {third}" if turn3 else ""
     return write(
         f"{name}.yaml",
         f"""
