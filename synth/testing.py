@@ -228,3 +228,27 @@ class InstantServer(_LoopThread):
         if path.endswith("/models"):
             return 200, json.dumps({"object": "list", "data": [{"id": "instant", "object": "model"}]}).encode()
         return 404, json.dumps({"error": {"message": f"InstantServer has no route {path}"}}).encode()
+
+
+def _serve_instant(argv: list[str] | None = None) -> None:
+    """`python -m synth.testing --port P`: an InstantServer in its own process until Ctrl-C or
+    SIGTERM, so that a benchmark's client does not share a core (and the GIL) with it."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m synth.testing", description=_serve_instant.__doc__)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--text", default="ok")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with InstantServer(text=args.text, port=args.port) as server:
+        print(f"InstantServer on {server.url}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    _serve_instant()

@@ -15,6 +15,7 @@ client's headers and is never logged or put in an error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -51,12 +52,8 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _server_message(response) -> str:
+def _server_message(data: Any, text: str) -> str:
     """The server's own words: OpenAI, llama.cpp and vLLM nest them differently."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text[:500]
     if isinstance(data, dict):
         error = data.get("error")
         for candidate in (
@@ -66,7 +63,17 @@ def _server_message(response) -> str:
         ):
             if candidate:
                 return str(candidate)[:500]
-    return response.text[:500]
+    return text[:500]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
+
+
+_NOT_JSON = object()
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -121,19 +128,16 @@ def apply_stops(generation: Generation, stops: Sequence[str]) -> None:
 class OpenAIBackend:
     def __init__(self, spec: OpenAISpec, *, backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP):
         try:
-            import httpx
+            import aiohttp  # noqa: F401
         except ImportError:
-            raise MissingDependency("httpx", "openai", "The openai backend") from None
+            raise MissingDependency("aiohttp", "openai", "The openai backend") from None
         self.spec = spec
         self.model_id = f"openai:{spec.model}"  # no URL: moving a server must not invalidate a cache
         self.endpoints = [_Endpoint(u.rstrip("/")) for u in spec.urls()]
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        key = os.environ.get(spec.api_key_env) or "EMPTY"  # local servers want none, but a header
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(spec.timeout, connect=min(spec.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency),
-        )
+        # The API key is read when the session is made, into its headers: never logged or stored.
+        self._client = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(spec.max_concurrency)
         self._vllm: bool | None = None  # whether to score with prompt_logprobs; probed once
         self._template: ChatTemplate | None = None
@@ -147,30 +151,49 @@ class OpenAIBackend:
         ]
         return min(ready, key=lambda e: e.in_flight)
 
+    def _session(self):
+        """The HTTP session of the running event loop (aiohttp sessions belong to one loop)."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.closed:
+            key = os.environ.get(self.spec.api_key_env) or "EMPTY"  # local servers want none, but a header
+            self._client = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=aiohttp.ClientTimeout(total=self.spec.timeout, connect=min(self.spec.timeout, 10.0)),
+                connector=aiohttp.TCPConnector(limit=self.spec.max_concurrency, limit_per_host=0),
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as other clients honour them
+                json_serialize=json.dumps,
+            )
+            self._client_loop = loop
+        return self._client
+
     async def _once(self, url: str, body: dict | None, fatal: Collection[int]) -> Any:
         """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets."""
         method = "GET" if body is None else "POST"
-        response = await asyncio.wait_for(self._client.request(method, url, json=body), self.spec.timeout)
-        status, message = response.status_code, _server_message(response)
+        async with self._session().request(method, url, json=body) as response:
+            status, retry_after = response.status, response.headers.get("retry-after")
+            text = await response.text()
+        data = _json(text)
         if status in RETRY_STATUS or status >= 500:
-            raise _Retryable(f"HTTP {status}: {message}", _retry_after(response.headers.get("retry-after")))
+            raise _Retryable(f"HTTP {status}: {_server_message(data, text)}", _retry_after(retry_after))
         if status in fatal:  # every request would get it: stop rather than drop every row
             raise BackendError(
-                f"{url} answered HTTP {status}: {message}; check the model name ({self.spec.model}), the base_url "
-                f"(it usually ends in /v1) and the API key in ${self.spec.api_key_env}"
+                f"{url} answered HTTP {status}: {_server_message(data, text)}; check the model name "
+                f"({self.spec.model}), the base_url (it usually ends in /v1) and the API key in "
+                f"${self.spec.api_key_env}"
             )
         if status >= 300:
-            return RequestFailed("rejected", f"HTTP {status}: {message}")
-        try:
-            return response.json()
-        except ValueError:
-            raise _Retryable(f"HTTP {status} with a body that is not JSON: {response.text[:200]!r}") from None
+            return RequestFailed("rejected", f"HTTP {status}: {_server_message(data, text)}")
+        if data is _NOT_JSON:
+            raise _Retryable(f"HTTP {status} with a body that is not JSON: {text[:200]!r}")
+        return data
 
     async def _send(
         self, path: str, body: dict | None = None, *, root: bool = False, fatal: Collection[int] = FATAL_STATUS
     ) -> Any:
         """POST (GET without a body) to the least busy URL, retrying what may pass."""
-        import httpx
+        import aiohttp
 
         last = ""
         for attempt in range(self.spec.max_retries + 1):
@@ -183,7 +206,7 @@ class OpenAIBackend:
                     answer = await self._once(url, body, fatal)
                     endpoint.failures = 0
                     return answer
-                except (httpx.TransportError, asyncio.TimeoutError, _Retryable) as exc:
+                except (aiohttp.ClientError, asyncio.TimeoutError, _Retryable) as exc:
                     last = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
                     retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
                     endpoint.failures += 1
@@ -291,7 +314,9 @@ class OpenAIBackend:
     async def _complete_one(self, r: Request) -> CompleteResult:
         prompt = r.prompt or ""
         payload: dict[str, Any] = {"prompt": prompt}
-        bos = await self._bos_text()
+        # BOS texts are special-token strings ("<s>", "<bos>", "<|begin_of_text|>"): only a prompt
+        # that starts with "<" can carry one, so ordinary prompts never wait for the probe.
+        bos = await self._bos_text() if prompt.startswith("<") else None
         if bos and prompt.startswith(bos):
             payload["add_special_tokens"] = False  # the prompt has its BOS: vLLM would add a second
         return await self._generate("/completions", r, payload, False)
@@ -375,4 +400,7 @@ class OpenAIBackend:
         return self._fan_out(requests, self._score_one)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        client = self._client
+        if client is not None and not client.closed and self._client_loop is asyncio.get_running_loop():
+            await client.close()
+        self._client = None
