@@ -265,3 +265,15 @@ def test_more_than_four_stops_are_split_between_server_and_client():
     untouched = Generation("no stop here", "length", 3, 1)
     apply_stops(untouched, stops)
     assert (untouched.text, untouched.finish_reason) == ("no stop here", "length")
+
+
+def test_proxies_come_from_the_environment_but_never_for_loopback(monkeypatch):
+    from synth.llm.openai import proxy_for
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3129")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert proxy_for("https://api.openai.com/v1") == "http://proxy.example:3129"
+    assert proxy_for("http://gpu1.example:8000/v1") == "http://proxy.example:3128"
+    assert proxy_for("http://internal.example:8000/v1") is None
+    assert proxy_for("http://127.0.0.1:8000/v1") is None and proxy_for("http://localhost:8000/v1") is None

@@ -40,6 +40,8 @@ class _Endpoint:
     failures: int = 0  # consecutive; a success resets it
     cooling_until: float = 0.0
 
+    proxy: str | None = None  # from HTTP(S)_PROXY / NO_PROXY, looked up once
+
     @property
     def root(self) -> str:
         """Where vLLM's non-OpenAI routes live (/version, /tokenize)."""
@@ -50,6 +52,19 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), never for
+    loopback. Looked up once per URL: aiohttp's own per-request lookup costs two thread hops."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127.") or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _server_message(data: Any, text: str) -> str:
@@ -133,7 +148,7 @@ class OpenAIBackend:
             raise MissingDependency("aiohttp", "openai", "The openai backend") from None
         self.spec = spec
         self.model_id = f"openai:{spec.model}"  # no URL: moving a server must not invalidate a cache
-        self.endpoints = [_Endpoint(u.rstrip("/")) for u in spec.urls()]
+        self.endpoints = [_Endpoint(u.rstrip("/"), proxy=proxy_for(u)) for u in spec.urls()]
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         # The API key is read when the session is made, into its headers: never logged or stored.
         self._client = None
@@ -162,16 +177,15 @@ class OpenAIBackend:
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=aiohttp.ClientTimeout(total=self.spec.timeout, connect=min(self.spec.timeout, 10.0)),
                 connector=aiohttp.TCPConnector(limit=self.spec.max_concurrency, limit_per_host=0),
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as other clients honour them
                 json_serialize=json.dumps,
             )
             self._client_loop = loop
         return self._client
 
-    async def _once(self, url: str, body: dict | None, fatal: Collection[int]) -> Any:
+    async def _once(self, url: str, body: dict | None, fatal: Collection[int], proxy: str | None = None) -> Any:
         """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets."""
         method = "GET" if body is None else "POST"
-        async with self._session().request(method, url, json=body) as response:
+        async with self._session().request(method, url, json=body, proxy=proxy) as response:
             status, retry_after = response.status, response.headers.get("retry-after")
             text = await response.text()
         data = _json(text)
@@ -203,7 +217,7 @@ class OpenAIBackend:
                 url = (endpoint.root if root else endpoint.url) + path
                 endpoint.in_flight += 1
                 try:
-                    answer = await self._once(url, body, fatal)
+                    answer = await self._once(url, body, fatal, endpoint.proxy)
                     endpoint.failures = 0
                     return answer
                 except (aiohttp.ClientError, asyncio.TimeoutError, _Retryable) as exc:
