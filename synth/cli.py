@@ -102,6 +102,11 @@ def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, 
     from .console import print_summary
 
     print_summary(result)
+    push = pipeline.output.push_to_hub
+    if push is not None and result.manifest.get("status") == "complete":
+        from .hub import push_run
+
+        click.echo(f"pushed to {push.repo_id}: {push_run(root, push)}")
 
 
 @main.command()
@@ -182,6 +187,48 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
     from .inspect_run import show_run
 
     show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("repo_id")
+@click.option("--private/--public", default=True, show_default=True, help="visibility of a repo synth creates")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["sft", "preference", "kto", "raw"]),
+    default="sft",
+    show_default=True,
+    help="as for synth export",
+)
+@click.option("--test-size", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True, help="seed of the train/test split")
+@click.option("--license", "license_", help="licence identifier for the card, e.g. apache-2.0 or llama3")
+@friendly
+def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float, seed: int, license_: str | None):
+    """Push a finished run to the Hugging Face Hub as a dataset repo (data files and card).
+
+    The token comes from the environment only: HF_TOKEN, or the login 'hf auth login' saved. The
+    repo is created if it does not exist (private unless --public). HF_ENDPOINT selects another
+    Hub. A pipeline can push by itself when it completes, with output: push_to_hub: {repo_id: ...}.
+
+    \b
+    Examples:
+      HF_TOKEN=hf_... synth push runs/magpie-sft me/magpie-sft-demo
+      synth push runs/magpie-dpo my-org/magpie-dpo --format preference --test-size 0.02 --public
+    """
+    from pydantic import ValidationError
+
+    from .config import PushSettings
+    from .hub import push_run
+
+    try:
+        settings = PushSettings(
+            repo_id=repo_id, private=private, format=fmt, test_size=test_size, seed=seed, license=license_
+        )
+    except ValidationError as exc:
+        raise click.UsageError(f"{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    click.echo(f"pushed to {repo_id}: {push_run(run_dir, settings)}")
 
 
 @main.command()

@@ -46,6 +46,19 @@ class RunSettings(BaseModel):
     )
 
 
+class PushSettings(BaseModel):
+    """`output: push_to_hub:` in a pipeline file: pushed when `synth run` completes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="user-or-org/name")
+    private: bool = True
+    format: Literal["sft", "preference", "kto", "raw"] = "sft"
+    test_size: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    license: str | None = None
+
+
 class OutputSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,6 +66,7 @@ class OutputSettings(BaseModel):
     instruction_column: str = "instruction"
     response_column: str = "response"
     columns: list[str] | None = Field(None, description="keep only these columns (raw format)")
+    push_to_hub: PushSettings | None = Field(None, description="push the dataset when `synth run` completes")
 
 
 class PipelineFile(BaseModel):
@@ -110,7 +124,8 @@ class Pipeline:
         return out
 
     def fingerprint(self) -> str:
-        return digest([self.stage_fingerprints(), self.output.model_dump(mode="json")], 16)
+        # Where the data is pushed changes no row: push_to_hub is left out.
+        return digest([self.stage_fingerprints(), self.output.model_dump(mode="json", exclude={"push_to_hub"})], 16)
 
 
 def _field(loc: tuple, doc: YamlDoc) -> str:
