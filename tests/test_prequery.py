@@ -350,3 +350,33 @@ def test_control_task_puts_the_task_system_prompt_before_the_user_header(write, 
     prompt = json.loads(raw)["prompt"]
     system = (resource_dir("templates") / "magpie" / "control_math.jinja").read_text().strip()
     assert prompt == FAMILIES["llama-3"].system_turn.replace("{system}", system)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [("", (0.7, 1.0)), ("temperature: 0.9", (0.9, 1.0))])
+def test_magpie_family_sampling_defaults_unless_the_file_sets_them(write, tmp_path, extra, expected):
+    """Qwen2.5's instructions were sampled at temperature 0.7 by the authors; a file's own value wins."""
+    pytest.importorskip("llama_cpp")
+    import json
+    import sqlite3
+
+    from synth import read_output, run_pipeline
+
+    path = write(
+        "p.yaml",
+        f"""
+        stages:
+          - stage: magpie
+            num_rows: 1
+            family: qwen2.5
+            max_tokens: 4
+            {extra}
+    """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+    with sqlite3.connect(tmp_path / "run" / "cache.sqlite") as db:
+        (raw,) = db.execute("SELECT request FROM requests").fetchone()
+    sampling = json.loads(raw)["sampling"]
+    assert (sampling["temperature"], sampling["top_p"]) == expected
+    for row in read_output(tmp_path / "run").to_pylist():
+        config = row["gen_input_configs"]
+        assert (config["temperature"], config["top_p"]) == expected

@@ -114,6 +114,7 @@ class Magpie(Stage):
         self.sanitize = bool(p.sanitize)
         self.pre_query: str | None = None
         self.extracted = None
+        self.temperature, self.top_p = p.temperature, p.top_p
         if p.mode == "few_shot":
             return self._open_few_shot()
         if p.pre_query_template is not None:
@@ -127,6 +128,11 @@ class Magpie(Stage):
             self.stops += list(entry.stop) + list(entry.assistant_words)
             self.early_stop = entry.early_stop if p.early_stop is None else p.early_stop
             self.sanitize = entry.sanitize if p.sanitize is None else p.sanitize
+            # The authors' per-model sampling (e.g. Llama-3.1-8B at 0.8), unless the file sets it.
+            if "temperature" not in p.model_fields_set:
+                self.temperature = entry.instruction_temperature
+            if "top_p" not in p.model_fields_set:
+                self.top_p = entry.instruction_top_p
         else:
             backend = self.ctx.llm(p.backend).backend
             template = None
@@ -181,7 +187,9 @@ class Magpie(Stage):
         p = self.params
         llm = self.ctx.llm(p.backend)
         stops = list(dict.fromkeys(self.stops + (["\n"] if self.early_stop else [])))
-        sampling = p.sampling().model_copy(update={"stop": tuple(stops)})
+        sampling = p.sampling().model_copy(
+            update={"stop": tuple(stops), "temperature": self.temperature, "top_p": self.top_p}
+        )
         requests = []
         for row in batch.rows:
             seed = self.ctx.seed_for("instruction", row["id"])
@@ -207,8 +215,8 @@ class Magpie(Stage):
                     if self.pre_query is not None
                     else f"few_shot:{p.few_shot_template}",
                     "gen_input_configs": {
-                        "temperature": p.temperature,
-                        "top_p": p.top_p,
+                        "temperature": self.temperature,
+                        "top_p": self.top_p,
                         "input_generator": llm.model_id,
                         "seed": request.seed,
                         "pre_query_template": self.pre_query,
