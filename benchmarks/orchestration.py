@@ -157,6 +157,11 @@ def row(label: str, m: dict, reference: dict | None = None) -> str:
     )
 
 
+def report(label: str, m: dict) -> None:
+    """A line per part as soon as it is measured, so a later failure loses nothing."""
+    print(f"measured {label}: {json.dumps({k: round(v, 3) for k, v in m.items()})}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=256, help="requests (>= 256 for the issue's figures)")
@@ -182,10 +187,12 @@ def main() -> None:
             if "a" in args.parts:
                 results["a"] = asyncio.run(bare_openai(server.url, server.model, texts, args.max_tokens, 64))
                 results["a"]["rss"] = peak_rss_mb()
+                report("a", results["a"])
             if "b" in args.parts:
                 backend = {"type": "openai", "model": server.model, "base_url": server.url, "max_concurrency": 64}
                 results["b"] = synth_pipeline(backend, texts, args.max_tokens, workdir, "vllm-server")
                 results["b"]["rss"] = peak_rss_mb()
+                report("b", results["b"])
     if "c" in args.parts:
         from synth.testing import free_port
 
@@ -200,6 +207,7 @@ def main() -> None:
             many = prompts(args.instant_n)
             results["c"] = synth_pipeline(backend, many, args.max_tokens, workdir, "instant")
             results["c"]["rss"] = peak_rss_mb()
+            report("c", results["c"])
         finally:
             server.terminate()
             server.wait()
@@ -207,6 +215,8 @@ def main() -> None:
         direct, ours = engine_parts(model_dir, texts, args.max_tokens)
         results["d0"], results["d"] = direct, ours
         results["d0"]["rss"] = results["d"]["rss"] = peak_rss_mb()
+        report("d0", results["d0"])
+        report("d", results["d"])
 
     lines.append("| run | requests | generated tokens | seconds | requests/s | tokens/s | ratio | peak RSS MB |")
     lines.append("|---|---|---|---|---|---|---|---|")

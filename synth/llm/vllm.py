@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -79,6 +80,10 @@ class VLLMBackend:
             on_cpu = False
         if on_cpu:
             kwargs["enforce_eager"] = True
+            # Without a fixed KV cache size, vLLM's CPU worker reserves 92% of the machine's memory
+            # and refuses to start when less is free; the engine's queues stay on loopback.
+            for key, value in (("VLLM_CPU_KVCACHE_SPACE", "2"), ("VLLM_HOST_IP", "127.0.0.1")):
+                os.environ.setdefault(key, value)
         kwargs.update(self.spec.engine_args)
         return kwargs
 
