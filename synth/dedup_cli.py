@@ -76,7 +76,11 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
 )
 @click.option("-t", "--threshold", type=float, help="minhash: Jaccard (0.7); embedding: cosine (0.95; Magpie 0.975)")
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True, help="sentence-transformers model folder")
-@click.option("--no-cascade", is_flag=True, help="embed every row with --model (slow) instead of static candidates")
+@click.option(
+    "--no-cascade",
+    is_flag=True,
+    help="embed every row with --model even above 10,000 rows (slow) instead of static candidates",
+)
 @click.option("--reference", type=click.Path(exists=True), help="also drop rows matching this dataset's rows")
 @click.option("--reference-column", help="text column of --reference (default: --column)")
 @click.option("--id-column", help="column naming rows in representative_id (default: row position)")
@@ -110,7 +114,7 @@ def dedup(source, out, column, method, threshold, model, no_cascade, reference, 
                 method=method,
                 threshold=threshold,
                 model=model,
-                cascade=not no_cascade,
+                cascade=False if no_cascade else "auto",
                 reference=str(Path(reference).resolve()) if reference else None,
                 reference_column=reference_column,
                 id_column=id_column,

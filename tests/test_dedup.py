@@ -214,6 +214,8 @@ def test_dedup_stage_drops_duplicates_and_records_why(method, write, tmp_path):
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(len(texts)) if i not in expected]
     assert all(r["representative_id"] == r["id"] for r in rows)
     assert ("min_neighbor_distance" in rows[0]) == (method == "embedding")
+    if method == "embedding":  # below cascade_above every row is embedded: every row has its distance
+        assert all(0 <= r["min_neighbor_distance"] <= 4 for r in rows)
     stage = result.manifest["stages"][1]
     assert stage["filtered"] == {f"duplicate_{method}": len(expected)}
     dropped_rows = list(RunStore(tmp_path / "run").stage(1, "dedup").iter_dropped())

@@ -6,7 +6,8 @@ Methods (the algorithms live in synth/filters/):
 - `minhash`: MinHash LSH over character (or word) n-grams; `threshold` is the Jaccard similarity.
 - `embedding` (default): Magpie's method (gen_dis.py) with sentence embeddings and FAISS;
   `threshold` is a cosine similarity. Magpie's 0.05 squared-L2 distance on unit vectors is
-  cosine > 0.975 (d = 2 - 2 cos); synth's default is 0.95. With `cascade: true` a static model
+  cosine > 0.975 (d = 2 - 2 cos); synth's default is 0.95. With the cascade (`cascade: auto`, the
+  default, uses it above `cascade_above` rows; `true` always) a static model
   distilled from `model` finds candidates (cos >= `candidate_threshold`) and `model` confirms
   them; `cascade: false` embeds every row with `model`, as Magpie did. `near_copies: true` also
   drops candidates that differ only by typos, moved words or a short added sentence (embeddings
@@ -56,7 +57,12 @@ class DedupParams(StageParams):
     shingle: Literal["char", "word"] = Field("char", description="minhash: character or word n-grams")
     num_perm: int = Field(128, ge=16, description="minhash: permutations")
     model: str = Field("all-MiniLM-L6-v2", description="embedding: a sentence-transformers model folder")
-    cascade: bool = Field(True, description="embedding: a static model finds candidates, `model` confirms")
+    cascade: bool | Literal["auto"] = Field(
+        "auto",
+        description="embedding: a static model finds candidates, `model` confirms (auto: above cascade_above rows; "
+        "below it every row is embedded with `model`, so every row gets its min_neighbor_distance, as in Magpie)",
+    )
+    cascade_above: int = Field(10_000, ge=0, description="embedding, cascade: auto: rows from which to cascade")
     candidate_threshold: float = Field(0.8, gt=0, le=1, description="embedding cascade: static-model cosine")
     near_copies: bool = Field(
         True, description="embedding: also drop candidates that differ only by typos or an added short sentence"
@@ -130,14 +136,16 @@ class Dedup(Stage):
         if p.method == "minhash" or (p.method == "embedding" and p.near_copies):
             require_datasketch()
         if p.method == "embedding":
-            await asyncio.to_thread(self._encoders)
+            await asyncio.to_thread(self._encoders, 0)
 
-    def _encoders(self):
+    def _encoders(self, rows: int):
+        """The confirming encoder, and the static candidate encoder when the cascade applies to `rows`."""
         from ..filters import embed
 
         p = self.params
         encode = embed.sentence_encoder(p.model)
-        return encode, (embed.static_encoder(p.model) if p.cascade else None)
+        cascade = p.cascade is True or (p.cascade == "auto" and rows > p.cascade_above)
+        return encode, (embed.static_encoder(p.model) if cascade else None)
 
     def _reference_texts(self) -> list[str]:
         from .load import Load, LoadParams
@@ -156,7 +164,7 @@ class Dedup(Stage):
             return match, (match >= 0).astype(np.float32)
         if p.method == "minhash":
             return dedup.minhash_matches(texts, reference, threshold, p.ngram, p.shingle, p.num_perm)
-        encode, fast = self._encoders()
+        encode, fast = self._encoders(len(texts) + len(reference))
         return neighbors.embedding_matches(texts, reference, encode, threshold, fast, p.candidate_threshold)
 
     def find(self, texts: list[str]):
@@ -167,7 +175,7 @@ class Dedup(Stage):
             return dedup.dedup_exact(texts, p.normalize)
         if p.method == "minhash":
             return dedup.dedup_minhash(texts, threshold, p.ngram, p.shingle, p.num_perm)
-        encode, fast = self._encoders()
+        encode, fast = self._encoders(len(texts))
         return neighbors.dedup_embedding(
             texts, encode, threshold, p.k, p.index, p.exact_below, fast, p.candidate_threshold, p.near_copies
         )
