@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def _bar(labels, series: dict[str, list], title: str, xlabel: str = "", horizont
         positions = [p + i * width for p in range(len(labels))]
         (ax.barh if horizontal else ax.bar)(positions, values, width, label=name)
     ticks = [p + width * (len(series) - 1) / 2 for p in range(len(labels))]
-    if horizontal:
-        ax.set_yticks(ticks, labels)
+    if horizontal:  # long reasons ("input_quality: input_quality in [good, excellent]") wrap, not squeeze
+        ax.set_yticks(ticks, [textwrap.fill(str(label), 32) for label in labels], fontsize=9)
         ax.invert_yaxis()
     else:
         ax.set_xticks(ticks, labels, rotation=30, ha="right")
