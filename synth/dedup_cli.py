@@ -67,7 +67,7 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
     return summary
 
 
-@click.command("dedup")
+@click.command("dedup", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("source", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-c", "--column", default="instruction", show_default=True, help="text column to compare")

@@ -22,7 +22,7 @@ def _friendly(fn):
     return wrapper
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def models():
     """Prepare local model files for synth's backends.
 
