@@ -529,8 +529,11 @@ def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed
     # "5 vs 25 ways to ..." is left out, as no embedding model tells those apart
     templated = [item for item in base if item[2] is not None and any(not k.startswith("n") for k in item[2][1])]
     rows = [(text, cluster) for text, cluster, _ in base]
-    looks = 0
-    while looks < int(n * lookalike_rate):
+    looks, attempts = 0, 0
+    # The templates' content slots allow only so many distinct look-alikes: stop trying after a
+    # while rather than loop forever, and say how many there are.
+    while looks < int(n * lookalike_rate) and attempts < 200 * max(1, int(n * lookalike_rate)):
+        attempts += 1
         _, _, (t, values, prefix, suffix) = rng.choice(templated)
         template, slots = TEMPLATES[t]
         key = rng.choice([k for k in slots if not k.startswith("n")])
@@ -541,6 +544,8 @@ def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed
             cores.add(_core(changed))
             rows.append((text, len(base) + looks))
             looks += 1
+    if looks < int(n * lookalike_rate):
+        print(f"  (only {looks} distinct look-alikes exist for {n} rows)", flush=True)
     rng.shuffle(rows)
     keyed = [(float(i), text, cluster) for i, (text, cluster) in enumerate(rows)]
     where = {cluster: float(i) for i, (_, cluster) in enumerate(rows)}
