@@ -281,3 +281,15 @@ def test_dedup_cli_writes_output_and_cluster_report(tmp_path):
     wrong = runner.invoke(dedup_command, [str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl")])
     assert wrong.exit_code == 1 and "no column 'instruction'" in wrong.output and "Traceback" not in wrong.output
     assert "Examples:" in runner.invoke(dedup_command, ["--help"]).output
+
+
+def test_fast_edit_distance_equals_the_python_one():
+    """rapidfuzz's OSA (when installed) and the pure-Python fallback must agree exactly."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        a = "".join(rng.choice("abcd ") for _ in range(rng.randint(0, 24)))
+        b = "".join(rng.choice("abcd ") for _ in range(rng.randint(0, 24)))
+        assert dedup.edit_distance(a, b) == dedup.edit_distance_py(a, b), (a, b)
+    assert dedup.edit_distance("teh", "the") == 1  # a swap is one edit
