@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -137,6 +138,12 @@ def edit_distance_py(a: str, b: str) -> int:
     return prev[-1]
 
 
+@lru_cache(maxsize=1 << 18)
+def _words(text: str) -> tuple[str, ...]:
+    """Normalized words, cached: a text meets many candidate partners in the near-copy checks."""
+    return tuple(normalize_text(text).split())
+
+
 def near_copy(a: str, b: str, max_edits: float = 0.15, max_added: float = 0.5) -> bool:
     """Whether one text is a near copy of the other. After normalization they may differ by:
     misspellings (each changed run of words within one edit per 4 characters of its counterpart:
@@ -144,7 +151,7 @@ def near_copy(a: str, b: str, max_edits: float = 0.15, max_added: float = 0.5) -
     "Parma"; all edits together at most `max_edits` of the length), words moved elsewhere, and one
     run of words added at the start or the end ("..., thanks in advance!"; at most `max_added` of
     the longer text's words)."""
-    wa, wb = normalize_text(a).split(), normalize_text(b).split()
+    wa, wb = list(_words(a)), list(_words(b))
     if not wa or not wb:
         return wa == wb
     edits = added = 0
