@@ -189,21 +189,37 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
     show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped)
 
 
+def _dataset_options(fn):
+    """--format, --test-size, --seed and --license: what export and push share."""
+    options = [
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["sft", "preference", "kto", "raw"]),
+            default="sft",
+            show_default=True,
+            help="sft: messages; preference: prompt/chosen/rejected; kto: prompt/completion/label",
+        ),
+        click.option(
+            "--test-size",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="share of rows for a test split (seeded shuffle)",
+        ),
+        click.option("--seed", type=int, default=42, show_default=True, help="seed of the train/test split"),
+        click.option("--license", "license_", help="licence identifier for the card, e.g. apache-2.0 or llama3"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("repo_id")
 @click.option("--private/--public", default=True, show_default=True, help="visibility of a repo synth creates")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["sft", "preference", "kto", "raw"]),
-    default="sft",
-    show_default=True,
-    help="as for synth export",
-)
-@click.option("--test-size", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True, help="seed of the train/test split")
-@click.option("--license", "license_", help="licence identifier for the card, e.g. apache-2.0 or llama3")
+@_dataset_options
 @friendly
 def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float, seed: int, license_: str | None):
     """Push a finished run to the Hugging Face Hub as a dataset repo (data files and card).
@@ -241,24 +257,8 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
     type=click.Path(file_okay=False, path_type=Path),
     help="folder to write the dataset and its README.md card to",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["sft", "preference", "kto", "raw"]),
-    default="sft",
-    show_default=True,
-    help="sft: messages; preference: prompt/chosen/rejected; kto: prompt/completion/label",
-)
 @click.option("--jsonl", is_flag=True, help="write JSONL instead of Parquet")
-@click.option(
-    "--test-size",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="share of rows for a test split (seeded shuffle)",
-)
-@click.option("--seed", type=int, default=42, show_default=True, help="seed of the train/test split")
-@click.option("--license", "license_", help="licence identifier for the card, e.g. apache-2.0 or llama3")
+@_dataset_options
 @friendly
 def export(run_dir: Path, out: Path, fmt: str, jsonl: bool, test_size: float, seed: int, license_: str | None):
     """Export a finished run as a training dataset (Parquet or JSONL) with a dataset card.
