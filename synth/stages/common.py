@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from ..errors import BackendError, SynthError
 from ..llm.base import CompleteResult, RequestFailed, Sampling
 from ..templating import environment, template_problem, template_variables
 from .base import Batch, CheckEnv, Row, StageParams
@@ -89,3 +90,19 @@ def answer_value(
         batch.fail(row, empty_reason, repr(texts))
         return None
     return texts[0] if n == 1 else texts
+
+
+def model_chat_template(backend, label: str, required: bool = False):
+    """The backend's chat template, or None where the model has none (a base model: the caller
+    falls back to few-shot prompts). Missing is an error when `required`, and for a server's
+    model, which is an instruct model as a rule: a few-shot fallback would hide a missing
+    `chat_template:` on the backend."""
+    getter = getattr(backend, "chat_template", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except BackendError as exc:
+        if required or getattr(getattr(backend, "spec", None), "type", "") == "openai":
+            raise SynthError(f"stage '{label}': {exc}") from None
+        return None

@@ -24,11 +24,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import BackendError, SynthError
+from ..errors import BackendError
 from ..llm.base import Request, RequestFailed, Sampling
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, answer_value, check_template
+from .common import LLMParams, answer_value, check_template, model_chat_template
 
 
 class FollowupParams(LLMParams):
@@ -51,6 +51,11 @@ class FollowupParams(LLMParams):
 
 def turn_columns(turn: int) -> tuple[str, str]:
     return ("instruction", "response") if turn == 1 else (f"instruction_{turn}", f"response_{turn}")
+
+
+def as_messages(turns: list[dict]) -> list[tuple[str, str]]:
+    """(role, content) pairs of the turns so far."""
+    return [m for t in turns for m in (("user", t["instruction"]), ("assistant", t["response"]))]
 
 
 def turns_of(row: Row, upto: int) -> list[dict]:
@@ -90,16 +95,11 @@ class Followup(Stage):
 
     async def open(self) -> None:
         p = self.params
-        self.template = None
         self.stops: list[str] = list(p.stop)
+        self.template = None
         if p.mode != "few_shot":
             backend = self.ctx.llm(p.backend).backend
-            getter = getattr(backend, "chat_template", None)
-            try:
-                self.template = getter() if getter else None
-            except BackendError as exc:
-                if p.mode == "pre_query" or getattr(getattr(backend, "spec", None), "type", "") == "openai":
-                    raise SynthError(f"stage '{self.ctx.label}': {exc}") from None
+            self.template = model_chat_template(backend, self.ctx.label, required=p.mode == "pre_query")
         if self.template is not None:
             from ..llm import prequery
 
@@ -116,10 +116,7 @@ class Followup(Stage):
         """The conversation so far, cut where the next user message would start."""
         from ..llm.prequery import SENTINEL
 
-        messages = []
-        for turn in turns:
-            messages += [{"role": "user", "content": turn["instruction"]}]
-            messages += [{"role": "assistant", "content": turn["response"]}]
+        messages = [{"role": role, "content": content} for role, content in as_messages(turns)]
         probe = [{"role": "user", "content": SENTINEL}]
         assert self.template is not None
         if self.system:
@@ -153,6 +150,13 @@ class Followup(Stage):
             prepared.append((row, turns, Request(sampling, seed, prompt=prompt)))
         results = await llm.complete([r for _, _, r in prepared])
 
+        reply = Sampling(
+            temperature=p.response_temperature,
+            top_p=p.response_top_p,
+            max_tokens=p.response_max_tokens,
+            stop=tuple(p.response_stop),
+            repetition_penalty=p.repetition_penalty,
+        )
         asked: list[tuple[Row, str, int, Request]] = []
         for (row, turns, request), result in zip(prepared, results, strict=True):
             if isinstance(result, RequestFailed):
@@ -162,19 +166,9 @@ class Followup(Stage):
             if not instruction:
                 batch.drop(row, "empty_instruction", repr(result[0].text))
                 continue
-            reply = Sampling(
-                temperature=p.response_temperature,
-                top_p=p.response_top_p,
-                max_tokens=p.response_max_tokens,
-                stop=tuple(p.response_stop),
-                repetition_penalty=p.repetition_penalty,
-            )
             seed = self.ctx.seed_for(p.turn, "response", instruction)
             if self.template is not None:  # the response sees no system prompt, as in the paper
-                messages: list[tuple[str, str]] = []
-                for t in turns:
-                    messages += [("user", t["instruction"]), ("assistant", t["response"])]
-                answer = Request(reply, seed, messages=(*messages, ("user", instruction)))
+                answer = Request(reply, seed, messages=(*as_messages(turns), ("user", instruction)))
             else:
                 text = render(p.few_shot_response_template, self.ctx.base_dir, turns=turns, instruction=instruction)
                 stops = tuple(p.response_stop) or ("\nFollow-up request:", "\nRequest:", "\n\n")

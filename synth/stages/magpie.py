@@ -23,12 +23,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import BackendError, SynthError
+from ..errors import SynthError
 from ..llm.base import Request, RequestFailed
 from ..resources import resource_dir
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, check_template
+from .common import LLMParams, check_template, model_chat_template
 from .magpie_text import sanitize_instruction
 
 CONTROL_TASKS = ("math", "code", "translation")
@@ -134,17 +134,7 @@ class Magpie(Stage):
             if "top_p" not in p.model_fields_set:
                 self.top_p = entry.instruction_top_p
         else:
-            backend = self.ctx.llm(p.backend).backend
-            template = None
-            getter = getattr(backend, "chat_template", None)
-            if getter is not None:
-                try:
-                    template = getter()
-                except BackendError as exc:  # a base model has none: fall back below
-                    if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-                        # a server's model is an instruct model as a rule: few-shot would hide the mistake
-                        raise SynthError(f"stage '{self.ctx.label}': {exc}") from None
-                    template = None
+            template = model_chat_template(self.ctx.llm(p.backend).backend, self.ctx.label)
             if template is None:
                 if p.mode == "pre_query":
                     raise SynthError(
