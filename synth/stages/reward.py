@@ -83,10 +83,14 @@ def score_texts(model: str, texts: list[str], batch_size: int, max_length: int) 
     tokenizer, net, device = load_reward_model(model)
     # A chat template writes the BOS itself; a plain text gets the tokenizer's special tokens.
     specials = not getattr(tokenizer, "chat_template", None)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=specials)["input_ids"]]
-    truncated = sum(n > max_length for n in lengths)
-    tokenizer.truncation_side = "left"  # keep the response's end; special tokens stay
-    encoded = tokenizer(texts, add_special_tokens=specials, truncation=True, max_length=max_length)["input_ids"]
+    encoded = list(tokenizer(texts, add_special_tokens=specials)["input_ids"])
+    long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
+    if long:  # only these are tokenized again, cut from the left so the response's end and special tokens stay
+        tokenizer.truncation_side = "left"
+        cut = tokenizer([texts[i] for i in long], add_special_tokens=specials, truncation=True, max_length=max_length)
+        for i, ids in zip(long, cut["input_ids"], strict=True):
+            encoded[i] = ids
+    truncated = len(long)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     scores: list[float] = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id or 0
