@@ -9,7 +9,6 @@ HF_ENDPOINT to push to another Hub deployment.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def push_run(run_dir: str | Path, settings: PushSettings) -> str:
 
     from .export import export_run
 
-    token = os.environ.get("HF_TOKEN") or hub.get_token()
+    token = hub.get_token()  # HF_TOKEN, else the login `hf auth login` saved
     if not token:
         raise InputError(
             "no Hugging Face token: set HF_TOKEN in the environment (or run 'hf auth login'); "

@@ -80,9 +80,9 @@ class VLLMBackend:
             on_cpu = False
         if on_cpu:
             kwargs["enforce_eager"] = True
-            # Without a fixed KV cache size, vLLM's CPU worker reserves 92% of the machine's memory
-            # and refuses to start when less is free; the engine's queues stay on loopback.
-            for key, value in (("VLLM_CPU_KVCACHE_SPACE", "2"), ("VLLM_HOST_IP", "127.0.0.1")):
+            from .vllm_server import CPU_ENGINE_ENV
+
+            for key, value in CPU_ENGINE_ENV.items():  # unless the user set them
                 os.environ.setdefault(key, value)
         kwargs.update(self.spec.engine_args)
         return kwargs

@@ -31,7 +31,10 @@ from ..errors import BackendError
 # Readiness is polled on loopback directly, whatever proxy the environment names.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+# A fixed KV cache (else vLLM's CPU worker reserves 92% of memory and refuses to start when less
+# is free) and the engine's internal queues on loopback; the in-process engine uses these too.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_HOST_IP": "127.0.0.1"}
+CPU_ENV = {**CPU_ENGINE_ENV, "HF_HUB_OFFLINE": "1"}
 
 
 def _free_port() -> int:
