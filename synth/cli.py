@@ -189,6 +189,20 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
     show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped)
 
 
+def build_params(params_cls, arguments: tuple[str, ...] = (), /, **values):
+    """A pydantic model from command-line values; a bad value is a usage error that names the
+    option (`--threshold`) or the argument (`REPO_ID`) it came from."""
+    from pydantic import ValidationError
+
+    try:
+        return params_cls(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        shown = name.upper() if name in arguments else "--" + name.replace("_", "-")
+        raise click.UsageError(f"{shown}: {error['msg']}") from None
+
+
 def _dataset_options(fn):
     """--format, --test-size, --seed and --license: what export and push share."""
     options = [
@@ -233,17 +247,19 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
       HF_TOKEN=hf_... synth push runs/magpie-sft me/magpie-sft-demo
       synth push runs/magpie-dpo my-org/magpie-dpo --format preference --test-size 0.02 --public
     """
-    from pydantic import ValidationError
-
     from .config import PushSettings
     from .hub import push_run
 
-    try:
-        settings = PushSettings(
-            repo_id=repo_id, private=private, format=fmt, test_size=test_size, seed=seed, license=license_
-        )
-    except ValidationError as exc:
-        raise click.UsageError(f"{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    settings = build_params(
+        PushSettings,
+        ("repo_id",),
+        repo_id=repo_id,
+        private=private,
+        format=fmt,
+        test_size=test_size,
+        seed=seed,
+        license=license_,
+    )
     click.echo(f"pushed to {repo_id}: {push_run(run_dir, settings)}")
 
 

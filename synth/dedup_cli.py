@@ -102,27 +102,22 @@ def dedup(source, out, column, method, threshold, model, no_cascade, reference, 
       synth dedup data.jsonl clean.jsonl -m exact --report dups.json
       synth dedup train.jsonl clean.jsonl --reference bench.jsonl --reference-column question
     """
-    from pydantic import ValidationError
-
-    from .cli import friendly
+    from .cli import build_params, friendly
 
     @friendly
     def go():
-        try:
-            params = DedupParams(
-                column=column,
-                method=method,
-                threshold=threshold,
-                model=model,
-                cascade=False if no_cascade else "auto",
-                reference=str(Path(reference).resolve()) if reference else None,
-                reference_column=reference_column,
-                id_column=id_column,
-                keep="all" if keep_all else "representatives",
-            )
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise click.UsageError(f"--{'-'.join(map(str, error['loc']))}: {error['msg']}") from None
+        params = build_params(
+            DedupParams,
+            column=column,
+            method=method,
+            threshold=threshold,
+            model=model,
+            cascade=False if no_cascade else "auto",
+            reference=str(Path(reference).resolve()) if reference else None,
+            reference_column=reference_column,
+            id_column=id_column,
+            keep="all" if keep_all else "representatives",
+        )
         summary = run_dedup(source, out, params, report, show)
         dropped = ", ".join(f"{k}: {v}" for k, v in summary["dropped"].items()) or "none"
         click.echo(
