@@ -8,38 +8,13 @@ token can reach it, even one a user pasted into a pipeline's description or a UR
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 
-_SECRET_PATTERNS = [
-    (re.compile(r"hf_[A-Za-z0-9]{10,}"), "<redacted>"),
-    (re.compile(r"sk-[A-Za-z0-9_-]{10,}"), "<redacted>"),
-    (
-        re.compile(
-            r"(?i)\b((?:api[_-]?key|access[_-]?token|token|secret|password|authorization)\s*[:=]\s*)"
-            r"(?!<redacted>)[^\s,}\]]+"
-        ),
-        r"\1<redacted>",
-    ),
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/-]{8,}"), r"\1<redacted>"),
-    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "://<redacted>@"),
-]
-_SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD)", re.IGNORECASE)
-
-
-def scrub(text: str) -> str:
-    """Remove anything that looks like a credential, and the values of secret-named env vars."""
-    for name, value in os.environ.items():
-        if _SECRET_ENV.search(name) and len(value) >= 8:
-            text = text.replace(value, "<redacted>")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+from .scrub import scrub, without_yaml_comments
 
 
 def _length_stats(values: list) -> str | None:
@@ -129,7 +104,7 @@ def render_card(
         "## Pipeline",
         "",
         "```yaml",
-        manifest.get("config", "").rstrip(),
+        without_yaml_comments(manifest.get("config", "")).rstrip(),
         "```",
         "",
         "## Versions",

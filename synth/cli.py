@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, SynthError
+from .scrub import scrub
 
 
 def friendly(fn):
@@ -23,11 +24,11 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except ConfigError as exc:
             for problem in exc.problems:
-                click.secho(f"error: {problem}", fg="red", err=True)
+                click.secho(f"error: {scrub(str(problem))}", fg="red", err=True)
             click.echo(f"{len(exc.problems)} problem(s) found", err=True)
             sys.exit(2)
         except SynthError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {scrub(str(exc))}", fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.secho(
@@ -56,6 +57,45 @@ def main():
     """
 
 
+def _trust_options(fn):
+    """--allow-read and --allow-key: what a user lets a pipeline file do beyond the defaults."""
+    options = [
+        click.option(
+            "--allow-read",
+            "allow_read",
+            multiple=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="let the pipeline read files in this folder too (repeatable); by default it reads only in its "
+            "own folder and the working directory, never hidden files",
+        ),
+        click.option(
+            "--allow-key",
+            "allow_key",
+            multiple=True,
+            metavar="VARIABLE",
+            help="let a backend send this environment variable's API key to a host other than loopback "
+            "(repeatable); OPENAI_API_KEY to api.openai.com needs no permission",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _apply_trust(allow_read: tuple[Path, ...], allow_key: tuple[str, ...]) -> None:
+    """The permissions travel in the environment, where validation and the backends read them."""
+    import os
+
+    from .inputs import ALLOW_KEYS_ENV, ALLOW_READ_ENV
+
+    if allow_read:
+        known = [p for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p]
+        os.environ[ALLOW_READ_ENV] = os.pathsep.join([*known, *(str(p.expanduser().resolve()) for p in allow_read)])
+    if allow_key:
+        known = [k for k in os.environ.get(ALLOW_KEYS_ENV, "").split(",") if k]
+        os.environ[ALLOW_KEYS_ENV] = ",".join([*known, *allow_key])
+
+
 @main.command()
 @click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -72,9 +112,25 @@ def main():
     help="continue the run in an existing run directory, or delete it and start over",
 )
 @click.option("--limit", type=click.IntRange(min=0), help="read at most N source rows (for a quick trial)")
+@click.option(
+    "--retry-failed/--keep-failed",
+    default=None,
+    help="on resume, run again the rows that failed (a request out of retries, an empty or unparseable answer); "
+    "default: retry when the last run did not complete",
+)
+@_trust_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @friendly
-def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, quiet: bool):
+def run(
+    pipeline_file: Path,
+    out: Path | None,
+    resume: bool,
+    limit: int | None,
+    retry_failed: bool | None,
+    allow_read: tuple[Path, ...],
+    allow_key: tuple[str, ...],
+    quiet: bool,
+):
     """Run a pipeline, or resume it if its run directory exists.
 
     Each stage's output is saved as Parquet shards in the run directory as it is produced, and
@@ -87,10 +143,13 @@ def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, 
       synth run pipelines/quickstart.yaml
       synth run pipelines/quickstart.yaml --limit 20 -o runs/trial
       synth run my.yaml --overwrite                # start from scratch
+      synth run my.yaml --keep-failed              # resume without retrying failed rows
+      synth run their.yaml --allow-read ~/data --allow-key VLLM_API_KEY
     """
     from .config import load_pipeline
     from .pipeline import run_pipeline
 
+    _apply_trust(allow_read, allow_key)
     pipeline = load_pipeline(pipeline_file)
     root = out or Path("runs") / pipeline.name
     progress = None
@@ -98,7 +157,9 @@ def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, 
         from .console import ConsoleProgress
 
         progress = ConsoleProgress()
-    result = run_pipeline(pipeline, root, overwrite=not resume, limit=limit, progress=progress)
+    result = run_pipeline(
+        pipeline, root, overwrite=not resume, limit=limit, progress=progress, retry_failed=retry_failed
+    )
     from .console import print_summary
 
     print_summary(result)
@@ -111,26 +172,34 @@ def run(pipeline_file: Path, out: Path | None, resume: bool, limit: int | None, 
 
 @main.command()
 @click.argument("pipeline_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_trust_options
 @friendly
-def validate(pipeline_files: tuple[Path, ...]):
+def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], allow_key: tuple[str, ...]):
     """Check pipeline files without running them: every problem at once, with file:line.
 
     Checks the YAML, every field of every stage (unknown names get a suggestion), that
     templates and input files exist, that backends are defined, and that each stage's input
-    columns are made by an earlier stage.
+    columns are made by an earlier stage. For each valid file it then lists what the pipeline
+    reads, which hosts it contacts, which environment variables it sends to which host, and
+    where it pushes: read that before running a pipeline someone else wrote.
 
     \b
     Examples:
       synth validate pipelines/quickstart.yaml
       synth validate pipelines/*.yaml
+      synth validate their.yaml --allow-read ~/datasets --allow-key VLLM_API_KEY
     """
     from .config import load_pipeline
+    from .inputs import access_summary
 
+    _apply_trust(allow_read, allow_key)
     problems = []
     for path in pipeline_files:
         try:
             pipeline = load_pipeline(path)
             click.echo(f"{path}: ok ({len(pipeline.stages)} stages)")
+            for line in access_summary(pipeline):
+                click.echo(line)
         except ConfigError as exc:
             problems += exc.problems
     if problems:

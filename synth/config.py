@@ -19,6 +19,7 @@ The file format:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,17 +33,21 @@ from .seeds import digest
 from .stages.base import CheckEnv, Stage, StageParams
 from .yamlfile import YamlDoc, format_path, load_yaml_file
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: template and data file contents joined the fingerprint
 
 
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_size: int = Field(64, ge=1, description="rows per shard: the unit of checkpointing")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="rows per shard: the unit of checkpointing")
     # Excluded from the fingerprint: changes speed and memory, never rows.
-    max_batches_in_flight: int = Field(4, ge=1, description="batches processed concurrently")
+    max_batches_in_flight: int = Field(4, ge=1, le=10_000, description="batches processed concurrently")
     max_failure_rate: float = Field(
-        1.0, ge=0, le=1, description="exit non-zero when a stage drops a larger share of its rows for failures"
+        0.1,
+        ge=0,
+        le=1,
+        description="the run fails (exit 1) when a stage loses a larger share of its rows to failures (requests "
+        "that ran out of retries, empty or unparseable answers); filters do not count",
     )
 
 
@@ -72,7 +77,13 @@ class OutputSettings(BaseModel):
 class PipelineFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="the run directory's name under runs/: letters, digits, '_', '.', '-', not starting with '.' "
+        "or '-'",
+    )
     description: str = ""
     seed: int = 0
     backends: dict[str, BackendSpec] = Field(default_factory=dict)
@@ -109,23 +120,45 @@ class Pipeline:
     def base_dir(self) -> Path:
         return self.path.parent
 
-    def stage_fingerprints(self) -> list[str]:
+    def stage_fingerprints(self, known: dict | None = None) -> list[str]:
         """Cumulative fingerprint per stage: stage k's shards stay valid while stages 0..k, the
-        seed, the batch size and the models they use are unchanged. Excluded on purpose:
-        description, run.max_batches_in_flight, run.max_failure_rate, and every backend field
-        marked speed-only (URLs, keys, concurrency, timeouts, retries, threads)."""
+        seed, the batch size, the models they use and the contents of the templates and data
+        files they read are unchanged. Excluded on purpose: description, run.max_batches_in_flight,
+        run.max_failure_rate, and every backend field marked speed-only (URLs, keys, concurrency,
+        timeouts, retries, threads). `known` carries file digests between runs (see inputs.py)."""
+        from .inputs import content_digest, files_digest, stage_files
+
+        known = {} if known is None else known
         previous = digest({"v": FINGERPRINT_VERSION, "seed": self.seed, "batch_size": self.run.batch_size})
         out = []
         for spec in self.stages:
             backend = getattr(spec.params, "backend", None)
-            model = self.backends[backend].identity() if backend in self.backends else None
-            previous = digest([previous, spec.key, spec.params.model_dump(mode="json"), model])
+            model = None
+            if backend in self.backends:
+                spec_b = self.backends[backend]
+                template = getattr(spec_b, "chat_template", None)
+                # Resolved as the backend resolves it (a file, or a model folder's tokenizer_config.json).
+                path = Path(template).expanduser() if template and "{" not in template else None
+                if path is not None and path.is_dir():
+                    path = path / "tokenizer_config.json"
+                model = [spec_b.identity(), content_digest(path, known) if path else None]
+            files = files_digest(stage_files(spec.params, self.base_dir), known)
+            previous = digest([previous, spec.key, spec.params.model_dump(mode="json"), model, files])
             out.append(previous)
         return out
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, known: dict | None = None) -> str:
         # Where the data is pushed changes no row: push_to_hub is left out.
-        return digest([self.stage_fingerprints(), self.output.model_dump(mode="json", exclude={"push_to_hub"})], 16)
+        return digest(
+            [self.stage_fingerprints(known), self.output.model_dump(mode="json", exclude={"push_to_hub"})], 16
+        )
+
+
+def run_name(stem: str) -> str:
+    """A file's stem made safe as a directory name under runs/: a file named `..yaml` must not
+    make the run directory `runs/.`, nor `../x.yaml` anything outside runs/."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lstrip(".-")[:100]
+    return name or "pipeline"
 
 
 def _field(loc: tuple, doc: YamlDoc) -> str:
@@ -330,6 +363,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     raw_backends = doc.data.get("backends")
     names = set(raw_backends) | {"default"} if isinstance(raw_backends, dict) else {"default"}
     problems += _check_flow(parsed, path.parent, names)
+    problems += _check_access(specs, backends if top else {}, doc, path.parent)
     problems.sort(key=lambda p: p.line or 0)
 
     if problems:
@@ -337,7 +371,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     assert top is not None
     return Pipeline(
         path=path.resolve(),
-        name=top.name or path.stem,
+        name=top.name or run_name(path.stem),
         description=top.description,
         seed=top.seed,
         backends=backends,
@@ -346,6 +380,28 @@ def load_pipeline(path: str | Path) -> Pipeline:
         run=top.run,
         text=path.read_text(encoding="utf-8"),
     )
+
+
+def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir: Path) -> list[Problem]:
+    """A pipeline may come from a stranger: data files it reads must lie where the user expects
+    (see inputs.read_problem) and API keys go only where the user allowed (inputs.key_refusal)."""
+    from .inputs import key_refusal, read_problem, stage_files
+
+    problems = []
+    for spec in specs:
+        assert spec.doc is not None
+        for use in stage_files(spec.params, base_dir):
+            if use.kind == "data" and use.path is not None and use.path.exists():
+                message = read_problem(use.path, base_dir)
+                if message:
+                    loc = spec.where + (use.field,)
+                    problems.append(Problem(spec.doc.file, spec.doc.line_of(loc), format_path(loc), message))
+    for name, backend in backends.items():
+        refused = key_refusal(backend) if getattr(backend, "type", "") == "openai" else None
+        if refused:
+            loc = ("backends", name, "api_key_env")
+            problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), refused))
+    return problems
 
 
 def _check_flow(specs: list[StageSpec | None], base_dir: Path, backends: set[str]) -> list[Problem]:

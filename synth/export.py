@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,8 @@ from .records import conversation
 from .store import RunStore
 
 Format = Literal["sft", "preference", "kto", "raw"]
+# The files an export writes (and so replaces): a split name, a shard suffix, a data extension.
+_DATA_FILE = re.compile(r"^(?:train|test|validation|valid|dev|eval)(?:-\d{5}-of-\d{5})?\.(?:parquet|jsonl|json|csv)$")
 
 
 def _user(text: str) -> list[dict]:
@@ -125,14 +128,23 @@ def export_run(
     rows = convert(read_output(run_dir).to_pylist(), fmt)
     splits = split(rows, test_size, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = set()
     for name, part in splits.items():
         if file_format == "jsonl":
-            with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            path = out_dir / f"{name}.jsonl"
+            with open(path, "w", encoding="utf-8") as fh:
                 for row in part:
                     fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         else:
+            path = out_dir / f"{name}-00000-of-00001.parquet"
             table = pa.Table.from_pylist(part) if part else pa.table({})
-            pq.write_table(table, out_dir / f"{name}-00000-of-00001.parquet", compression="zstd")
+            pq.write_table(table, path, compression="zstd")
+        written.add(path.name)
+    # An export replaces the folder's dataset: a test split left from an earlier export would be
+    # loaded beside the new train split (and overlap it).
+    for stale in out_dir.iterdir():
+        if stale.name not in written and _DATA_FILE.match(stale.name):
+            stale.unlink()
     counts = {name: len(part) for name, part in splits.items()}
     write_card(
         out_dir, manifest, read_output(run_dir), fmt=fmt, counts=counts, file_format=file_format, license=license

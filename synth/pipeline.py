@@ -28,6 +28,7 @@ from .config import Pipeline, StageSpec
 from .errors import RunError
 from .llm import make_backend
 from .llm.client import LLM, current_counters
+from .scrub import scrub
 from .seeds import digest
 from .stages.base import Batch, Row, Stage, StageContext
 from .store import RunStore, ShardStats, StageDir, atomic_write_json, concat, write_parquet
@@ -88,8 +89,10 @@ class Runner:
         overwrite: bool = False,
         limit: int | None = None,
         progress: Progress | None = None,
+        retry_failed: bool | None = None,
     ):
         self.pipeline = pipeline
+        self.retry_failed = retry_failed
         self.store = RunStore(root)
         self.overwrite = overwrite
         self.limit = limit
@@ -100,9 +103,9 @@ class Runner:
         self.cache: RequestCache | None = None
 
     # ---- set-up ----
-    def _fingerprints(self) -> list[str]:
+    def _fingerprints(self, known: dict) -> list[str]:
         # The row limit decides shard boundaries, so it belongs to every stage's fingerprint.
-        return [digest([fp, self.limit]) for fp in self.pipeline.stage_fingerprints()]
+        return [digest([fp, self.limit]) for fp in self.pipeline.stage_fingerprints(known)]
 
     def _open_store(self) -> dict:
         store = self.store
@@ -110,16 +113,19 @@ class Runner:
         if store.exists() and self.overwrite:
             store.wipe()
         previous = store.read_manifest() if store.exists() else None
+        known = dict((previous or {}).get("input_digests") or {})
+        fingerprints = self._fingerprints(known)
         manifest = {
             "synth_manifest": 1,
             "name": self.pipeline.name,
             "pipeline_file": str(self.pipeline.path),
-            "fingerprint": self.pipeline.fingerprint(),
+            "fingerprint": self.pipeline.fingerprint(known),
             "seed": self.pipeline.seed,
             "limit": self.limit,
             "config": self.pipeline.text,
             "backends": {k: v.identity() for k, v in self.pipeline.backends.items()},
             "templates": self._template_hashes(),
+            "input_digests": known,
             "python": platform.python_version(),
             "packages": package_versions(),
             "sessions": (previous or {}).get("sessions", []),
@@ -128,15 +134,62 @@ class Runner:
         manifest["sessions"].append({"started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running"})
         (store.root / "pipeline.yaml").write_text(self.pipeline.text, encoding="utf-8")
         store.write_manifest(manifest)
-        for spec, fp in zip(self.pipeline.stages, self._fingerprints(), strict=True):
+        for spec, fp in zip(self.pipeline.stages, fingerprints, strict=True):
             stage_dir, discarded = store.prepare_stage(spec.index, spec.label, fp)
             if discarded:
                 self.progress.note(
-                    f"stage '{spec.label}' changed since the last run: recomputing it "
-                    f"(LLM answers already cached are reused)"
+                    f"stage '{spec.label}' changed since the last run (its parameters, templates or input files): "
+                    f"recomputing it (LLM answers already cached are reused)"
                 )
             self.dirs.append(stage_dir)
+        retry = self.retry_failed
+        if retry is None:  # by default a resume retries what failed, unless the run had completed
+            retry = previous is not None and previous.get("status") != "complete"
+        if retry:
+            self._forget_failures()
         return manifest
+
+    def _forget_failures(self) -> None:
+        """Make rows that failed (a request that ran out of retries, an empty or unparseable
+        answer) run again: each shard with failures is redone from the first stage that failed in
+        it, and every stage after that segment is redone whole, since its input changes. Rows a
+        filter dropped stay dropped; answers already cached are reused, failures never cached."""
+        retried, changed = 0, False
+        for segment in self._segment_positions():
+            if changed:
+                for i in segment:
+                    self.dirs[i].clear()
+                continue
+            head = segment[0]
+            if self._kinds[head] == "global" and self.dirs[head].failed_rows(0):
+                retried += self.dirs[head].failed_rows(0)
+                for i in segment:
+                    self.dirs[i].clear()
+                changed = True
+                continue
+            for index in sorted({n for i in segment for n in self.dirs[i].done_indices()}):
+                first = next((p for p, i in enumerate(segment) if self.dirs[i].failed_rows(index)), None)
+                if first is None:
+                    continue
+                retried += self.dirs[segment[first]].failed_rows(index)
+                for i in segment[first:]:
+                    self.dirs[i].forget(index)
+                changed = True
+        if retried:
+            self.progress.note(f"retrying {retried:,} row(s) that failed in the last run (--keep-failed keeps them)")
+
+    def _segment_positions(self) -> list[list[int]]:
+        segments: list[list[int]] = []
+        for i, kind in enumerate(self._kinds):
+            if kind in ("source", "global") or not segments:
+                segments.append([i])
+            else:
+                segments[-1].append(i)
+        return segments
+
+    @property
+    def _kinds(self) -> list[str]:
+        return [spec.cls.kind for spec in self.pipeline.stages]
 
     def _template_hashes(self) -> dict[str, str]:
         """sha256 of every prompt template a stage names, for the manifest and the dataset card."""
@@ -175,18 +228,26 @@ class Runner:
 
     # ---- running ----
     async def run(self) -> RunResult:
-        manifest = self._open_store()
+        try:
+            manifest = self._open_store()
+        except OSError as exc:
+            self.store.unlock()
+            raise _disk_error(exc, self.store.root) from None
         started = time.perf_counter()
+        output_rows = 0
+        stats: list[tuple[StageSpec, ShardStats]] = []
         try:
             await self._open_stages()
             self.progress.start(self.pipeline.stages)
             for segment in self._segments():
                 await self._run_segment(segment)
             output_rows = self._write_output()
-            status = "complete"
+            status, error = "complete", None
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
-            manifest["sessions"][-1].update(status=status, error=str(exc)[:500])
+            error = _disk_error(exc, self.store.root) if isinstance(exc, OSError) else exc
+            if error is not exc:
+                raise error from None
             raise
         finally:
             self.progress.stop()
@@ -195,42 +256,47 @@ class Runner:
             for llm in self.llms.values():
                 await llm.backend.close()
             stats = [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]
+            too_many = self._failure_rate_error(stats) if status == "complete" else None
+            if too_many is not None:
+                status, error = "failed", too_many
+            session = manifest["sessions"][-1]
+            session.update(status=status, finished=dt.datetime.now(dt.timezone.utc).isoformat())
+            session["seconds"] = round(time.perf_counter() - started, 3)
+            if error is not None:
+                session["error"] = scrub(str(error))[:500]
             manifest["stages"] = [
                 {"label": spec.label, "stage": spec.key, "kind": spec.cls.kind, **s.__dict__} for spec, s in stats
             ]
-            manifest["sessions"][-1]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
-            manifest["sessions"][-1]["seconds"] = round(time.perf_counter() - started, 3)
-            if manifest["sessions"][-1]["status"] == "running":
-                manifest["sessions"][-1]["status"] = status
-            manifest["status"] = manifest["sessions"][-1]["status"]
-            self.store.write_manifest(manifest)
+            manifest["status"] = status
+            if status == "complete" or too_many is not None:
+                manifest["output"] = {"path": "output", "rows": output_rows, "format": self.pipeline.output.format}
+            try:
+                self.store.write_manifest(manifest)
+            except OSError:
+                pass  # a full or read-only disk: the error raised above says so; the lock shows the run stopped
             if self.cache:
                 self.cache.close()
             self.store.unlock()
-        manifest["output"] = {"path": "output", "rows": output_rows, "format": self.pipeline.output.format}
-        self.store.write_manifest(manifest)
-        self._check_failure_rate(stats)
+        if too_many is not None:
+            raise too_many
         return RunResult(self.store.root, manifest, stats, output_rows)
 
-    def _check_failure_rate(self, stats: list[tuple[StageSpec, ShardStats]]) -> None:
+    def _failure_rate_error(self, stats: list[tuple[StageSpec, ShardStats]]) -> RunError | None:
         limit = self.pipeline.run.max_failure_rate
         for spec, s in stats:
             failed = sum(s.failed.values())
             if s.rows_in and failed / s.rows_in > limit:
-                raise RunError(
-                    f"stage '{spec.label}' failed on {failed} of {s.rows_in} rows ({failed / s.rows_in:.1%}), "
-                    f"above run.max_failure_rate={limit}; see {spec.label}'s dropped rows with 'synth inspect "
-                    f"{self.store.root} --dropped'"
+                reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s.failed.items(), key=lambda kv: -kv[1])[:3])
+                return RunError(
+                    f"stage '{spec.label}' failed on {failed} of {s.rows_in} rows ({failed / s.rows_in:.1%}: "
+                    f"{reasons}), above run.max_failure_rate={limit}; see them with 'synth inspect "
+                    f"{self.store.root} --dropped', then run the same command again to retry them (or raise "
+                    f"run.max_failure_rate to accept the loss)"
                 )
+        return None
 
     def _segments(self) -> list[list[int]]:
-        segments: list[list[int]] = []
-        for i, stage in enumerate(self.stages):
-            if stage.kind in ("source", "global") or not segments:
-                segments.append([i])
-            else:
-                segments[-1].append(i)
-        return segments
+        return self._segment_positions()
 
     def _batches(self, head: int) -> Iterator[tuple[int, list[Row] | None]]:
         stage = self.stages[head]
@@ -358,6 +424,15 @@ class Runner:
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
         return table.num_rows
+
+
+def _disk_error(exc: OSError, root: Path) -> RunError:
+    """A full or read-only disk, a vanished run directory: one line naming the path and the fix."""
+    where = exc.filename or root
+    return RunError(
+        f"{where}: {exc.strerror or exc}; if the disk is full or read-only, free some space or make {root} writable "
+        "(or choose another run directory with -o), then run the same command again to resume"
+    )
 
 
 def run_pipeline(pipeline: Pipeline, root: str | Path, **kwargs) -> RunResult:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .card import scrub
 from .errors import MissingDependency
 from .pipeline import read_output
+from .scrub import scrub, without_yaml_comments
 from .store import RunStore
 
 SCORE_HINTS = ("reward", "score")
@@ -189,7 +189,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_
 <h2>Stages</h2>{_table_html(manifest.get("stages") or [])}
 <h2>Plots</h2><div class="plots">{"".join(figures) or "<p>no plots: the run has no rows yet</p>"}</div>
 <h2>Sample rows</h2><pre>{html.escape(samples)}</pre>
-<h2>Pipeline</h2><pre>{html.escape(manifest.get("config", ""))}</pre>
+<h2>Pipeline</h2><pre>{html.escape(scrub(without_yaml_comments(manifest.get("config", ""))))}</pre>
 </body></html>"""
     index = out / "index.html"
     index.write_text(scrub(page), encoding="utf-8")

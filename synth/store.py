@@ -29,7 +29,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import RunError
+from .scrub import scrub
 from .stages.base import Dropped, Row
+
+# Everything synth writes in a run directory. `--overwrite` deletes these names and nothing else,
+# and a directory holding anything else is refused as a run directory.
+RUN_ENTRIES = frozenset(
+    {
+        ".lock",
+        "pipeline.yaml",
+        "manifest.json",
+        ".manifest.json.tmp",
+        "cache.sqlite",
+        "cache.sqlite-wal",
+        "cache.sqlite-shm",
+        "cache.sqlite-journal",
+        "stages",
+        "output",
+        ".output.tmp",
+        "report",
+    }
+)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -117,8 +137,8 @@ class StageDir:
         if dropped:
             records = [
                 {
-                    "reason": d.reason,
-                    "detail": d.detail,
+                    "reason": scrub(d.reason),
+                    "detail": scrub(d.detail),
                     "failed": d.failed,
                     "row": json.dumps(d.row, ensure_ascii=False, default=str),
                 }
@@ -126,6 +146,28 @@ class StageDir:
             ]
             write_parquet(dropped_path, rows_to_table(records))
         atomic_write_json(self.marker(index), stats.__dict__)
+
+    def failed_rows(self, index: int) -> int:
+        """How many rows of shard `index` failed (not filtered), from its completion marker."""
+        try:
+            return sum(json.loads(self.marker(index).read_text()).get("failed", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    def forget(self, index: int) -> None:
+        """Make shard `index` not done: its marker goes first, so a kill midway leaves no marker
+        pointing at a missing file."""
+        for path in (self.marker(index), self.shard(index), self.path / f"shard-{index:05d}.dropped.parquet"):
+            path.unlink(missing_ok=True)
+        self.complete_marker.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Forget every shard (the stage's input changed as a whole)."""
+        self.complete_marker.unlink(missing_ok=True)
+        for path in sorted(self.path.glob("shard-*.json")):
+            path.unlink()
+        for path in self.path.glob("shard-*"):
+            path.unlink()
 
     def read(self, index: int) -> list[Row]:
         return read_rows(self.shard(index))
@@ -160,10 +202,36 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
+    def is_run(self) -> bool:
+        """Whether root holds a manifest that synth wrote (not merely a file of that name)."""
+        try:
+            return json.loads(self.manifest_path.read_text()).get("synth_manifest") is not None
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def check_usable(self) -> None:
+        """Refuse a directory synth did not make: a run writes and, with --overwrite, deletes
+        inside it, so pointing it at a folder of the user's must never touch their files."""
+        if not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise RunError(f"{self.root} exists and is not a directory; choose another run directory with -o")
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES)
+        if foreign or (self.exists() and not self.is_run()):
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "") if foreign else "manifest.json"
+            raise RunError(
+                f"{self.root} is not a synth run directory (it holds {shown}); synth writes and deletes only in "
+                "its own run directories: choose a new or empty directory with -o"
+            )
+
     def lock(self) -> None:
         """One process per run directory; the OS releases the lock if the process is killed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.root / ".lock", "w")  # noqa: SIM115 - held for the run's life
+        self.check_usable()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock_fh = open(self.root / ".lock", "w")  # noqa: SIM115 - held for the run's life
+        except OSError as exc:
+            raise RunError(f"cannot create the run directory {self.root}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -175,10 +243,12 @@ class RunStore:
             self._lock_fh = None
 
     def wipe(self) -> None:
-        for child in self.root.iterdir() if self.root.exists() else []:
-            if child.name == ".lock":
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        """Delete what synth wrote here (never anything else), for `--overwrite`."""
+        if not self.is_run():
+            raise RunError(f"{self.root} holds no synth manifest: refusing to delete anything in it")
+        for child in self.root.iterdir():
+            if child.name in RUN_ENTRIES and child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
     def stage(self, index: int, label: str) -> StageDir:
         return StageDir(self.root / "stages" / f"{index:02d}-{label}")

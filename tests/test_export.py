@@ -37,8 +37,9 @@ def run_dir(write, tmp_path, monkeypatch):
         name: exported
         description: "pushed with token hf_SecretTokenValue1234567890 via http://alice:pa55word@proxy.local:8080"
         seed: 11
+        # the judge's proxy is http://bob:hunter22@10.0.0.1/v1 and its clone URL https://ghp_{"a" * 36}@github.com
         backends:
-          judge: {{type: openai, model: some-model, base_url: "http://bob:hunter22@10.0.0.1/v1", api_key_env: MY_KEY}}
+          judge: {{type: openai, model: m, base_url: "http://10.0.0.1/v1", api_key_env: MY_KEY}}  # pw: x9y8z7w6
         stages:
           - stage: load
             rows: {json.dumps(ROWS)}
@@ -95,9 +96,29 @@ def test_card_describes_the_run_and_holds_no_secret(run_dir, tmp_path, monkeypat
     assert "| Math | 12 |" in card and "| Reasoning | 6 |" in card
     assert "- train: 16 rows" in card and "- test: 2 rows" in card
     assert "`response` length in characters: min 9, median" in card
-    for secret in ("hf_SecretTokenValue1234567890", "pa55word", "hunter22", "sk-live-abcdefghijklmnopqrstuvwx"):
+    for secret in (
+        "hf_SecretTokenValue1234567890",
+        "pa55word",
+        "hunter22",
+        "sk-live-abcdefghijklmnopqrstuvwx",
+        "ghp_" + "a" * 36,
+        "x9y8z7w6",
+    ):
         assert secret not in card
+    assert 'base_url: "http://10.0.0.1/v1"' in card  # the pipeline is shown, without its comments
     assert "seed 11" in card
+
+
+def test_a_second_export_replaces_the_first(run_dir, tmp_path):
+    out = tmp_path / "again"
+    export_run(run_dir, out, "sft", test_size=0.5)
+    (out / "notes.txt").write_text("mine")
+    assert export_run(run_dir, out, "sft") == {"train": 18}
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt", "train-00000-of-00001.parquet"]
+    export_run(run_dir, out, "sft", file_format="jsonl")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt", "train.jsonl"]
+    ds = datasets.load_dataset("json", data_dir=str(out))
+    assert list(ds) == ["train"] and ds["train"].num_rows == 18
 
 
 def test_unfinished_runs_are_not_exported(write, tmp_path):

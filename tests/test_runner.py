@@ -123,7 +123,7 @@ def test_rows_failing_a_stage_are_kept_with_their_reason(write, tmp_path):
     path = write(
         "p.yaml",
         """
-        run: {batch_size: 2}
+        run: {batch_size: 2, max_failure_rate: 1.0}
         stages:
           - stage: load
             rows: [{topic: a, extra: x}, {topic: b}, {topic: c, extra: z}]
@@ -155,7 +155,8 @@ def test_max_failure_rate_makes_the_run_fail(write, tmp_path):
             output: prompt
     """,
     )
-    with pytest.raises(RunError, match=r"failed on 1 of 2 rows \(50.0%\), above run.max_failure_rate=0.1"):
+    expected = r"failed on 1 of 2 rows \(50.0%: template_error: 1\), above run.max_failure_rate=0.1"
+    with pytest.raises(RunError, match=expected):
         run_pipeline(load_pipeline(path), tmp_path / "run")
 
 

@@ -1,6 +1,8 @@
 """What a stage holds: a backend seen through the request cache and the run's counters.
 
-Every answer is written to the cache the moment the backend yields it, before any row moves on.
+Every answer is written to the cache the moment the backend yields it, before any row moves on;
+an answer that is not one (no samples, only empty text, a failure) is never cached, so a resume
+asks again instead of replaying it.
 Identical requests within one call are sent once. Counters (requests sent, cache hits, tokens)
 go to the batch being processed, found through a context variable the runner sets per task, so
 per-shard stats stay exact however many batches run at once.
@@ -37,6 +39,30 @@ def _decode(data: dict) -> CompleteResult | ScoreResult:
     return [Generation(**g) for g in data["generations"]]
 
 
+def _valid(request: Request | ScoreRequest, result: CompleteResult | ScoreResult) -> bool:
+    """Whether an answer may be cached (and a cached one used): a cached non-answer would come
+    back on every resume, even once the server is healthy again. Every one of the n samples must
+    be there and one of them must say something."""
+    if isinstance(request, ScoreRequest):
+        return isinstance(result, Scored)
+    return (
+        isinstance(result, list)
+        and len(result) == request.sampling.n
+        and all(isinstance(g, Generation) and isinstance(g.text, str) for g in result)
+        and any(g.text.strip() for g in result)
+    )
+
+
+def _cached(request: Request | ScoreRequest, data) -> CompleteResult | ScoreResult | None:
+    """A cached answer, or None when the entry is unreadable or not a valid answer (then the
+    request is sent again and the entry replaced)."""
+    try:
+        result = _decode(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return result if _valid(request, result) else None
+
+
 class LLM:
     def __init__(self, name: str, backend: Backend, cache: RequestCache | None):
         self.name = name
@@ -59,8 +85,13 @@ class LLM:
     async def _run(self, kind, requests, send) -> list:
         keys = [digest({"kind": kind, "model": self.model_id, **r.payload()}) for r in requests]
         cached = self.cache.get_many(list(set(keys))) if self.cache else {}
-        results: dict[str, CompleteResult | ScoreResult] = {k: _decode(v) for k, v in cached.items()}
-        _count("cache_hits", sum(1 for k in keys if k in cached))
+        results: dict[str, CompleteResult | ScoreResult] = {}
+        for i, key in enumerate(keys):
+            if key in cached and key not in results:
+                found = _cached(requests[i], cached[key])
+                if found is not None:
+                    results[key] = found
+        _count("cache_hits", sum(1 for k in keys if k in results))
 
         missing: dict[str, int] = {}
         for i, key in enumerate(keys):
@@ -69,7 +100,9 @@ class LLM:
         if missing:
             todo = list(missing.items())
             async for j, result in send([requests[i] for _, i in todo]):
-                key = todo[j][0]
+                key, request = todo[j][0], requests[todo[j][1]]
+                if isinstance(request, Request) and isinstance(result, list) and len(result) != request.sampling.n:
+                    result = RequestFailed("missing_samples", f"asked for {request.sampling.n}, got {len(result)}")
                 results[key] = result
                 _count("requests")
                 if isinstance(result, RequestFailed):
@@ -80,6 +113,6 @@ class LLM:
                 else:
                     _count("prompt_tokens", sum(g.prompt_tokens for g in result))
                     _count("completion_tokens", sum(g.completion_tokens for g in result))
-                if self.cache is not None:
-                    self.cache.put(key, kind, self.model_id, requests[todo[j][1]].payload(), _encode(result))
+                if self.cache is not None and _valid(request, result):
+                    self.cache.put(key, kind, self.model_id, request.payload(), _encode(result))
         return [results[k] for k in keys]

@@ -3,8 +3,9 @@
 Requests fan out concurrently (at most `max_concurrency` in flight per backend, whatever the
 number of calls) over one or more base URLs, each to the URL with the fewest requests in flight
 among those not cooling down after a failure. Connection errors, timeouts, 408/409/429 and 5xx are
-retried with exponential backoff and full jitter (honouring Retry-After); when retries run out the
-run stops with a BackendError, and running the same command again resumes it from the cache. Any
+retried with exponential backoff and full jitter (honouring Retry-After) for `retry_seconds` (five
+minutes by default: a server restart does not stop a run); when that runs out the run stops with a
+BackendError, and running the same command again resumes it from the cache. Any
 other 4xx rejects that one request (a prompt too long, say): the row is dropped with the server's
 message.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError, MissingDependency
+from ..inputs import key_refusal
 from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
 from .specs import OpenAISpec
 from .templates import ChatTemplate
@@ -147,6 +149,9 @@ class OpenAIBackend:
         except ImportError:
             raise MissingDependency("aiohttp", "openai", "The openai backend") from None
         self.spec = spec
+        refused = key_refusal(spec)
+        if refused:
+            raise BackendError(refused)
         self.model_id = f"openai:{spec.model}"  # no URL: moving a server must not invalidate a cache
         self.endpoints = [_Endpoint(u.rstrip("/"), proxy=proxy_for(u)) for u in spec.urls()]
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
@@ -172,7 +177,8 @@ class OpenAIBackend:
 
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop or self._client.closed:
-            key = os.environ.get(self.spec.api_key_env) or "EMPTY"  # local servers want none, but a header
+            variable = self.spec.api_key_env
+            key = (os.environ.get(variable) if variable else None) or "EMPTY"  # local servers want a header
             self._client = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=aiohttp.ClientTimeout(total=self.spec.timeout, connect=min(self.spec.timeout, 10.0)),
@@ -210,7 +216,8 @@ class OpenAIBackend:
         import aiohttp
 
         last = ""
-        for attempt in range(self.spec.max_retries + 1):
+        attempt, deadline = 0, None
+        while True:
             retry_after: float | None = None
             async with self._slots:  # pick once a slot is free, so the choice is current
                 endpoint = self._pick()
@@ -230,13 +237,18 @@ class OpenAIBackend:
                     endpoint.cooling_until = time.monotonic() + max(cool, retry_after or 0.0)
                 finally:
                     endpoint.in_flight -= 1
-            if attempt < self.spec.max_retries:
-                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-                await asyncio.sleep(max(delay, retry_after or 0.0))
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + self.spec.retry_seconds
+            attempt += 1
+            if now >= deadline or (self.spec.max_retries is not None and attempt > self.spec.max_retries):
+                break
+            delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempt - 1, 16)))
+            await asyncio.sleep(min(max(delay, retry_after or 0.0), max(deadline - now, 0.0)))
         raise BackendError(
-            f"no answer from {', '.join(e.url for e in self.endpoints)} after {self.spec.max_retries + 1} attempts "
-            f"(last error: {last}); check that the server is up and reachable, then run the same command again "
-            "to resume: finished requests are cached"
+            f"no answer from {', '.join(e.url for e in self.endpoints)} after {attempt} attempts in "
+            f"{self.spec.retry_seconds:g} s (last error: {last}); check that the server is up and reachable (raise "
+            "retry_seconds on the backend to wait longer), then run the same command again to resume: finished "
+            "requests are cached"
         )
 
     async def _fan_out(self, items: Sequence, one) -> AsyncIterator:
@@ -273,12 +285,20 @@ class OpenAIBackend:
     @staticmethod
     def _generations(data: dict, chat: bool) -> list[Generation]:
         """Usage is per response, not per choice: its tokens go on the response's first generation."""
-        usage = data.get("usage") or {}
+        data = data if isinstance(data, dict) else {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
         out = []
-        for i, choice in enumerate(sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))):
-            text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+        for i, choice in enumerate(
+            sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
+        ):
+            message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            text = message.get("content") if chat else choice.get("text")
             tokens = [(usage.get(k) or 0) if i == 0 else 0 for k in ("completion_tokens", "prompt_tokens")]
-            out.append(Generation(text or "", choice.get("finish_reason") or "stop", *tokens))
+            tokens = [t if isinstance(t, int) else 0 for t in tokens]
+            out.append(
+                Generation(text if isinstance(text, str) else "", str(choice.get("finish_reason") or "stop"), *tokens)
+            )
         return out
 
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
@@ -294,6 +314,8 @@ class OpenAIBackend:
         if isinstance(data, RequestFailed):
             return data
         generations = self._generations(data, chat)
+        if not generations:  # a 200 with `choices: []`: no answer, never one to cache
+            return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
         if len(generations) >= n:
             return generations[:n]
         # Some servers (llama.cpp's) ignore n and answer once: draw the missing samples one by
@@ -308,9 +330,11 @@ class OpenAIBackend:
         for data in extra:
             if isinstance(data, RequestFailed):
                 return data
-            for g in self._generations(data, chat)[:1]:
-                g.prompt_tokens = 0
-                generations.append(g)
+            more = self._generations(data, chat)[:1]
+            if not more:
+                return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
+            more[0].prompt_tokens = 0
+            generations.append(more[0])
         return generations
 
     def chat_template(self) -> ChatTemplate:
@@ -380,7 +404,10 @@ class OpenAIBackend:
         data = await self._send("/completions", {**body, "prompt_logprobs": 0})
         if isinstance(data, RequestFailed):
             return data
-        entries = data["choices"][0].get("prompt_logprobs")
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
+        entries = choices[0].get("prompt_logprobs")
         tokens = None
         if entries is not None:
             tokens = await self._send("/tokenize", {"model": self.spec.model, "prompt": r.prompt}, root=True, fatal=())
@@ -396,7 +423,10 @@ class OpenAIBackend:
         data = await self._send("/completions", {**body, "echo": True, "logprobs": 1})
         if isinstance(data, RequestFailed):
             return data
-        logprobs = data["choices"][0].get("logprobs")
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
+        logprobs = choices[0].get("logprobs")
         if not logprobs or not logprobs.get("text_offset"):
             return RequestFailed("no_logprobs", "the server returned no echo logprobs, so it cannot score")
         values = echo_continuation(logprobs, r.prompt, text)

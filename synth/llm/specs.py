@@ -8,6 +8,7 @@ the run fingerprint so that, say, raising `max_concurrency` does not invalidate 
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,10 +50,22 @@ class OpenAISpec(_Spec):
     model: str
     base_url: str | None = _speed_only(default=None)
     base_urls: list[str] = _speed_only(default_factory=list)
-    api_key_env: str = _speed_only(default="OPENAI_API_KEY")
+    api_key_env: str | None = _speed_only(
+        default="OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="environment variable holding the API key (null: send none); sent to a host other than "
+        "loopback (or OPENAI_API_KEY to api.openai.com) only with --allow-key VARIABLE",
+    )
     max_concurrency: int = _speed_only(default=64, ge=1)
     timeout: float = _speed_only(default=600.0, gt=0)
-    max_retries: int = _speed_only(default=6, ge=0)
+    retry_seconds: float = _speed_only(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="keep retrying a request that meets a dead server, 5xx or 429 for this long (backoff capped "
+        "at 30 s), so a server restart does not stop a long run",
+    )
+    max_retries: int | None = _speed_only(default=None, ge=0, description="also stop after this many retries")
     chat_template: str | None = Field(
         None,
         description="the served model's chat template, for what synth renders itself (Magpie's pre-query "
@@ -63,6 +76,15 @@ class OpenAISpec(_Spec):
     def _one_url(self):
         if not self.base_url and not self.base_urls:
             raise ValueError("give base_url (or base_urls), e.g. base_url: http://127.0.0.1:8000/v1")
+        for url in self.urls():
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL such as http://127.0.0.1:8000/v1")
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "a base_url must not carry credentials (user:password@ or token@): put the key in an "
+                    "environment variable and name it with api_key_env"
+                )
         return self
 
     def urls(self) -> list[str]:

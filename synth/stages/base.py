@@ -42,7 +42,8 @@ class StageParams(BaseModel):
     name: str | None = Field(
         None,
         description="label for this stage in the run directory and stats (default: the stage key)",
-        pattern=r"^[A-Za-z0-9_.-]+$",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=64,
     )
 
 

@@ -7,7 +7,7 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import BackendError, SynthError
 from ..llm.base import CompleteResult, RequestFailed, Sampling
@@ -22,7 +22,30 @@ class LLMParams(StageParams):
     max_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     repetition_penalty: float = Field(1.0, gt=0)
-    n: int = Field(1, ge=1, description="samples per row; n > 1 writes a list")
+    n: int = Field(1, ge=1, le=10_000, description="samples per row; n > 1 writes a list")
+
+    # Stages redefine some of these with their own defaults (which drops the bounds above):
+    # the validators below apply to every stage's version, so `synth validate` catches them all.
+    @field_validator("max_tokens", "response_max_tokens", check_fields=False)
+    @classmethod
+    def _tokens(cls, value: int) -> int:
+        if not 1 <= value <= 10_000_000:
+            raise ValueError("must be between 1 and 10,000,000")
+        return value
+
+    @field_validator("temperature", "response_temperature", "retry_temperature", check_fields=False)
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if not 0 <= value <= 100:
+            raise ValueError("must be between 0 and 100")
+        return value
+
+    @field_validator("top_p", "response_top_p", check_fields=False)
+    @classmethod
+    def _top_p(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be above 0 and at most 1")
+        return value
 
     def sampling(self) -> Sampling:
         return Sampling(
@@ -83,6 +106,9 @@ def answer_value(
         batch.fail(row, f"request_failed:{result.reason}", result.detail)
         return None
     texts = [g.text.strip() if strip else g.text for g in result]
+    if len(texts) != n:
+        batch.fail(row, "missing_samples", f"asked for {n} samples, got {len(texts)}: {texts!r}"[:2000])
+        return None
     truncated = sum(g.finish_reason == "length" for g in result)
     if truncated:
         batch.count("truncated", truncated)

@@ -70,7 +70,9 @@ class DedupParams(StageParams):
     k: int = Field(100, ge=1, description="embedding: neighbours looked at per row (Magpie: 500)")
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="FAISS index (auto: flat when small)")
     exact_below: int = Field(50_000, ge=0, description="auto index: exact flat search below this many rows")
-    reference: str | None = Field(None, description="file or dataset folder: drop rows that match its rows")
+    reference: str | None = Field(
+        None, description="file or dataset folder: drop rows that match its rows", json_schema_extra={"reads": "file"}
+    )
     reference_column: str | None = Field(None, description="text column of the reference (default: column)")
     within: bool = Field(True, description="also dedup the rows among themselves (false: only against reference)")
 

@@ -141,7 +141,9 @@ class RegexParams(StageParams):
     column: str = Field(description="text column to search")
     patterns: list[str] = Field(default_factory=list, description="regular expressions (Python syntax)")
     blocklist: list[str] = Field(default_factory=list, description="words or phrases, matched as whole words")
-    blocklist_file: str | None = Field(None, description="a text file of blocklisted words, one per line")
+    blocklist_file: str | None = Field(
+        None, description="a text file of blocklisted words, one per line", json_schema_extra={"reads": "file"}
+    )
     ignore_case: bool = True
     keep_matching: bool = Field(False, description="keep only the rows that match (instead of dropping them)")
     reason: str | None = Field(None, description="reason recorded for dropped rows (default: matches_pattern)")

@@ -49,7 +49,11 @@ class MagpieParams(LLMParams):
         None, description="system prompt steering the topic (the paper's --control_tasks)"
     )
     few_shot_template: str = "magpie/few_shot.jinja"
-    few_shot_examples: str = Field("magpie/seed_requests.txt", description="file of example requests, one a line")
+    few_shot_examples: str = Field(
+        "magpie/seed_requests.txt",
+        description="file of example requests, one a line",
+        json_schema_extra={"reads": "file"},
+    )
     few_shot_k: int = Field(4, ge=1)
     max_tokens: int = 512
     temperature: float = 1.0
