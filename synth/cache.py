@@ -60,7 +60,10 @@ class RequestCache:
                 for key, response in self._db.execute(
                     f"SELECT key, response FROM requests WHERE key IN ({marks})", chunk
                 ):
-                    found[key] = json.loads(response)
+                    try:
+                        found[key] = json.loads(response)
+                    except ValueError:
+                        continue  # a damaged entry is a miss: the request is sent again and replaces it
         return found
 
     def put(self, key: str, kind: str, model: str, request: dict, response: dict) -> None:

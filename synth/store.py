@@ -90,7 +90,19 @@ def concat(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_columns]
     if not tables:
         return pa.table({})
-    return pa.concat_tables(tables, promote_options="permissive")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        types: dict[str, set[str]] = {}
+        for table in tables:
+            for f in table.schema:
+                types.setdefault(f.name, set()).add(str(f.type))
+        mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
+        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items()) or str(exc)
+        raise RunError(
+            f"a column holds values of different types in different batches ({shown}); make the input column one "
+            "type (e.g. quote numbers in a text column)"
+        ) from None
 
 
 @dataclass
@@ -211,13 +223,16 @@ class RunStore:
 
     def check_usable(self) -> None:
         """Refuse a directory synth did not make: a run writes and, with --overwrite, deletes
-        inside it, so pointing it at a folder of the user's must never touch their files."""
+        inside it, so pointing it at a folder of the user's must never touch their files. A run
+        directory (one with synth's manifest) may hold other files: they are left alone."""
         if not self.root.exists():
             return
         if not self.root.is_dir():
             raise RunError(f"{self.root} exists and is not a directory; choose another run directory with -o")
+        if self.is_run():
+            return
         foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES)
-        if foreign or (self.exists() and not self.is_run()):
+        if foreign or self.exists():
             shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "") if foreign else "manifest.json"
             raise RunError(
                 f"{self.root} is not a synth run directory (it holds {shown}); synth writes and deletes only in "

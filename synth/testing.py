@@ -1,8 +1,8 @@
 """Test helpers that ship with synth, for its own tests and for users' tests of their pipelines.
 
 `FaultProxy` sits between a backend and a real OpenAI-compatible server on 127.0.0.1 and breaks
-things on purpose: answer the next N requests with 429 or 500, cut the next N connections without
-an answer, delay every answer, or stop listening altogether (a dead server) and come back later.
+things on purpose: answer the next N requests with 429 or 500 (or any status and message), or 200
+with no choices, cut the next N connections without an answer, delay every answer, or stop listening altogether (a dead server) and come back later.
 It counts what it saw, including the most requests in flight at once, which is how a test checks
 a concurrency limit. Its event loop runs in a thread, so plain (sync) tests can use it:
 
@@ -97,7 +97,10 @@ class _LoopThread:
 @dataclass
 class _Faults:
     status: int = 500
+    message: str = "injected by FaultProxy"
     fail: int = 0  # answer this many more requests with `status`
+    empty: int = 0  # answer this many more requests 200 with no choices (or empty text)
+    empty_text: bool = False
     drop: int = 0  # cut this many more connections after reading the request
     retry_after: float | None = None
     delay: float = 0.0  # seconds before every answer (injected ones too)
@@ -119,9 +122,18 @@ class FaultProxy(_LoopThread):
         self._open: set[asyncio.StreamWriter] = set()
 
     # ---- control, from any thread ----
-    def fail_next(self, count: int, status: int = 500, retry_after: float | None = None) -> None:
-        """Answer the next `count` requests with `status` (and a Retry-After header if given)."""
+    def fail_next(
+        self, count: int, status: int = 500, retry_after: float | None = None, message: str = "injected by FaultProxy"
+    ) -> None:
+        """Answer the next `count` requests with `status` and an OpenAI-style error `message` (and
+        a Retry-After header if given)."""
         self.faults.status, self.faults.fail, self.faults.retry_after = status, count, retry_after
+        self.faults.message = message
+
+    def empty_next(self, count: int, empty_text: bool = False) -> None:
+        """Answer the next `count` requests 200 OK with `choices: []` (or, with empty_text, one
+        choice whose text is empty): a broken server's answers."""
+        self.faults.empty, self.faults.empty_text = count, empty_text
 
     def drop_next(self, count: int) -> None:
         """Close the next `count` connections after reading the request, without an answer."""
@@ -174,7 +186,16 @@ class FaultProxy(_LoopThread):
             faults.fail -= 1
             self.injected += 1
             extra = f"Retry-After: {faults.retry_after:g}\r\n" if faults.retry_after is not None else ""
-            writer.write(_response(faults.status, b'{"error": {"message": "injected by FaultProxy"}}', extra))
+            body = json.dumps({"error": {"message": faults.message}}).encode()
+            writer.write(_response(faults.status, body, extra))
+            await writer.drain()
+            return
+        if faults.empty > 0:
+            faults.empty -= 1
+            self.injected += 1
+            choices = [{"index": 0, "text": "", "message": {"role": "assistant", "content": ""}}]
+            body = {"object": "text_completion", "choices": choices if faults.empty_text else [], "usage": {}}
+            writer.write(_response(200, json.dumps(body).encode()))
             await writer.drain()
             return
         self.forwarded += 1

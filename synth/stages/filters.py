@@ -14,10 +14,10 @@ Each drops rows with a reason that names the rule (`instruct_reward > -10`, `too
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from pathlib import Path
 
+import regex
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import InputError, MissingDependency
@@ -147,14 +147,23 @@ class RegexParams(StageParams):
     ignore_case: bool = True
     keep_matching: bool = Field(False, description="keep only the rows that match (instead of dropping them)")
     reason: str | None = Field(None, description="reason recorded for dropped rows (default: matches_pattern)")
+    timeout: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="seconds one row's search may take; a pattern that backtracks catastrophically on a row fails "
+        "that row (regex_timeout) instead of hanging the run",
+    )
 
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
+            if len(pattern) > 10_000:
+                raise ValueError("a pattern is limited to 10,000 characters (use blocklist_file for word lists)")
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                regex.compile(pattern)
+            except (regex.error, RecursionError, OverflowError) as exc:
                 raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
         return patterns
 
@@ -183,18 +192,24 @@ class Regex(Stage):
             if not path.exists():
                 raise InputError(f"blocklist_file {path} does not exist (paths are relative to the pipeline file)")
             words += [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
-        flags = re.IGNORECASE if p.ignore_case else 0
-        self._rules = [(re.compile(x, flags), p.reason or "matches_pattern") for x in p.patterns]
+        flags = regex.IGNORECASE if p.ignore_case else 0
+        self._rules = [(regex.compile(x, flags), p.reason or "matches_pattern") for x in p.patterns]
         if words:
-            alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-            self._rules.append((re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", flags), p.reason or "blocklisted"))
+            alternatives = "|".join(regex.escape(w) for w in sorted(set(words), key=len, reverse=True))
+            self._rules.append((regex.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", flags), p.reason or "blocklisted"))
 
     async def process(self, batch: Batch) -> list[Row]:
+        # The `regex` module, not `re`: its searches take a timeout, so a pattern from a stranger's
+        # pipeline that backtracks for hours on one row costs that row, not the run.
         p = self.params
         out = []
         for row in batch.rows:
             text = text_of(row.get(p.column))
-            hit = next(((m, reason) for rx, reason in self._rules if (m := rx.search(text))), None)
+            try:
+                hit = next(((m, r) for rx, r in self._rules if (m := rx.search(text, timeout=p.timeout))), None)
+            except TimeoutError:
+                batch.fail(row, "regex_timeout", f"a pattern took over {p.timeout:g} s on this row")
+                continue
             if p.keep_matching:
                 if hit:
                     out.append(row)
