@@ -4,7 +4,8 @@
 things on purpose: answer the next N requests with 429 or 500 (or any status and message), or 200
 with no choices, cut the next N connections without an answer, delay every answer, or stop
 listening altogether (a dead server) and come back later. It counts what it saw, including the
-most requests in flight at once, which is how a test checks a concurrency limit. Its event loop runs in a thread, so plain (sync) tests can use it:
+most requests in flight at once, which is how a test checks a concurrency limit. Its event loop
+runs in a thread, so plain (sync) tests can use it:
 
     with FaultProxy("127.0.0.1", 8080) as proxy:
         proxy.fail_next(2, status=429)
