@@ -377,7 +377,7 @@ def test_absurd_numbers_are_validation_errors(field, value, write):
 
 def test_a_key_is_sent_only_where_the_user_allows(write, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "z" * 30)
-    monkeypatch.delenv("SYNTH_ALLOW_KEYS", raising=False)
+    monkeypatch.setenv("SYNTH_ALLOW_KEYS", "")  # --allow-key sets it in this process: restored after the test
     text = """
         backends:
           default: {{type: openai, model: m, base_url: "{url}", api_key_env: HF_TOKEN}}
@@ -412,7 +412,7 @@ def test_a_pipeline_reads_only_its_folder_and_the_working_directory(write, tmp_p
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "rows.csv").write_text("a,b\n1,2\n")
     monkeypatch.chdir(tmp_path / "home")
-    monkeypatch.delenv("SYNTH_ALLOW_READ", raising=False)
+    monkeypatch.setenv("SYNTH_ALLOW_READ", "")  # --allow-read sets it in this process: restored after the test
     write("pipe/t.jinja", "{{ row }}")
     text = "stages:\n  - stage: load\n    path: {path}\n    format: csv\n  - stage: template\n    template: t.jinja\n"
     text += "    output: prompt\n"

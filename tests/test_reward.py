@@ -97,6 +97,7 @@ def test_reward_counts_truncation_and_fails_rows_without_response(write, tmp_pat
     path = write(
         "p.yaml",
         f"""
+        run: {{max_failure_rate: 1.0}}
         stages:
           - stage: load
             rows: {json.dumps(rows)}
