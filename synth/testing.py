@@ -21,12 +21,14 @@ Both speak just enough HTTP/1.1 for JSON APIs (bodies by Content-Length, no chun
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
-__all__ = ["FaultProxy", "InstantServer", "free_port"]
+__all__ = ["FaultProxy", "GpuLikeServer", "InstantServer", "free_port"]
 
 
 def free_port() -> int:
@@ -252,20 +254,114 @@ class InstantServer(_LoopThread):
         return 404, json.dumps({"error": {"message": f"InstantServer has no route {path}"}}).encode()
 
 
-def _serve_instant(argv: list[str] | None = None) -> None:
-    """`python -m synth.testing --port P`: an InstantServer in its own process until Ctrl-C or
-    SIGTERM, so that a benchmark's client does not share a core (and the GIL) with it."""
+class GpuLikeServer(InstantServer):
+    """An OpenAI-compatible stand-in shaped like vLLM on a GPU, for benchmarks of how full synth
+    keeps a server: at most `capacity` sequences run at once (more requests queue, as in vLLM's
+    scheduler), each takes `latency` seconds plus `per_token` seconds per generated token, and the
+    number of tokens varies by prompt (a hash of the prompt, between 1 and max_tokens).
+
+    GET /stats reports the requests served and the sequences in flight: the peak and the
+    time-average over the busy period (first request to last answer), the figure to compare
+    between clients. Like InstantServer it measures orchestration, never behaviour."""
+
+    def __init__(self, capacity: int = 256, latency: float = 0.05, per_token: float = 0.002, port: int | None = None):
+        super().__init__(text="", port=port)
+        self.capacity, self.latency, self.per_token = capacity, latency, per_token
+        self._slots: asyncio.Semaphore | None = None
+        self.in_flight = self.peak = 0
+        self._area = 0.0
+        self._first: float | None = None
+        self._last = 0.0
+
+    def _account(self, delta: int) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = now
+        else:
+            self._area += self.in_flight * (now - self._last)
+        self._last = now
+        self.in_flight += delta
+        self.peak = max(self.peak, self.in_flight)
+
+    def stats(self) -> dict:
+        busy = (self._last - self._first) if self._first is not None else 0.0
+        mean = self._area / busy if busy > 0 else 0.0
+        return {"requests": self.requests, "peak_in_flight": self.peak, "mean_in_flight": round(mean, 1)}
+
+    @staticmethod
+    def tokens_for(request: dict) -> int:
+        """Generated tokens for a request: fixed per prompt, so every client gets the same work."""
+        text = json.dumps(request.get("messages") or request.get("prompt") or "", sort_keys=True)
+        limit = max(int(request.get("max_tokens") or 16), 1)
+        return 1 + int(hashlib.blake2b(text.encode(), digest_size=4).hexdigest(), 16) % limit
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.capacity)
+        try:
+            while True:
+                head, body = await _read_request(reader)
+                path = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+                if path.endswith("/stats"):
+                    writer.write(_response(200, json.dumps(self.stats()).encode(), close=False))
+                    await writer.drain()
+                    continue
+                self.requests += 1
+                request = json.loads(body or b"{}")
+                async with self._slots:
+                    self._account(+1)
+                    tokens = self.tokens_for(request) if path.endswith("completions") else 0
+                    try:
+                        await asyncio.sleep(self.latency + self.per_token * tokens)
+                    finally:
+                        self._account(-1)
+                status, payload = self._reply(path, request, tokens)
+                writer.write(_response(status, payload, close=False))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def _reply(self, path: str, request: dict, tokens: int = 1) -> tuple[int, bytes]:
+        if not path.endswith("/completions"):
+            return super()._reply(path, request)
+        n = int(request.get("n") or 1)
+        text = " ".join(["tok"] * tokens)
+        chat = path.endswith("/chat/completions")
+        choices = [
+            {"index": i, "finish_reason": "length" if tokens >= int(request.get("max_tokens") or 16) else "stop"}
+            | ({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            for i in range(n)
+        ]
+        usage = {"prompt_tokens": 8, "completion_tokens": tokens * n, "total_tokens": 8 + tokens * n}
+        return 200, json.dumps({"object": "text_completion", "choices": choices, "usage": usage}).encode()
+
+
+def _serve(argv: list[str] | None = None) -> None:
+    """`python -m synth.testing --port P [--gpu-like --capacity 256 ...]`: an InstantServer (or a
+    GpuLikeServer) in its own process until Ctrl-C or SIGTERM, so that a benchmark's client does
+    not share a core (and the GIL) with it."""
     import argparse
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m synth.testing", description=_serve_instant.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m synth.testing", description=_serve.__doc__)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--text", default="ok")
+    parser.add_argument("--gpu-like", action="store_true", help="a GpuLikeServer instead of an InstantServer")
+    parser.add_argument("--capacity", type=int, default=256)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--per-token", type=float, default=0.002)
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with InstantServer(text=args.text, port=args.port) as server:
-        print(f"InstantServer on {server.url}", flush=True)
+    server = (
+        GpuLikeServer(args.capacity, args.latency, args.per_token, port=args.port)
+        if args.gpu_like
+        else InstantServer(text=args.text, port=args.port)
+    )
+    with server:
+        print(f"{type(server).__name__} on {server.url}", flush=True)
         try:
             stop.wait()
         except KeyboardInterrupt:
@@ -273,4 +369,4 @@ def _serve_instant(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    _serve_instant()
+    _serve()
