@@ -67,11 +67,25 @@ class RequestCache:
         return found
 
     def put(self, key: str, kind: str, model: str, request: dict, response: dict) -> None:
+        self.put_many([(key, kind, model, request, response)])
+
+    def put_many(self, entries: list[tuple[str, str, str, dict, dict]]) -> None:
+        """Store answers in one transaction (one commit for many answers, not one per answer)."""
+        rows = [
+            (key, kind, model, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False))
+            for key, kind, model, request, response in entries
+        ]
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
-                (key, kind, model, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def __bool__(self) -> bool:
+        return True  # a cache is there even when empty (and len() counts every row: never for truth)
 
     def __len__(self) -> int:
         with self._lock:

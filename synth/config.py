@@ -41,7 +41,13 @@ class RunSettings(BaseModel):
 
     batch_size: int = Field(64, ge=1, le=1_000_000, description="rows per shard: the unit of checkpointing")
     # Excluded from the fingerprint: changes speed and memory, never rows.
-    max_batches_in_flight: int = Field(4, ge=1, le=10_000, description="batches processed concurrently")
+    max_batches_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="batches processed concurrently (default: enough to keep three times the backends' "
+        "max_concurrency of rows in flight, at least 4, so a server never waits on a batch's slowest request)",
+    )
     max_failure_rate: float = Field(
         0.1,
         ge=0,

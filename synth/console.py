@@ -54,7 +54,8 @@ class ConsoleProgress(Progress):
 
 def stage_table(stages: list[dict], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("stage", "in", "out", "filtered", "failed", "requests", "cached", "tokens out", "seconds"):
+    columns = ("stage", "in", "out", "filtered", "failed", "requests", "cached", "tokens out", "wall s", "busy s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "filtered", "failed") else "right")
     for s in stages:
         counters = s.get("counters", {})
@@ -68,8 +69,10 @@ def stage_table(stages: list[dict], title: str | None = None) -> Table:
             f"{counters.get('requests', 0):,}",
             f"{counters.get('cache_hits', 0):,}",
             f"{counters.get('completion_tokens', 0):,}",
-            f"{s.get('seconds', 0):,.1f}",
+            f"{s.get('wall_seconds', s.get('seconds', 0)):,.1f}",
+            f"{s.get('busy_seconds', s.get('seconds', 0)):,.1f}",
         )
+    table.caption = "wall s: time from the stage's first batch to its last; busy s: summed over batches run at once"
     return table
 
 

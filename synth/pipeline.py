@@ -1,11 +1,11 @@
 """The runner: streams batches through stages, checkpoints every stage's output, resumes.
 
 Stages are cut into segments at global stages. Within a segment each batch travels through
-every stage on its own (up to `run.max_batches_in_flight` batches at once, so a backend always
-has work while one batch waits on its slowest request); a global stage waits for all rows of the
-stage before it. Batch i of the source becomes shard i of every stage in the segment, so on
-resume each batch restarts after the last stage that finished it, and LLM requests it had already
-sent are answered from the cache.
+every stage on its own (by default enough batches at once to hold three times the rows the
+backends take at once, so a server always has work while a batch waits on its slowest request);
+a global stage waits for all rows of the stage before it. Batch i of the source becomes shard i
+of every stage in the segment, so on resume each batch restarts after the last stage that
+finished it, and LLM requests it had already sent are answered from the cache.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ class Runner:
         self.dirs: list[StageDir] = []
         self.llms: dict[str, LLM] = {}
         self.cache: RequestCache | None = None
+        self._spans: dict[int, tuple[float, float]] = {}  # stage -> (first start, last end), this session
+        self._earlier_wall: dict[str, float] = {}  # stage label -> wall seconds of earlier sessions
 
     # ---- set-up ----
     def _fingerprints(self, known: dict) -> list[str]:
@@ -134,8 +136,11 @@ class Runner:
         manifest["sessions"].append({"started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running"})
         (store.root / "pipeline.yaml").write_text(self.pipeline.text, encoding="utf-8")
         store.write_manifest(manifest)
+        earlier = {e.get("label"): e.get("wall_seconds", 0.0) for e in (previous or {}).get("stages", [])}
         for spec, fp in zip(self.pipeline.stages, fingerprints, strict=True):
             stage_dir, discarded = store.prepare_stage(spec.index, spec.label, fp)
+            if not discarded and isinstance(earlier.get(spec.label), (int, float)):
+                self._earlier_wall[spec.label] = float(earlier[spec.label])
             if discarded:
                 self.progress.note(
                     f"stage '{spec.label}' changed since the last run (its parameters, templates or input files): "
@@ -264,9 +269,7 @@ class Runner:
             session["seconds"] = round(time.perf_counter() - started, 3)
             if error is not None:
                 session["error"] = scrub(str(error))[:500]
-            manifest["stages"] = [
-                {"label": spec.label, "stage": spec.key, "kind": spec.cls.kind, **s.__dict__} for spec, s in stats
-            ]
+            manifest["stages"] = [self._stage_entry(spec, s) for spec, s in stats]
             manifest["status"] = status
             if status == "complete" or too_many is not None:
                 manifest["output"] = {"path": "output", "rows": output_rows, "format": self.pipeline.output.format}
@@ -274,12 +277,20 @@ class Runner:
                 self.store.write_manifest(manifest)
             except OSError:
                 pass  # a full or read-only disk: the error raised above says so; the lock shows the run stopped
-            if self.cache:
+            if self.cache is not None:
                 self.cache.close()
             self.store.unlock()
         if too_many is not None:
             raise too_many
         return RunResult(self.store.root, manifest, stats, output_rows)
+
+    def _stage_entry(self, spec: StageSpec, s: ShardStats) -> dict:
+        entry = {"label": spec.label, "stage": spec.key, "kind": spec.cls.kind, **s.__dict__}
+        busy = entry.pop("seconds")
+        first, last = self._spans.get(spec.index, (0.0, 0.0))
+        entry["wall_seconds"] = round(self._earlier_wall.get(spec.label, 0.0) + (last - first), 3)
+        entry["busy_seconds"] = round(busy, 3)  # summed over batches, which run concurrently
+        return entry
 
     def _failure_rate_error(self, stats: list[tuple[StageSpec, ShardStats]]) -> RunError | None:
         limit = self.pipeline.run.max_failure_rate
@@ -311,7 +322,7 @@ class Runner:
         if self.stages[head].kind == "global":
             await self._run_global(head)
         in_flight: set[asyncio.Task] = set()
-        slots = asyncio.Semaphore(self.pipeline.run.max_batches_in_flight)
+        slots = asyncio.Semaphore(self.batches_in_flight(segment))
         failure: list[BaseException] = []
 
         async def one(index: int, rows: list[Row] | None) -> None:
@@ -342,6 +353,20 @@ class Runner:
         if failure:
             raise failure[0]
 
+    def batches_in_flight(self, segment: list[int]) -> int:
+        """`run.max_batches_in_flight`, or enough batches to hold three times the rows the
+        segment's backends take at once: each batch waits for its slowest request, and while it
+        does the others' requests keep every slot of the server busy."""
+        if self.pipeline.run.max_batches_in_flight is not None:
+            return self.pipeline.run.max_batches_in_flight
+        concurrency = 1
+        for i in segment:
+            backend = getattr(self.pipeline.stages[i].params, "backend", None)
+            spec = self.pipeline.backends.get(backend) if self.pipeline.stages[i].cls.uses_llm else None
+            if spec is not None:
+                concurrency = max(concurrency, spec.concurrency())
+        return min(max(4, -(-3 * concurrency // self.pipeline.run.batch_size)), 1024)
+
     async def _chain(self, segment: list[int], index: int, rows: list[Row] | None) -> None:
         start = -1
         for position, i in enumerate(segment):
@@ -371,9 +396,18 @@ class Runner:
         for d in batch.dropped:
             bucket = stats.failed if d.failed else stats.filtered
             bucket[d.reason] = bucket.get(d.reason, 0) + 1
-        self.dirs[i].write(index, out, batch.dropped, stats)
+        # Parquet encoding and the fsyncs happen in a thread: the event loop keeps feeding the
+        # backends meanwhile. The marker is still written after the data, in the same call.
+        await asyncio.to_thread(self.dirs[i].write, index, out, batch.dropped, stats)
+        self._span(i, started)
         self.progress.advance(spec.label, len(out), counters.get("completion_tokens", 0))
         return out
+
+    def _span(self, i: int, started: float) -> None:
+        """Stretch stage i's wall-clock span over [started, now]: stages overlap in time, so the
+        sum of their per-batch times says nothing about how long a stage took."""
+        first, _ = self._spans.get(i, (started, started))
+        self._spans[i] = (min(first, started), time.perf_counter())
 
     async def _run_global(self, i: int) -> None:
         stage_dir, stage = self.dirs[i], self.stages[i]
@@ -405,6 +439,7 @@ class Runner:
             stage_dir.write(n, part, batch.dropped if n == 0 else [], stats)
             self.progress.advance(self.pipeline.stages[i].label, len(part))
         atomic_write_json(stage_dir.complete_marker, {"rows_in": table.num_rows, "rows_out": out.num_rows})
+        self._span(i, started)
 
     # ---- output ----
     def _write_output(self) -> int:

@@ -24,6 +24,11 @@ from .store import RunStore
 SCORE_HINTS = ("reward", "score")
 
 
+def _wall(stage: dict) -> float:
+    """Wall-clock seconds of a stage (manifests before 0.1 had only the summed batch times)."""
+    return stage.get("wall_seconds", stage.get("seconds", 0))
+
+
 def _plt():
     try:
         import matplotlib
@@ -101,7 +106,7 @@ def make_plots(manifest: dict, table: pa.Table) -> dict[str, tuple[str, bytes]]:
             plots["tokens"] = ("Generated tokens per stage", _bar(labels, {"tokens": tokens}, "Tokens generated"))
         plots["time"] = (
             "Processing time per stage (summed over batches)",
-            _bar(labels, {"seconds": [s.get("seconds", 0) for s in stages]}, "Seconds per stage"),
+            _bar(labels, {"seconds": [_wall(s) for s in stages]}, "Wall-clock seconds per stage"),
         )
     names = table.column_names
     for column in ("instruction", "response", "chosen", "rejected"):
@@ -138,7 +143,7 @@ def make_plots(manifest: dict, table: pa.Table) -> dict[str, tuple[str, bytes]]:
 def _table_html(stages: list[dict]) -> str:
     head = (
         "<tr><th>stage</th><th>in</th><th>out</th><th>dropped (why)</th><th>requests</th><th>cached</th>"
-        "<th>tokens out</th><th>seconds</th></tr>"
+        "<th>tokens out</th><th>wall s</th><th>busy s</th></tr>"
     )
     body = []
     for s in stages:
@@ -149,7 +154,8 @@ def _table_html(stages: list[dict]) -> str:
             f"<td>{s['rows_in']:,}</td><td>{s['rows_out']:,}</td>"
             f"<td>{html.escape(', '.join(f'{k}: {v:,}' for k, v in sorted(why.items())) or '-')}</td>"
             f"<td>{c.get('requests', 0):,}</td><td>{c.get('cache_hits', 0):,}</td>"
-            f"<td>{c.get('completion_tokens', 0):,}</td><td>{s.get('seconds', 0):,.1f}</td></tr>"
+            f"<td>{c.get('completion_tokens', 0):,}</td><td>{_wall(s):,.1f}</td>"
+            f"<td>{s.get('busy_seconds', s.get('seconds', 0)):,.1f}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 

@@ -1,6 +1,7 @@
 """What a stage holds: a backend seen through the request cache and the run's counters.
 
-Every answer is written to the cache the moment the backend yields it, before any row moves on;
+Every answer is written to the cache as the backend yields it (in groups, at most half a second
+apart), before any row moves on;
 an answer that is not one (no samples, only empty text, a failure) is never cached, so a resume
 asks again instead of replaying it.
 Identical requests within one call are sent once. Counters (requests sent, cache hits, tokens)
@@ -10,13 +11,19 @@ per-shard stats stay exact however many batches run at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from ..cache import RequestCache
 from ..seeds import digest
 from .base import Backend, CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+
+# Answers are committed to the cache in groups, in a thread: one transaction per group instead of
+# one per answer, off the event loop. A kill -9 loses at most the last FLUSH_SECONDS of answers.
+FLUSH_ANSWERS, FLUSH_SECONDS = 64, 0.5
 
 current_counters: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("synth_counters", default=None)
 
@@ -84,7 +91,7 @@ class LLM:
 
     async def _run(self, kind, requests, send) -> list:
         keys = [digest({"kind": kind, "model": self.model_id, **r.payload()}) for r in requests]
-        cached = self.cache.get_many(list(set(keys))) if self.cache else {}
+        cached = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
         results: dict[str, CompleteResult | ScoreResult] = {}
         for i, key in enumerate(keys):
             if key in cached and key not in results:
@@ -99,20 +106,31 @@ class LLM:
                 missing[key] = i
         if missing:
             todo = list(missing.items())
-            async for j, result in send([requests[i] for _, i in todo]):
-                key, request = todo[j][0], requests[todo[j][1]]
-                if isinstance(request, Request) and isinstance(result, list) and len(result) != request.sampling.n:
-                    result = RequestFailed("missing_samples", f"asked for {request.sampling.n}, got {len(result)}")
-                results[key] = result
-                _count("requests")
-                if isinstance(result, RequestFailed):
-                    _count("requests_failed")
-                    continue
-                if isinstance(result, Scored):
-                    _count("prompt_tokens", result.prompt_tokens)
-                else:
-                    _count("prompt_tokens", sum(g.prompt_tokens for g in result))
-                    _count("completion_tokens", sum(g.completion_tokens for g in result))
-                if self.cache is not None and _valid(request, result):
-                    self.cache.put(key, kind, self.model_id, request.payload(), _encode(result))
+            pending: list[tuple] = []
+            since = 0.0
+            try:
+                async for j, result in send([requests[i] for _, i in todo]):
+                    key, request = todo[j][0], requests[todo[j][1]]
+                    if isinstance(request, Request) and isinstance(result, list) and len(result) != request.sampling.n:
+                        result = RequestFailed("missing_samples", f"asked for {request.sampling.n}, got {len(result)}")
+                    results[key] = result
+                    _count("requests")
+                    if isinstance(result, RequestFailed):
+                        _count("requests_failed")
+                        continue
+                    if isinstance(result, Scored):
+                        _count("prompt_tokens", result.prompt_tokens)
+                    else:
+                        _count("prompt_tokens", sum(g.prompt_tokens for g in result))
+                        _count("completion_tokens", sum(g.completion_tokens for g in result))
+                    if self.cache is not None and _valid(request, result):
+                        if not pending:
+                            since = time.monotonic()
+                        pending.append((key, kind, self.model_id, request.payload(), _encode(result)))
+                        if len(pending) >= FLUSH_ANSWERS or time.monotonic() - since >= FLUSH_SECONDS:
+                            batch, pending = pending, []
+                            await asyncio.to_thread(self.cache.put_many, batch)
+            finally:
+                if pending and self.cache is not None:
+                    self.cache.put_many(pending)  # the answers of an interrupted call are kept too
         return [results[k] for k in keys]

@@ -41,6 +41,9 @@ class LocalSpec(_Spec):
     n_threads: int | None = _speed_only(default=None, ge=1)
     chat_template: str | None = None
 
+    def concurrency(self) -> int:
+        return 1  # one model instance answers one request at a time
+
 
 class OpenAISpec(_Spec):
     """Any OpenAI-compatible server: `vllm serve`, `python -m llama_cpp.server`, OpenAI itself.
@@ -56,7 +59,12 @@ class OpenAISpec(_Spec):
         description="environment variable holding the API key (null: send none); sent to a host other than "
         "loopback (or OPENAI_API_KEY to api.openai.com) only with --allow-key VARIABLE",
     )
-    max_concurrency: int = _speed_only(default=64, ge=1)
+    max_concurrency: int = _speed_only(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="requests in flight at once over all base_urls (vLLM runs 256 sequences at once by default)",
+    )
     timeout: float = _speed_only(default=600.0, gt=0)
     retry_seconds: float = _speed_only(
         default=300.0,
@@ -90,6 +98,9 @@ class OpenAISpec(_Spec):
     def urls(self) -> list[str]:
         return list(self.base_urls) or [self.base_url]  # type: ignore[list-item]
 
+    def concurrency(self) -> int:
+        return self.max_concurrency
+
 
 class VLLMSpec(_Spec):
     """The in-process `vllm.LLM` engine (extra: synth[vllm])."""
@@ -100,6 +111,9 @@ class VLLMSpec(_Spec):
     max_model_len: int | None = None
     dtype: str = "auto"
     engine_args: dict = Field(default_factory=dict)
+
+    def concurrency(self) -> int:
+        return int(self.engine_args.get("max_num_seqs") or 256)  # the engine batches this many sequences
 
 
 BackendSpec = Annotated[LocalSpec | OpenAISpec | VLLMSpec, Field(discriminator="type")]
