@@ -407,6 +407,14 @@ def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir
         if refused:
             loc = ("backends", name, "api_key_env")
             problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), refused))
+        # A chat template's text goes into every prompt: a file named there is a data file too.
+        template = getattr(backend, "chat_template", None)
+        path = Path(template).expanduser() if template and "{" not in template and "\n" not in template else None
+        if path is not None and path.exists():
+            message = read_problem(path, base_dir)
+            if message:
+                loc = ("backends", name, "chat_template")
+                problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), message))
     return problems
 
 

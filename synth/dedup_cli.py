@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,18 @@ def _write(table: pa.Table, out: Path) -> None:
         raise InputError(f"cannot write {out}: name the output .jsonl or .parquet")
 
 
+def _trust_named_files(*paths: Path | str | None) -> None:
+    """Files the user names on the command line may be read wherever they are: the read policy
+    guards against pipeline files from strangers, not against the user."""
+    from .inputs import ALLOW_READ_ENV
+
+    folders = [str(Path(p).expanduser().resolve().parent) for p in paths if p]
+    known = [f for f in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if f]
+    os.environ[ALLOW_READ_ENV] = os.pathsep.join(dict.fromkeys([*known, *folders]))
+
+
 def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None, show: int) -> dict:
+    _trust_named_files(source, params.reference)
     ctx = StageContext(seed=0, label="dedup", index=0, base_dir=Path.cwd())
     rows = list(Load(LoadParams(path=str(source)), ctx).iter_rows(None))
     if rows and params.column not in rows[0]:

@@ -489,3 +489,23 @@ def test_run_errors_in_the_manifest_are_scrubbed(write, tmp_path, monkeypatch):
     manifest = (tmp_path / "run" / "manifest.json").read_text()
     assert "value-of-the-secret-1" not in json.dumps(json.loads(manifest)["sessions"])
     assert os.environ["SOME_SECRET"] == "value-of-the-secret-1"
+
+
+def test_a_chat_template_file_is_read_only_where_data_files_are(write, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_ALLOW_READ", "")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    monkeypatch.chdir(write("pipe/x.txt", "").parent)  # the working directory is the pipeline's folder
+    path = write(
+        "pipe/p.yaml",
+        f"""
+        backends:
+          default: {{type: openai, model: m, base_url: "http://127.0.0.1:9/v1", chat_template: "{outside}"}}
+        stages:
+          - stage: load
+            rows: [{{a: 1}}]
+    """,
+    )
+    with pytest.raises(ConfigError, match=r"backends.default.chat_template: reads .*elsewhere, outside"):
+        load_pipeline(path)

@@ -189,7 +189,8 @@ def test_load_reads_every_input_format(fmt, write, tmp_path):
 
 
 def test_bad_jsonl_line_is_reported_with_file_and_line(write, tmp_path):
-    source = write("in.jsonl", '{"topic": "a"}\n{"topic": "b"\n')
+    long = '{"topic": "' + "a" * 2**20 + '"}\n'  # past the first MB, which validate reads: found by the run
+    source = write("in.jsonl", long + '{"topic": "b"\n')
     path = write(
         "p.yaml",
         f"""
@@ -213,7 +214,8 @@ def test_a_second_process_on_the_same_run_directory_is_refused(make, tmp_path):
 
 
 def test_cli_run_reports_user_mistakes_in_one_line(write, tmp_path):
-    source = write("in.jsonl", '{"topic": "a"}\nnot json\n')
+    long = '{"topic": "' + "a" * 2**20 + '"}\n'  # past the first MB, which validate reads: found by the run
+    source = write("in.jsonl", long + "not json\n")
     path = write(
         "p.yaml",
         f"""

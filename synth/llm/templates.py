@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import BackendError
 from ..resources import resource_dir
+from ..sandbox import BoundedSandbox
 
 
 def _raise(message: str):
@@ -27,8 +27,10 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _environment(undefined: type[jinja2.Undefined]) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment(undefined: type[jinja2.Undefined]) -> BoundedSandbox:
+    """A chat template comes with a model, which may come from a stranger: it is bounded like a prompt
+    template (memory, work, output; every failure a TemplateError), but a None renders as "None"."""
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, undefined=undefined, extensions=["jinja2.ext.loopcontrols"]
     )
     env.globals["raise_exception"] = _raise

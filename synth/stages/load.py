@@ -2,26 +2,44 @@
 
 Rows stream in file order (never all in memory), so batch i is the same rows on every run and a
 resumed run lines up with the shards it already wrote.
+
+The file may be a stranger's choice, and `{{ row }}` sends whatever is loaded to a server: a path
+is read only where inputs.read_problem allows (the pipeline's folder and the working directory,
+links resolved, or a folder given with --allow-read), and only a regular file, or a folder of them
+for the folder formats (never /dev/zero, a FIFO or a socket). Every fault of an input is one
+InputError naming the file, the line where there is one, and the fix; `synth validate` reads the
+first MB of each file the same way, so most faults are found before a run.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..errors import InputError, MissingDependency
+from ..errors import InputError
+from ..inputs import read_problem
+from ..readers import (
+    RESERVED,
+    detect_format,
+    file_problem,
+    input_path,
+    iter_jsonl,
+    parquet_columns,
+    read_rows,
+)
 from .base import CheckEnv, Row, Stage, StageParams
-
-FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 
 
 class LoadParams(StageParams):
-    path: str | None = Field(None, description="file or folder: .jsonl, .json, .parquet, .csv, or a datasets folder")
+    path: str | None = Field(
+        None,
+        description="file or folder: .jsonl, .json, .parquet, .csv, or a datasets folder",
+        json_schema_extra={"reads": "file"},
+    )
     rows: list[dict[str, Any]] | None = Field(None, description="rows given inline in the pipeline file")
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "hf"] = "auto"
     split: str = Field("train", description="split to read from a Hugging Face dataset folder")
@@ -35,68 +53,40 @@ class LoadParams(StageParams):
         return self
 
 
-def detect_format(path: Path) -> str:
-    if path.is_dir():
-        if (
-            (path / "dataset_info.json").exists()
-            or (path / "dataset_dict.json").exists()
-            or any(path.glob("*/dataset_info.json"))
-        ):
-            return "hf"
-        if any(path.glob("*.parquet")):
-            return "parquet"
-        return "hf"
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    return {
-        ".jsonl": "jsonl",
-        ".ndjson": "jsonl",
-        ".jsonl.gz": "jsonl",
-        ".json": "json",
-        ".parquet": "parquet",
-        ".csv": "csv",
-    }.get(suffix.lower(), "jsonl")
+def _format(params: LoadParams, path: Path) -> str:
+    return params.format if params.format != "auto" else detect_format(path)
 
 
-def _iter_jsonl(path: Path) -> Iterator[Row]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-            yield row
+# ---- what may be read ----
 
 
-def _iter_parquet(path: Path) -> Iterator[Row]:
-    import pyarrow.parquet as pq
-
-    files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
-    for file in files:
-        for record_batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
-            yield from record_batch.to_pylist()
+def _foreign_provenance(value: Any) -> bool:
+    """Whether a `provenance` value is not synth's own record ({stage: {...}}, from an earlier run)."""
+    if value is None:
+        return False
+    return not (isinstance(value, dict) and all(v is None or isinstance(v, dict) for v in value.values()))
 
 
-def _iter_hf(path: Path, split: str) -> Iterator[Row]:
-    try:
-        import datasets
-    except ImportError:
-        raise MissingDependency("datasets", "hub", "Loading a Hugging Face dataset") from None
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        loaded = datasets.load_dataset(str(path), split=split)
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise InputError(f"{path} has no split '{split}' (it has: {', '.join(loaded)}); set split:")
-        loaded = loaded[split]
-    yield from loaded
+def shaped(params: LoadParams, rows: Iterable[Row], source: str) -> Iterator[Row]:
+    """Rows with `columns` and `rename` applied; a row without a listed column, or with a
+    `provenance` that is not synth's, is an error."""
+    for number, row in enumerate(rows, start=1):
+        if params.columns is not None:
+            missing = [c for c in params.columns if c not in row]
+            if missing:
+                raise InputError(
+                    f"{source}: row {number} has no column(s) {', '.join(missing)} (it has: {', '.join(row)}); "
+                    "fix the input or columns:"
+                )
+            row = {c: row[c] for c in params.columns}
+        if params.rename:
+            row = {params.rename.get(k, k): v for k, v in row.items()}
+        if RESERVED in row and _foreign_provenance(row[RESERVED]):
+            raise InputError(
+                f"{source}: row {number} has a column '{RESERVED}', a name synth keeps for the record of what "
+                f"made each row; rename it, e.g. rename: {{{RESERVED}: source_{RESERVED}}}"
+            )
+        yield row
 
 
 class Load(Stage):
@@ -109,11 +99,23 @@ class Load(Stage):
     @classmethod
     def check(cls, params: LoadParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         if params.path is None:
-            return []
-        path = Path(params.path).expanduser()
-        path = path if path.is_absolute() else env.base_dir / path
-        if not path.exists():
-            return [(("path",), f"{path} does not exist (paths are relative to the pipeline file)")]
+            return cls._peek_problem(params, params.rows or [], "the rows given inline", "rows")
+        path = input_path(params.path, env.base_dir)
+        if path.exists() and read_problem(path, env.base_dir):
+            return []  # config reports it, as for every file a stage reads; nothing of it is read
+        fmt = _format(params, path)
+        problem = file_problem(path, fmt, env.base_dir)
+        if problem:
+            return [(("path",), problem)]
+        return cls._peek_problem(params, read_rows(path, fmt, params.split, peek=True), str(path), "path")
+
+    @staticmethod
+    def _peek_problem(params: LoadParams, rows: Iterable[Row], source: str, field: str) -> list[tuple[tuple, str]]:
+        try:
+            for _ in shaped(params, rows, source):
+                pass
+        except InputError as exc:
+            return [((field,), str(exc))]
         return []
 
     @classmethod
@@ -123,55 +125,32 @@ class Load(Stage):
         elif params.rows is not None:
             names = set().union(*(r.keys() for r in params.rows)) if params.rows else set()
         else:
+            path = input_path(params.path, env.base_dir)  # type: ignore[arg-type]
+            fmt = _format(params, path)
+            if fmt not in ("jsonl", "parquet") or read_problem(path, env.base_dir):
+                return None
             try:
-                path = Path(params.path).expanduser()  # type: ignore[arg-type]
-                path = path if path.is_absolute() else env.base_dir / path
-                fmt = params.format if params.format != "auto" else detect_format(path)
-                if fmt not in ("jsonl", "parquet"):
+                if file_problem(path, fmt, env.base_dir):
                     return None
-                first = next(iter(_iter_jsonl(path) if fmt == "jsonl" else _iter_parquet(path)), {})
-                names = set(first)
-            except Exception:
+                names = set(parquet_columns(path) if fmt == "parquet" else next(iter_jsonl(path, peek=True), {}))
+            except (InputError, OSError):
                 return None
         return {params.rename.get(n, n) for n in names}
 
-    def _path(self) -> Path:
-        return self.ctx.resolve(self.params.path)  # type: ignore[arg-type]
+    def _source(self) -> str:
+        return str(input_path(self.params.path, self.ctx.base_dir)) if self.params.path else "the inline rows"
 
     def _raw(self) -> Iterator[Row]:
         p = self.params
         if p.rows is not None:
             yield from (dict(r) for r in p.rows)
             return
-        path = self._path()
-        if not path.exists():
-            raise InputError(f"{path} does not exist")
-        fmt = p.format if p.format != "auto" else detect_format(path)
-        if fmt == "jsonl":
-            yield from _iter_jsonl(path)
-        elif fmt == "json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                raise InputError(f"{path}: a .json input must hold a list of objects (use .jsonl for one per line)")
-            yield from data
-        elif fmt == "parquet":
-            yield from _iter_parquet(path)
-        elif fmt == "csv":
-            import csv
-
-            with open(path, newline="", encoding="utf-8") as fh:
-                yield from csv.DictReader(fh)
-        else:
-            yield from _iter_hf(path, p.split)
+        path = input_path(p.path, self.ctx.base_dir)  # type: ignore[arg-type]
+        fmt = _format(p, path)
+        problem = read_problem(path, self.ctx.base_dir) or file_problem(path, fmt, self.ctx.base_dir)
+        if problem:
+            raise InputError(f"stage '{self.ctx.label}': {problem}")
+        yield from read_rows(path, fmt, p.split)
 
     def iter_rows(self, limit: int | None) -> Iterator[Row]:
-        p = self.params
-        for row in islice(self._raw(), limit):
-            if p.columns is not None:
-                missing = [c for c in p.columns if c not in row]
-                if missing:
-                    raise InputError(f"input row has no column(s) {', '.join(missing)} (it has: {', '.join(row)})")
-                row = {c: row[c] for c in p.columns}
-            if p.rename:
-                row = {p.rename.get(k, k): v for k, v in row.items()}
-            yield row
+        yield from shaped(self.params, islice(self._raw(), limit), self._source())
