@@ -24,6 +24,7 @@ from .base import (
     sample_seed,
     single_bos,
 )
+from .cpu import load_llama
 from .specs import LocalSpec
 from .templates import ChatTemplate
 
@@ -52,14 +53,16 @@ class LocalBackend:
 
     def _load(self, logits_all: bool = False):
         try:
-            import llama_cpp
+            import llama_cpp  # noqa: F401  (present, or say which extra to install)
         except ImportError:
             raise MissingDependency("llama-cpp-python", "local", "The local backend") from None
         path = self.path or default_model_path()
         if not path.exists():
             raise BackendError(f"model file not found: {path} (set model_path to a GGUF file)")
         try:
-            return llama_cpp.Llama(
+            # load_llama: llama_cpp.Llama(...), keeping the weights out of ggml's AMX kernels on CPUs
+            # where those crash (synth/llm/cpu.py; SYNTH_LLAMA_AMX=auto|off|on).
+            return load_llama(
                 model_path=str(path),
                 n_ctx=self.spec.n_ctx,
                 n_threads=self.spec.n_threads,
