@@ -12,6 +12,7 @@ run stops, and resumes later from its cache.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +35,13 @@ class Sampling(BaseModel):
     n: int = Field(1, ge=1)
 
 
+@functools.lru_cache(maxsize=1024)
+def _sampling_json(sampling: Sampling) -> dict[str, Any]:
+    """A stage sends thousands of requests with one Sampling: dump it once. (Callers only read
+    the dict: it goes into a JSON digest and the cache.)"""
+    return sampling.model_dump(mode="json")
+
+
 @dataclass(frozen=True)
 class Request:
     """One completion (`prompt`) or chat (`messages`) request, with its own seed."""
@@ -44,7 +52,7 @@ class Request:
     messages: tuple[tuple[str, str], ...] | None = None  # ((role, content), ...)
 
     def payload(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
+        body: dict[str, Any] = {"sampling": _sampling_json(self.sampling), "seed": self.seed}
         if self.prompt is not None:
             body["prompt"] = self.prompt
         if self.messages is not None:

@@ -16,6 +16,7 @@ client's headers and is never logged or put in an error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -83,14 +84,30 @@ def _server_message(data: Any, text: str) -> str:
     return text[:500]
 
 
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return _NOT_JSON
-
-
 _NOT_JSON = object()
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+try:  # msgspec encodes and decodes JSON several times faster than json: it shows at 3,000 requests/s
+    import msgspec
+
+    _encode_json = msgspec.json.encode
+
+    def _decode_json(raw: bytes) -> Any:
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            return _NOT_JSON
+
+except ImportError:  # pragma: no cover - msgspec comes with synth[openai]
+
+    def _encode_json(value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False).encode()
+
+    def _decode_json(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return _NOT_JSON
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -142,6 +159,41 @@ def apply_stops(generation: Generation, stops: Sequence[str]) -> None:
         generation.finish_reason = "stop"
 
 
+class Slots:
+    """A FIFO semaphore. asyncio.Semaphore (3.11) scans all its waiters on every acquire; with
+    thousands of requests queued that scan costs more than the request itself."""
+
+    def __init__(self, value: int):
+        self._free = value
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot straight to this waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot while being cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class OpenAIBackend:
     def __init__(self, spec: OpenAISpec, *, backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP):
         try:
@@ -158,7 +210,7 @@ class OpenAIBackend:
         # The API key is read when the session is made, into its headers: never logged or stored.
         self._client = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._slots = asyncio.Semaphore(spec.max_concurrency)
+        self._slots = Slots(spec.max_concurrency)
         self._vllm: bool | None = None  # whether to score with prompt_logprobs; probed once
         self._template: ChatTemplate | None = None
         self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
@@ -180,7 +232,7 @@ class OpenAIBackend:
             variable = self.spec.api_key_env
             key = (os.environ.get(variable) if variable else None) or "EMPTY"  # local servers want a header
             self._client = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {key}"},
+                headers={"Authorization": f"Bearer {key}", **_JSON_HEADERS},
                 timeout=aiohttp.ClientTimeout(total=self.spec.timeout, connect=min(self.spec.timeout, 10.0)),
                 connector=aiohttp.TCPConnector(limit=self.spec.max_concurrency, limit_per_host=0),
                 json_serialize=json.dumps,
@@ -190,11 +242,15 @@ class OpenAIBackend:
 
     async def _once(self, url: str, body: dict | None, fatal: Collection[int], proxy: str | None = None) -> Any:
         """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets."""
-        method = "GET" if body is None else "POST"
-        async with self._session().request(method, url, json=body, proxy=proxy) as response:
+        if body is None:
+            request = self._session().get(url, proxy=proxy)
+        else:
+            request = self._session().post(url, data=_encode_json(body), proxy=proxy)
+        async with request as response:
             status, retry_after = response.status, response.headers.get("retry-after")
-            text = await response.text()
-        data = _json(text)
+            raw = await response.read()
+        data = _decode_json(raw)
+        text = raw.decode("utf-8", "replace") if data is _NOT_JSON or status >= 300 else ""
         if status in RETRY_STATUS or status >= 500:
             raise _Retryable(f"HTTP {status}: {_server_message(data, text)}", _retry_after(retry_after))
         if status in fatal:  # every request would get it: stop rather than drop every row
@@ -252,19 +308,24 @@ class OpenAIBackend:
         )
 
     async def _fan_out(self, items: Sequence, one) -> AsyncIterator:
-        """Yield (index, result) in the order requests finish, so each is cached at once."""
-
-        async def indexed(i, item):
-            return i, await one(item)
-
-        tasks = [asyncio.create_task(indexed(i, item)) for i, item in enumerate(items)]
+        """Yield (index, result) in the order requests finish, so each is cached at once. (A done
+        callback feeding a queue: asyncio.as_completed costs a coroutine and a future per item.)"""
+        finished: asyncio.Queue = asyncio.Queue()
+        index: dict[asyncio.Task, int] = {}
+        for i, item in enumerate(items):
+            task = asyncio.ensure_future(one(item))
+            index[task] = i
+            task.add_done_callback(finished.put_nowait)
         try:
-            for next_done in asyncio.as_completed(tasks):
-                yield await next_done
+            for _ in range(len(index)):
+                task = await finished.get()
+                yield index[task], task.result()
         finally:  # an error or an early exit must not leave requests running behind the caller
-            for task in tasks:
+            pending = [t for t in index if not t.done()]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def _body(self, request: Request, seed: int, n: int) -> dict:
         s = request.sampling
@@ -302,13 +363,6 @@ class OpenAIBackend:
         return out
 
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
-        result = await self._generate_all(path, request, payload, chat)
-        if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
-            for g in result:
-                apply_stops(g, request.sampling.stop)
-        return result
-
-    async def _generate_all(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
         n = request.sampling.n
         data = await self._send(path, {**self._body(request, request.seed, n), **payload})
         if isinstance(data, RequestFailed):
@@ -316,8 +370,19 @@ class OpenAIBackend:
         generations = self._generations(data, chat)
         if not generations:  # a 200 with `choices: []`: no answer, never one to cache
             return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
-        if len(generations) >= n:
-            return generations[:n]
+        if len(generations) < n:
+            result = await self._missing_samples(path, request, payload, chat, generations)
+        else:
+            result = generations[:n]
+        if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
+            for g in result:
+                apply_stops(g, request.sampling.stop)
+        return result
+
+    async def _missing_samples(
+        self, path: str, request: Request, payload: dict, chat: bool, generations: list[Generation]
+    ) -> CompleteResult:
+        n = request.sampling.n
         # Some servers (llama.cpp's) ignore n and answer once: draw the missing samples one by
         # one, seeded the way the local backend seeds them. Their prompt tokens are not counted
         # again, as if the server had drawn them all from one prompt.
