@@ -31,15 +31,36 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+try:  # msgspec writes the same JSON several times faster (it runs in the writer thread, holding the GIL)
+    import msgspec
+
+    def _dumps(value) -> str:
+        return msgspec.json.encode(value).decode()
+
+except ImportError:  # pragma: no cover
+
+    def _dumps(value) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+
 class RequestCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # Two connections: answers are written in a worker thread while the event loop looks up
+        # the next batch's requests. In WAL mode a reader never waits for the writer, so the
+        # loop never blocks behind a commit (one shared connection made it wait on its lock).
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db = self._connect()
         self._migrate()
+        self._read_lock = threading.Lock()
+        self._reader = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -53,11 +74,11 @@ class RequestCache:
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         found: dict[str, dict] = {}
-        with self._lock:
+        with self._read_lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, response in self._db.execute(
+                for key, response in self._reader.execute(
                     f"SELECT key, response FROM requests WHERE key IN ({marks})", chunk
                 ):
                     try:
@@ -72,8 +93,7 @@ class RequestCache:
     def put_many(self, entries: list[tuple[str, str, str, dict, dict]]) -> None:
         """Store answers in one transaction (one commit for many answers, not one per answer)."""
         rows = [
-            (key, kind, model, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False))
-            for key, kind, model, request, response in entries
+            (key, kind, model, _dumps(request), _dumps(response)) for key, kind, model, request, response in entries
         ]
         with self._lock:
             self._db.execute("BEGIN")
@@ -92,5 +112,7 @@ class RequestCache:
             return self._db.execute("SELECT count(*) FROM requests").fetchone()[0]
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
