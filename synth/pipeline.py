@@ -413,8 +413,7 @@ class Runner:
         stage_dir, stage = self.dirs[i], self.stages[i]
         if stage_dir.complete_marker.exists():
             return
-        for old in stage_dir.path.glob("shard-*"):
-            old.unlink()  # a killed earlier attempt: global stages redo their whole output
+        stage_dir.clear()  # a killed earlier attempt: global stages redo their whole output
         started = time.perf_counter()
         table = self.dirs[i - 1].table()
         batch = Batch(rows=[], index=0)

@@ -5,10 +5,10 @@
       manifest.json            config, fingerprint, versions, per-stage counts and timings
       cache.sqlite             the request cache (WAL)
       stages/03-respond/
-        stage.json             this stage's cumulative fingerprint
-        shard-00007.parquet    rows out of batch 7
-        shard-00007.dropped.parquet   rows this stage dropped from batch 7, with reason and detail
-        shard-00007.json       completion marker: counts, drop reasons, counters, seconds
+        shard-00007.parquet    rows out of batch 7 (the folder loads as a dataset: only shards here)
+        .synth/stage.json      this stage's cumulative fingerprint
+        .synth/shard-00007.dropped.parquet   rows this stage dropped from batch 7, with reason and detail
+        .synth/shard-00007.json              completion marker: counts, drop reasons, counters, seconds
       output/                  the final dataset (Parquet), written when every stage is done
 
 A shard counts as done only once its marker exists; data files are written to a temporary name
@@ -130,22 +130,28 @@ class ShardStats:
 class StageDir:
     def __init__(self, path: Path):
         self.path = path
+        # Markers, dropped rows and the fingerprint live in a hidden folder, so the stage folder
+        # holds nothing but its rows' Parquet shards: pyarrow and `datasets` load it as it is.
+        self.meta = path / ".synth"
 
     def shard(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.parquet"
 
     def marker(self, index: int) -> Path:
-        return self.path / f"shard-{index:05d}.json"
+        return self.meta / f"shard-{index:05d}.json"
+
+    def dropped_path(self, index: int) -> Path:
+        return self.meta / f"shard-{index:05d}.dropped.parquet"
 
     def done(self, index: int) -> bool:
         return self.marker(index).exists()
 
     def done_indices(self) -> list[int]:
-        return sorted(int(p.name[6:11]) for p in self.path.glob("shard-*.json"))
+        return sorted(int(p.name[6:11]) for p in self.meta.glob("shard-*.json"))
 
     def write(self, index: int, rows: list[Row], dropped: list[Dropped], stats: ShardStats) -> None:
         write_parquet(self.shard(index), rows_to_table(rows))
-        dropped_path = self.path / f"shard-{index:05d}.dropped.parquet"
+        dropped_path = self.dropped_path(index)
         if dropped:
             records = [
                 {
@@ -169,16 +175,16 @@ class StageDir:
     def forget(self, index: int) -> None:
         """Make shard `index` not done: its marker goes first, so a kill midway leaves no marker
         pointing at a missing file."""
-        for path in (self.marker(index), self.shard(index), self.path / f"shard-{index:05d}.dropped.parquet"):
+        for path in (self.marker(index), self.shard(index), self.dropped_path(index)):
             path.unlink(missing_ok=True)
         self.complete_marker.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Forget every shard (the stage's input changed as a whole)."""
         self.complete_marker.unlink(missing_ok=True)
-        for path in sorted(self.path.glob("shard-*.json")):
+        for path in sorted(self.meta.glob("shard-*.json")):
             path.unlink()
-        for path in self.path.glob("shard-*"):
+        for path in [*self.meta.glob("shard-*"), *self.path.glob("shard-*")]:
             path.unlink()
 
     def read(self, index: int) -> list[Row]:
@@ -186,7 +192,7 @@ class StageDir:
 
     def stats(self) -> ShardStats:
         total = ShardStats()
-        for marker in self.path.glob("shard-*.json"):
+        for marker in self.meta.glob("shard-*.json"):
             total.add(ShardStats(**json.loads(marker.read_text())))
         return total
 
@@ -194,12 +200,12 @@ class StageDir:
         return concat([pq.read_table(self.shard(i)) for i in self.done_indices()])
 
     def iter_dropped(self) -> Iterator[dict]:
-        for path in sorted(self.path.glob("shard-*.dropped.parquet")):
+        for path in sorted(self.meta.glob("shard-*.dropped.parquet")):
             yield from read_rows(path)
 
     @property
     def complete_marker(self) -> Path:
-        return self.path / "_complete.json"
+        return self.meta / "complete.json"
 
 
 class RunStore:
@@ -269,17 +275,17 @@ class RunStore:
         return StageDir(self.root / "stages" / f"{index:02d}-{label}")
 
     def prepare_stage(self, index: int, label: str, fingerprint: str) -> tuple[StageDir, bool]:
-        """Open a stage's directory; if it was made by a different pipeline, clear it.
-        Returns (dir, whether old shards were discarded)."""
+        """Open a stage's directory; if it was made by a different pipeline (or an older synth's
+        layout), clear it. Returns (dir, whether old shards were discarded)."""
         stage = self.stage(index, label)
-        meta = stage.path / "stage.json"
+        meta = stage.meta / "stage.json"
         discarded = False
         if stage.path.exists():
             old = json.loads(meta.read_text()).get("fingerprint") if meta.exists() else None
             if old != fingerprint:
                 shutil.rmtree(stage.path)
                 discarded = True
-        stage.path.mkdir(parents=True, exist_ok=True)
+        stage.meta.mkdir(parents=True, exist_ok=True)
         if not meta.exists():
             atomic_write_json(meta, {"label": label, "index": index, "fingerprint": fingerprint})
         return stage, discarded

@@ -150,7 +150,8 @@ def test_a_poisoned_cache_entry_is_asked_again(proxy, write, tmp_path):
         keys = [k for (k,) in db.execute("select key from requests order by key")]
         db.executemany("update requests set response = ? where key = ?", [('{"generations": []}', k) for k in keys[:3]])
         db.execute("update requests set response = 'not json' where key = ?", (keys[3],))
-    for shard in (tmp_path / "run" / "stages" / "01-generate").glob("shard-*"):
+    stage = tmp_path / "run" / "stages" / "01-generate"
+    for shard in [*stage.glob("shard-*"), *stage.glob(".synth/shard-*")]:
         shard.unlink()  # the stage must be redone from the cache
     before = proxy.forwarded
     again = run_pipeline(load_pipeline(path), tmp_path / "run")
@@ -204,7 +205,7 @@ def test_a_server_error_quoting_a_key_is_scrubbed_everywhere(proxy, write, tmp_p
     result = CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "abcdefghijklmnop0123456789" not in result.output
-    dropped = pq.read_table(next((tmp_path / "run" / "stages" / "01-generate").glob("*.dropped.parquet")))
+    dropped = pq.read_table(next((tmp_path / "run" / "stages" / "01-generate" / ".synth").glob("*.dropped.parquet")))
     detail = dropped.column("detail")[0].as_py()
     assert "bad request" in detail and "<redacted>" in detail
     assert "abcdefghijklmnop0123456789" not in detail and "Q" * 30 not in detail

@@ -42,12 +42,12 @@ def runs(pipeline_file, tmp_path_factory) -> dict:
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tags = killed / "stages" / "02-tag"
     deadline = time.time() + 600
-    while time.time() < deadline and not list(tags.glob("shard-*.json")):
+    while time.time() < deadline and not list(tags.glob(".synth/shard-*.json")):
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    tagged_before = len(list(tags.glob("shard-*.json")))
+    tagged_before = len(list(tags.glob(".synth/shard-*.json")))
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     reference = root / "reference"

@@ -67,7 +67,7 @@ def cached_requests(run: Path) -> int:
 
 
 def markers(run: Path) -> dict[Path, dict]:
-    return {p: json.loads(p.read_text()) for p in run.glob("stages/*/shard-*.json")}
+    return {p: json.loads(p.read_text()) for p in run.glob("stages/*/.synth/shard-*.json")}
 
 
 def test_kill_9_then_resume_loses_and_repeats_nothing(write, tmp_path):
@@ -80,12 +80,12 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(write, tmp_path):
     )
     answers = run / "stages" / "02-answer"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(answers.glob("shard-*.json"))) < 2:
+    while time.time() < deadline and len(list(answers.glob(".synth/shard-*.json"))) < 2:
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_answers = len(list(answers.glob("shard-*.json")))
+    done_answers = len(list(answers.glob(".synth/shard-*.json")))
     assert 2 <= done_answers < len(TOPICS) // 2, "the kill should land mid-run"
     before_markers = markers(run)
     before_cache = cached_requests(run)
@@ -151,7 +151,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(write, tmp_path):
         text=True,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not list((run / "stages" / "02-answer").glob("shard-*.json")):
+    while time.time() < deadline and not list((run / "stages" / "02-answer").glob(".synth/shard-*.json")):
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

@@ -292,3 +292,14 @@ def test_a_vllm_backend_that_cannot_start_is_a_clear_error(write, tmp_path):
         assert "pip install" in str(info.value) and "vllm" in str(info.value)
     else:
         assert "vLLM could not start with /no/such/model-folder" in str(info.value)
+
+
+def test_every_stage_folder_loads_as_a_dataset(make, tmp_path):
+    import pyarrow.parquet as pq
+
+    datasets = pytest.importorskip("datasets")
+    run_pipeline(make(extra="  - stage: limit\n    n: 7\n"), tmp_path / "run")
+    for folder in sorted((tmp_path / "run" / "stages").iterdir()):
+        table = pq.read_table(folder)
+        loaded = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
+        assert table.num_rows == loaded.num_rows > 0 and "reason" not in loaded.column_names, folder
