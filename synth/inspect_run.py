@@ -45,7 +45,13 @@ def column_stats(table: pa.Table) -> list[tuple[str, str]]:
 def show_run(root: Path, n: int = 3, stage_label: str | None = None, dropped: bool = False) -> None:
     store = RunStore(root)
     manifest = store.read_manifest()
-    console.print(f"[bold]{manifest['name']}[/]  status: {manifest['status']}  fingerprint: {manifest['fingerprint']}")
+    status = store.status(manifest)
+    console.print(f"[bold]{manifest['name']}[/]  status: {status}  fingerprint: {manifest['fingerprint']}")
+    if status in ("interrupted", "failed"):
+        how = "stopped before finishing" if status == "interrupted" else "failed"
+        console.print(f"the run {how}; resume it with: {store.resume_hint(manifest)}")
+    elif status == "running":
+        console.print("a synth process is working on this run now")
     if manifest.get("stages"):
         console.print(stage_table(manifest["stages"]))
     stage_dirs = sorted((root / "stages").glob("*-*"))

@@ -186,7 +186,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_
     sessions = manifest.get("sessions", [])
     name = html.escape(manifest["name"])
     summary = (
-        f"status: {html.escape(manifest.get('status', '?'))}, {table.num_rows:,} rows out, "
+        f"status: {html.escape(RunStore(run_dir).status(manifest))}, {table.num_rows:,} rows out, "
         f"{len(sessions)} session(s), {sum(s.get('seconds', 0) for s in sessions):,.1f} s"
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synth report: {name}</title>

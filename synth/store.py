@@ -258,6 +258,30 @@ class RunStore:
         except BlockingIOError:
             raise RunError(f"{self.root} is in use by another synth process; wait for it or use another -o") from None
 
+    def held(self) -> bool:
+        """Whether a live process holds this run's lock (the OS drops it when a process dies)."""
+        path = self.root / ".lock"
+        if not path.exists():
+            return False
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+    def status(self, manifest: dict) -> str:
+        """The run's status as it is now: a manifest says `running` forever after a kill -9 or a
+        crash; with no live process holding the lock, that run was interrupted."""
+        status = manifest.get("status", "unknown")
+        if status == "running" and not self.held():
+            return "interrupted"
+        return status
+
+    def resume_hint(self, manifest: dict) -> str:
+        return f"synth run {manifest.get('pipeline_file', 'PIPELINE.yaml')} -o {self.root}"
+
     def unlock(self) -> None:
         if self._lock_fh:
             self._lock_fh.close()

@@ -89,6 +89,14 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(write, tmp_path):
     assert 2 <= done_answers < len(TOPICS) // 2, "the kill should land mid-run"
     before_markers = markers(run)
     before_cache = cached_requests(run)
+    # The manifest still says `running`; nothing holds the lock, so synth shows what happened.
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+    shown = subprocess.run(
+        [sys.executable, "-m", "synth.cli", "inspect", str(run)], capture_output=True, text=True, timeout=120
+    )
+    assert "status: interrupted" in shown.stderr + shown.stdout
+    squeezed = "".join((shown.stderr + shown.stdout).split())  # rich wraps long lines at the terminal's width
+    assert "".join(f"resume it with: synth run {path.resolve()} -o {run}".split()) in squeezed
 
     resumed = subprocess.run(
         [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"],
