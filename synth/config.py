@@ -203,6 +203,17 @@ def _pydantic_problems(exc: ValidationError, doc: YamlDoc, prefix: tuple, model=
             msg = "unknown field" + (f"; did you mean '{hint}'?" if hint else "")
             if allowed and not hint:
                 msg += f" (valid: {allowed})"
+        elif err["type"] == "union_tag_invalid":
+            tags = [t.strip(" '") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
+            tag = str(err.get("ctx", {}).get("tag", ""))
+            hint = closest(tag, tags)
+            msg = (
+                f"unknown type '{tag}'" + (f"; did you mean '{hint}'?" if hint else "") + f" (types: {', '.join(tags)})"
+            )
+            loc = (*loc, "type")
+            field = _field(loc, doc)
+        elif err["type"] == "union_tag_not_found":
+            msg = "give a 'type:' (local, openai or vllm)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and not isinstance(err["input"], (dict, list)):

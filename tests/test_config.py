@@ -381,3 +381,21 @@ def test_mistakes_inside_a_preset_point_at_the_preset(write):
     assert f"{preset}:4: stages[0].kee: unknown field; did you mean 'key'?" in text
     assert f"{path}:5: stages[1].with.nope: preset 'recipe' has no stage labelled 'nope' (it has: sort)" in text
     assert f"{path}:6: stages[2].include: no preset 'missing-recipe'" in text
+
+
+def test_an_unknown_backend_type_gets_a_suggestion(write):
+    path = write(
+        "p.yaml",
+        """
+        backends:
+          default: {type: vllmm, model: x}
+        stages:
+          - stage: load
+            rows: [{a: 1}]
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    (problem,) = info.value.problems
+    assert problem.field == "backends.default.type" and problem.line == 2
+    assert problem.message == "unknown type 'vllmm'; did you mean 'vllm'? (types: local, openai, vllm)"
