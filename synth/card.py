@@ -65,6 +65,10 @@ def render_card(
         "",
         "## Models",
         "",
+        "| stage | model |",
+        "|---|---|",
+        *(f"| {label} | {', '.join(names)} |" for label, names in (manifest.get("models") or {}).items()),
+        "",
         "| backend | settings |",
         "|---|---|",
         *(

@@ -126,6 +126,7 @@ class Runner:
             "limit": self.limit,
             "config": self.pipeline.text,
             "backends": {k: v.identity() for k, v in self.pipeline.backends.items()},
+            "models": self._stage_models(),
             "templates": self._template_hashes(),
             "input_digests": known,
             "python": platform.python_version(),
@@ -195,6 +196,25 @@ class Runner:
     @property
     def _kinds(self) -> list[str]:
         return [spec.cls.kind for spec in self.pipeline.stages]
+
+    def _stage_models(self) -> dict[str, list[str]]:
+        """Which model made each stage's columns, by name (a file or a repo id), for the card."""
+        from .llm.specs import model_name
+
+        found: dict[str, list[str]] = {}
+        for spec in self.pipeline.stages:
+            names = []
+            backend = getattr(spec.params, "backend", None)
+            if spec.cls.uses_llm and backend in self.pipeline.backends:
+                names.append(model_name(self.pipeline.backends[backend]))
+            for key in ("model", "strong", "weak", "reference_backend", "router"):
+                value = getattr(spec.params, key, None)
+                if isinstance(value, str) and value:
+                    target = self.pipeline.backends.get(value)
+                    names.append(model_name(target) if target is not None and key != "model" else value)
+            if names:
+                found[spec.label] = list(dict.fromkeys(names))
+        return found
 
     def _template_hashes(self) -> dict[str, str]:
         """sha256 of every prompt template a stage names, for the manifest and the dataset card."""

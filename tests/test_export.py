@@ -93,6 +93,7 @@ def test_card_describes_the_run_and_holds_no_secret(run_dir, tmp_path, monkeypat
     assert card.startswith("---\nlicense: apache-2.0\n")
     assert "| load (load) | 20 | 20 | - |" in card and "| limit (limit) | 20 | 18 | beyond_first_18: 2 |" in card
     assert "| t.jinja |" in card  # template with its hash
+    assert "| stage | model |" in card  # no LLM stage in this run: the table is empty
     assert "| Math | 12 |" in card and "| Reasoning | 6 |" in card
     assert "- train: 16 rows" in card and "- test: 2 rows" in card
     assert "`response` length in characters: min 9, median" in card

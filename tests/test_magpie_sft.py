@@ -109,3 +109,4 @@ def test_export_loads_with_datasets(runs, tmp_path):
     assert sorted(r["messages"][0]["content"] for r in loaded) == sorted(r["instruction"] for r in rows)
     card = (out / "README.md").read_text()
     assert "magpie-sft" in card and "input_quality" in card
+    assert "| magpie | gemma-3-270m-q4_k_m.gguf (embedded default, llama.cpp) |" in card

@@ -116,4 +116,11 @@ class VLLMSpec(_Spec):
         return int(self.engine_args.get("max_num_seqs") or 256)  # the engine batches this many sequences
 
 
+def model_name(spec) -> str:
+    """The model a backend serves, by file or repo id (the embedded default by its GGUF's name)."""
+    if isinstance(spec, LocalSpec):
+        return spec.model_path or "gemma-3-270m-q4_k_m.gguf (embedded default, llama.cpp)"
+    return f"{spec.model} ({spec.type})"
+
+
 BackendSpec = Annotated[LocalSpec | OpenAISpec | VLLMSpec, Field(discriminator="type")]
