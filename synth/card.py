@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .scrub import scrub, without_yaml_comments
+from .store import events_text
 
 
 def _length_stats(values: list) -> str | None:
@@ -83,11 +84,18 @@ def render_card(
         lines += [f"| {t} | {h} |" for t, h in sorted(templates.items())] + [""]
     stages = manifest.get("stages") or []
     if stages:
-        lines += ["## Rows through each stage", "", "| stage | in | out | dropped (why) |", "|---|---:|---:|---|"]
+        lines += [
+            "## Rows through each stage",
+            "",
+            "| stage | in | out | dropped (why) | events |",
+            "|---|---:|---:|---|---|",
+        ]
         for s in stages:
             why = {**s.get("filtered", {}), **{f"failed: {k}": v for k, v in s.get("failed", {}).items()}}
             reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(why.items())) or "-"
-            lines.append(f"| {s['label']} ({s['stage']}) | {s['rows_in']:,} | {s['rows_out']:,} | {reasons} |")
+            lines.append(
+                f"| {s['label']} ({s['stage']}) | {s['rows_in']:,} | {s['rows_out']:,} | {reasons} | {events_text(s)} |"
+            )
         lines.append("")
     lines += ["## What the rows look like", ""]
     for column in ("instruction", "response", "chosen", "rejected"):

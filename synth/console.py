@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .pipeline import Progress, RunResult
+from .store import events_text
 
 console = Console(stderr=True)
 
@@ -53,26 +54,31 @@ class ConsoleProgress(Progress):
 
 
 def stage_table(stages: list[dict], title: str | None = None) -> Table:
+    """Rows, drops, events, traffic and time per stage. Columns with nothing to say in this run
+    (no request sent, nothing filtered) are left out, so the table fits an 80-column terminal."""
+    reasons = lambda d: ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "-"  # noqa: E731
+    cells: dict[str, list[str]] = {
+        "stage": [s["label"] for s in stages],
+        "in": [f"{s['rows_in']:,}" for s in stages],
+        "out": [f"{s['rows_out']:,}" for s in stages],
+        "filtered": [reasons(s.get("filtered", {})) for s in stages],
+        "failed": [reasons(s.get("failed", {})) for s in stages],
+        "events": [events_text(s) for s in stages],
+        "requests": [f"{s.get('counters', {}).get('requests', 0):,}" for s in stages],
+        "cached": [f"{s.get('counters', {}).get('cache_hits', 0):,}" for s in stages],
+        "tok out": [f"{s.get('counters', {}).get('completion_tokens', 0):,}" for s in stages],
+        "wall s": [f"{s.get('wall_seconds', s.get('seconds', 0)):,.1f}" for s in stages],
+        "busy s": [f"{s.get('busy_seconds', s.get('seconds', 0)):,.1f}" for s in stages],
+    }
+    optional = ("filtered", "failed", "events", "requests", "cached", "tok out")
+    shown = [c for c in cells if c not in optional or any(v not in ("-", "0") for v in cells[c])]
     table = Table(title=title, title_justify="left")
-    columns = ("stage", "in", "out", "filtered", "failed", "requests", "cached", "tokens out", "wall s", "busy s")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("stage", "filtered", "failed") else "right")
-    for s in stages:
-        counters = s.get("counters", {})
-        reasons = lambda d: ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "-"  # noqa: E731
-        table.add_row(
-            s["label"],
-            f"{s['rows_in']:,}",
-            f"{s['rows_out']:,}",
-            reasons(s.get("filtered", {})),
-            reasons(s.get("failed", {})),
-            f"{counters.get('requests', 0):,}",
-            f"{counters.get('cache_hits', 0):,}",
-            f"{counters.get('completion_tokens', 0):,}",
-            f"{s.get('wall_seconds', s.get('seconds', 0)):,.1f}",
-            f"{s.get('busy_seconds', s.get('seconds', 0)):,.1f}",
-        )
-    table.caption = "wall s: time from the stage's first batch to its last; busy s: summed over batches run at once"
+    for column in shown:
+        left = column in ("stage", "filtered", "failed", "events")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == "stage", overflow="fold")
+    for i in range(len(stages)):
+        table.add_row(*(cells[c][i] for c in shown))
+    table.caption = "wall s: from the stage's first batch to its last; busy s: summed over batches run at once"
     return table
 
 

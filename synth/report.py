@@ -19,7 +19,7 @@ import pyarrow as pa
 from .errors import MissingDependency
 from .pipeline import read_output
 from .scrub import scrub, without_yaml_comments
-from .store import RunStore
+from .store import RunStore, events_text
 
 SCORE_HINTS = ("reward", "score")
 
@@ -142,7 +142,7 @@ def make_plots(manifest: dict, table: pa.Table) -> dict[str, tuple[str, bytes]]:
 
 def _table_html(stages: list[dict]) -> str:
     head = (
-        "<tr><th>stage</th><th>in</th><th>out</th><th>dropped (why)</th><th>requests</th><th>cached</th>"
+        "<tr><th>stage</th><th>in</th><th>out</th><th>dropped (why)</th><th>events</th><th>requests</th><th>cached</th>"
         "<th>tokens out</th><th>wall s</th><th>busy s</th></tr>"
     )
     body = []
@@ -153,6 +153,7 @@ def _table_html(stages: list[dict]) -> str:
             f"<tr><td>{html.escape(s['label'])} <small>({html.escape(s['stage'])})</small></td>"
             f"<td>{s['rows_in']:,}</td><td>{s['rows_out']:,}</td>"
             f"<td>{html.escape(', '.join(f'{k}: {v:,}' for k, v in sorted(why.items())) or '-')}</td>"
+            f"<td>{html.escape(events_text(s))}</td>"
             f"<td>{c.get('requests', 0):,}</td><td>{c.get('cache_hits', 0):,}</td>"
             f"<td>{c.get('completion_tokens', 0):,}</td><td>{_wall(s):,.1f}</td>"
             f"<td>{s.get('busy_seconds', s.get('seconds', 0)):,.1f}</td></tr>"

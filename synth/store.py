@@ -127,6 +127,21 @@ class ShardStats:
                 mine[k] = mine.get(k, 0) + v
 
 
+# Counters every LLM stage has, shown in their own columns; the rest are events worth seeing
+# (truncated answers, parse retries and failures, truncated reward inputs...).
+TRAFFIC_COUNTERS = frozenset({"requests", "cache_hits", "prompt_tokens", "completion_tokens"})
+
+
+def stage_events(stage: dict) -> dict[str, int]:
+    """A manifest stage entry's counters other than traffic, for the summary, inspect, report and card."""
+    counters = stage.get("counters") or {}
+    return {k: v for k, v in sorted(counters.items()) if k not in TRAFFIC_COUNTERS and v}
+
+
+def events_text(stage: dict) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in stage_events(stage).items()) or "-"
+
+
 class StageDir:
     def __init__(self, path: Path):
         self.path = path

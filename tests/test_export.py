@@ -147,3 +147,36 @@ def test_cli_export(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(tmp_path / "o"), "--test-size", "0.5"])
     assert result.exit_code == 0, result.output
     assert "wrote train: 9 rows, test: 9 rows" in result.output
+
+
+def test_events_such_as_truncated_answers_show_everywhere(write, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    write("q.jinja", "Questions people ask about {{ topic }}:\nQuestion:")
+    path = write(
+        "p.yaml",
+        """
+        stages:
+          - stage: load
+            rows: [{topic: boats}, {topic: bread}]
+          - stage: generate
+            template: q.jinja
+            output: question
+            max_tokens: 3
+        """,
+    )
+    run = tmp_path / "run"
+    env = {**os.environ, "COLUMNS": "80"}  # a plain 80-column terminal
+
+    def synth(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "synth.cli", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    assert "│ generate │  2 │   2 │ truncated: 2 │" in synth("run", str(path), "-o", str(run))  # the summary
+    assert "│ generate │  2 │   2 │ truncated: 2 │" in synth("inspect", str(run))
+    export_run(run, tmp_path / "out", "raw")
+    assert "| generate (generate) | 2 | 2 | - | truncated: 2 |" in (tmp_path / "out" / "README.md").read_text()
