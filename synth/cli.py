@@ -243,8 +243,9 @@ def stages(names: tuple[str, ...], as_json: bool):
 @click.option("-n", "--rows", "n", default=3, show_default=True, help="sample rows to show")
 @click.option("--stage", "stage_label", help="show rows of this stage instead of the final output")
 @click.option("--dropped", is_flag=True, help="show dropped rows with their reasons")
+@click.option("--provenance", is_flag=True, help="show each sample row's provenance too")
 @friendly
-def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
+def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool, provenance: bool):
     """Show a run: status, rows through each stage, filters, sample rows and column stats.
 
     \b
@@ -252,10 +253,11 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool):
       synth inspect runs/quickstart
       synth inspect runs/quickstart --stage question -n 5
       synth inspect runs/quickstart --dropped
+      synth inspect runs/quickstart -n 1 --provenance
     """
     from .inspect_run import show_run
 
-    show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped)
+    show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped, provenance=provenance)
 
 
 def build_params(params_cls, arguments: tuple[str, ...] = (), /, **values):
@@ -393,19 +395,35 @@ def report(run_dir: Path, out: Path | None):
 
 
 @main.command()
+@click.argument("name", required=False)
 @friendly
-def templates():
-    """List the prompt and chat templates shipped with synth.
+def templates(name: str | None):
+    """List the prompt and chat templates shipped with synth, or print one and the variables it uses.
+
+    A pipeline names a template by this path (relative to templates/); a file of the same name
+    beside the pipeline file takes its place.
 
     \b
     Examples:
       synth templates
+      synth templates tag/quality.jinja
     """
     from .resources import list_resources, resource_dir
 
+    if name:
+        from .templating import template_problem, template_variables
+
+        root = resource_dir("templates")
+        problem = template_problem(name, root)
+        if problem:
+            raise SynthError(problem)
+        click.echo((root / name).read_text(encoding="utf-8").rstrip("\n"))
+        variables = ", ".join(sorted(template_variables(name, root))) or "none"
+        click.echo(f"\n# variables: {variables}", err=True)
+        return
     click.echo(f"# {resource_dir('templates')}")
-    for name in list_resources("templates", "*.jinja"):
-        click.echo(name)
+    for item in list_resources("templates", "*.jinja"):
+        click.echo(item)
 
 
 @main.command()

@@ -42,7 +42,18 @@ def column_stats(table: pa.Table) -> list[tuple[str, str]]:
     return stats
 
 
-def show_run(root: Path, n: int = 3, stage_label: str | None = None, dropped: bool = False) -> None:
+def _content_first(row: dict, provenance: bool) -> dict:
+    """A sample row as people read it: its content, not the record of how it was made (which is
+    most of its text) unless asked for."""
+    shown = {k: v for k, v in row.items() if k != "provenance"}
+    if provenance and "provenance" in row:
+        shown["provenance"] = row["provenance"]
+    return shown
+
+
+def show_run(
+    root: Path, n: int = 3, stage_label: str | None = None, dropped: bool = False, provenance: bool = False
+) -> None:
     store = RunStore(root)
     manifest = store.read_manifest()
     status = store.status(manifest)
@@ -97,4 +108,6 @@ def show_run(root: Path, n: int = 3, stage_label: str | None = None, dropped: bo
     for name, text in column_stats(table):
         console.print(f"  {name}: {text}")
     for row in table.slice(0, n).to_pylist():
-        console.print_json(json.dumps(_shorten(row), ensure_ascii=False, default=str))
+        console.print_json(json.dumps(_shorten(_content_first(row, provenance)), ensure_ascii=False, default=str))
+    if n and "provenance" in table.column_names and not provenance:
+        console.print("(each row's provenance: add --provenance)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -303,3 +304,32 @@ def test_every_stage_folder_loads_as_a_dataset(make, tmp_path):
         table = pq.read_table(folder)
         loaded = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
         assert table.num_rows == loaded.num_rows > 0 and "reason" not in loaded.column_names, folder
+
+
+def test_inspect_shows_content_first_and_provenance_on_request(write, tmp_path):
+    pytest.importorskip("llama_cpp")
+    write("q.jinja", "Questions about {{ topic }}:\nQuestion:")
+    path = write(
+        "p.yaml",
+        "stages:\n  - stage: load\n    rows: [{topic: boats}]\n  - stage: generate\n    template: q.jinja\n"
+        "    output: question\n    max_tokens: 4\n",
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+
+    def inspect(*extra: str) -> str:
+        command = [sys.executable, "-m", "synth.cli", "inspect", str(tmp_path / "run"), "-n", "1", *extra]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    plain, full = inspect(), inspect("--provenance")
+    assert '"topic": "boats"' in plain and '"template_sha"' not in plain and "add --provenance" in plain
+    assert '"template_sha"' in full and full.index('"topic"') < full.index('"provenance"')
+
+
+def test_templates_prints_one_with_its_variables():
+    done = subprocess.run(
+        [sys.executable, "-m", "synth.cli", "templates", "quickstart/question.jinja"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "{{ topic }}" in done.stdout and "# variables: topic" in done.stderr
