@@ -2,8 +2,10 @@
 
 Formats are the ones TRL reads without reshaping:
 - `sft`: `messages`, a list of {role, content} (built from instruction/response when needed);
-- `preference`: `prompt`, `chosen`, `rejected` as message lists (DPO's conversational format),
-  plus `score_chosen` / `score_rejected` when the run has scores;
+- `preference`: `prompt`, `chosen`, `rejected` as message lists (DPO's conversational format:
+  the prompt is the user turn, after the run's `system` turn when it has one; chosen and rejected
+  are one assistant turn each), plus `score_chosen`, `score_rejected`, `margin` and `rationale`
+  when the run has them;
 - `kto`: `prompt`, `completion` (message lists) and a boolean `label`; each preference pair
   becomes two rows, or a run's own `label` column is used;
 - `raw`: every column as the run made it.
@@ -32,8 +34,18 @@ Format = Literal["sft", "preference", "kto", "raw"]
 _DATA_FILE = re.compile(r"^(?:train|test|validation|valid|dev|eval)(?:-\d{5}-of-\d{5})?\.(?:parquet|jsonl|json|csv)$")
 
 
+# Columns a preference export keeps beside prompt/chosen/rejected when the run has them.
+PREFERENCE_EXTRAS = ("score_chosen", "score_rejected", "margin", "rationale")
+
+
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+def _prompt(row: dict, column: str) -> list[dict]:
+    """The prompt turns: the row's `system` text first when it has one, then the user turn."""
+    system = row.get("system")
+    return ([{"role": "system", "content": system}] if system else []) + _user(row[column])
 
 
 def _assistant(text: str) -> list[dict]:
@@ -62,11 +74,11 @@ def to_preference(rows: list[dict], prompt: str = "instruction") -> list[dict]:
     for row in rows:
         _need(row, prompt, "chosen", "rejected", fmt="preference")
         record = {
-            "prompt": _user(row[prompt]),
+            "prompt": _prompt(row, prompt),
             "chosen": _assistant(row["chosen"]),
             "rejected": _assistant(row["rejected"]),
         }
-        for column in ("score_chosen", "score_rejected"):
+        for column in PREFERENCE_EXTRAS:
             if column in row:
                 record[column] = row[column]
         out.append(record)
@@ -74,17 +86,25 @@ def to_preference(rows: list[dict], prompt: str = "instruction") -> list[dict]:
 
 
 def to_kto(rows: list[dict], prompt: str = "instruction") -> list[dict]:
-    out = []
+    """A run's own `label` rows as they are; each pair as a desirable and an undesirable row.
+
+    The undesirable row after pair i's desirable one is pair i+2's: TRL's KTOTrainer estimates its
+    KL term from each row's prompt with the previous row's completion (rotated within a batch),
+    and a pair's two rows side by side would make half of those the same prompt's own answers."""
+    out, pairs = [], []
     for row in rows:
         if "label" in row:
             _need(row, prompt, "response", fmt="kto")
             out.append(
-                {"prompt": _user(row[prompt]), "completion": _assistant(row["response"]), "label": bool(row["label"])}
+                {"prompt": _prompt(row, prompt), "completion": _assistant(row["response"]), "label": bool(row["label"])}
             )
             continue
         _need(row, prompt, "chosen", "rejected", fmt="kto")
-        out.append({"prompt": _user(row[prompt]), "completion": _assistant(row["chosen"]), "label": True})
-        out.append({"prompt": _user(row[prompt]), "completion": _assistant(row["rejected"]), "label": False})
+        pairs.append(row)
+    for i, row in enumerate(pairs):
+        other = pairs[(i + 2) % len(pairs)]
+        out.append({"prompt": _prompt(row, prompt), "completion": _assistant(row["chosen"]), "label": True})
+        out.append({"prompt": _prompt(other, prompt), "completion": _assistant(other["rejected"]), "label": False})
     return out
 
 
@@ -125,8 +145,10 @@ def export_run(
             f"{run_dir} is not finished (status: {manifest.get('status')}): "
             f"run 'synth run' on its pipeline again to complete it"
         )
-    rows = convert(read_output(run_dir).to_pylist(), fmt)
-    splits = split(rows, test_size, seed)
+    # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
+    splits = {
+        name: convert(part, fmt) for name, part in split(read_output(run_dir).to_pylist(), test_size, seed).items()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     written = set()
     for name, part in splits.items():

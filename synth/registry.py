@@ -33,6 +33,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "benchbuilder": "synth.stages.benchbuilder:BenchBuilder",
     "reward": "synth.stages.reward:Reward",
     "followup": "synth.stages.followup:Followup",
+    "pairs": "synth.stages.pairs:Pairs",
 }
 
 
