@@ -120,6 +120,7 @@ def _apply_trust(allow_read: tuple[Path, ...], allow_key: tuple[str, ...]) -> No
 )
 @_trust_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
 @friendly
 def run(
     pipeline_file: Path,
@@ -130,6 +131,7 @@ def run(
     allow_read: tuple[Path, ...],
     allow_key: tuple[str, ...],
     quiet: bool,
+    verbose: bool,
 ):
     """Run a pipeline, or resume it if its run directory exists.
 
@@ -152,6 +154,10 @@ def run(
     _apply_trust(allow_read, allow_key)
     pipeline = load_pipeline(pipeline_file)
     root = out or Path("runs") / pipeline.name
+    if not verbose and any(getattr(b, "type", "") == "local" for b in pipeline.backends.values()):
+        from .llm.local import silence_llama_logs
+
+        silence_llama_logs()
     progress = None
     if not quiet:
         from .console import ConsoleProgress

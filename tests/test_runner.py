@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -333,3 +334,23 @@ def test_templates_prints_one_with_its_variables():
     )
     assert done.returncode == 0, done.stderr
     assert "{{ topic }}" in done.stdout and "# variables: topic" in done.stderr
+
+
+def test_llama_cpp_log_lines_show_only_with_verbose(write, tmp_path):
+    pytest.importorskip("llama_cpp")
+    write("q.jinja", "Questions about {{ topic }}:\nQuestion:")
+    path = write(
+        "p.yaml",
+        "stages:\n  - stage: load\n    rows: [{topic: boats}]\n  - stage: generate\n    template: q.jinja\n"
+        "    output: question\n    max_tokens: 2\n",
+    )
+
+    def run(name: str, *extra: str) -> str:
+        command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(tmp_path / name), "-q", *extra]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    native = re.compile(r"^llama_\w+:", re.MULTILINE)  # llama.cpp's own lines, e.g. its KV cache notice
+    assert not native.search(run("quiet"))
+    assert native.search(run("loud", "-v"))

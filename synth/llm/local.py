@@ -8,6 +8,7 @@ vLLM: llama.cpp's extra default filters (top_k=40, min_p=0.05) are turned off.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -27,6 +28,23 @@ from .base import (
 from .cpu import load_llama
 from .specs import LocalSpec
 from .templates import ChatTemplate
+
+
+_SILENCER = None  # the ctypes callback must outlive the call that installs it
+
+
+def silence_llama_logs() -> None:
+    """Drop llama.cpp's own log lines (its SWA cache notice prints on every load even with
+    verbose=False); `synth run -v` keeps them. The CLI calls this, not the library: a program
+    that embeds synth keeps whatever logging it set up."""
+    global _SILENCER
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    if _SILENCER is None:
+        _SILENCER = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(_SILENCER, ctypes.c_void_p(0))
 
 
 def default_model_path() -> Path:
