@@ -37,7 +37,17 @@ def _count(name: str, n: int = 1) -> None:
 def _encode(result: CompleteResult | ScoreResult) -> dict:
     if isinstance(result, Scored):
         return {"scored": asdict(result)}
-    return {"generations": [asdict(g) for g in result]}  # type: ignore[union-attr]
+    return {
+        "generations": [
+            {
+                "text": g.text,
+                "finish_reason": g.finish_reason,
+                "completion_tokens": g.completion_tokens,
+                "prompt_tokens": g.prompt_tokens,
+            }
+            for g in result  # type: ignore[union-attr]
+        ]
+    }
 
 
 def _decode(data: dict) -> CompleteResult | ScoreResult:
@@ -90,7 +100,8 @@ class LLM:
         return await self._run("score", requests, self.backend.score)  # type: ignore[return-value]
 
     async def _run(self, kind, requests, send) -> list:
-        keys = [digest({"kind": kind, "model": self.model_id, **r.payload()}) for r in requests]
+        payloads = [r.payload() for r in requests]
+        keys = [digest({"kind": kind, "model": self.model_id, **p}) for p in payloads]
         cached = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
         results: dict[str, CompleteResult | ScoreResult] = {}
         for i, key in enumerate(keys):
@@ -126,7 +137,7 @@ class LLM:
                     if self.cache is not None and _valid(request, result):
                         if not pending:
                             since = time.monotonic()
-                        pending.append((key, kind, self.model_id, request.payload(), _encode(result)))
+                        pending.append((key, kind, self.model_id, payloads[todo[j][1]], _encode(result)))
                         if len(pending) >= FLUSH_ANSWERS or time.monotonic() - since >= FLUSH_SECONDS:
                             batch, pending = pending, []
                             await asyncio.to_thread(self.cache.put_many, batch)
