@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
-from rich.progress import ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -15,12 +15,34 @@ console = Console(stderr=True)
 
 
 class _Rate(ProgressColumn):
+    """rows/s, and for LLM stages tokens/s and the requests their backend has in flight."""
+
     def render(self, task: Task) -> Text:
         speed = task.speed or 0.0
         tokens = task.fields.get("tokens", 0)
         elapsed = task.elapsed or 0.0
         tok = f"  {tokens / elapsed:,.0f} tok/s" if tokens and elapsed else ""
-        return Text(f"{speed:,.1f} rows/s{tok}", style="cyan")
+        flight = task.fields.get("in_flight")
+        busy = f"  {flight:,} in flight" if flight and not task.finished else ""
+        return Text(f"{speed:,.1f} rows/s{tok}{busy}", style="cyan")
+
+
+class _Count(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        total = f" / {task.total:,.0f}" if task.total is not None else ""
+        return Text(f"{task.completed:>9,.0f}{total} rows")
+
+
+class _Eta(ProgressColumn):
+    """Time left at the current pace, once the total is known and there is a pace to go by."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None or task.finished or not task.speed:
+            return Text("")
+        left = max(task.total - task.completed, 0) / task.speed
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"ETA {hours:d}:{minutes:02d}:{seconds:02d}", style="green")
 
 
 class ConsoleProgress(Progress):
@@ -28,23 +50,28 @@ class ConsoleProgress(Progress):
         self.bar = RichBar(
             SpinnerColumn(),
             TextColumn("{task.description:<22}"),
-            TextColumn("{task.completed:>9,.0f} rows"),
+            BarColumn(bar_width=20),
+            _Count(),
             _Rate(),
             TimeElapsedColumn(),
+            _Eta(),
             console=console,
             transient=False,
         )
         self.tasks: dict[str, int] = {}
 
-    def start(self, stages) -> None:
+    def start(self, stages, total: int | None = None) -> None:
         for spec in stages:
-            self.tasks[spec.label] = self.bar.add_task(f"{spec.index:02d} {spec.label}", total=None, tokens=0)
+            self.tasks[spec.label] = self.bar.add_task(f"{spec.index:02d} {spec.label}", total=total, tokens=0)
         self.bar.start()
 
-    def advance(self, label: str, rows: int, tokens: int = 0) -> None:
+    def advance(self, label: str, rows: int, tokens: int = 0, in_flight: int | None = None) -> None:
         task = self.tasks[label]
-        tokens_so_far = self.bar.tasks[task].fields.get("tokens", 0) + tokens
-        self.bar.update(task, advance=rows, tokens=tokens_so_far)
+        fields = self.bar.tasks[task].fields
+        update = {"tokens": fields.get("tokens", 0) + tokens}
+        if in_flight is not None:
+            update["in_flight"] = in_flight
+        self.bar.update(task, advance=rows, **update)
 
     def note(self, message: str) -> None:
         console.print(f"[yellow]note:[/] {message}")

@@ -27,7 +27,7 @@ from .cache import RequestCache
 from .config import Pipeline, StageSpec
 from .errors import RunError
 from .llm import make_backend
-from .llm.client import LLM, current_counters
+from .llm.client import LLM, Ticker, current_counters, current_ticker
 from .scrub import scrub
 from .seeds import digest
 from .stages.base import Batch, Row, Stage, StageContext
@@ -49,10 +49,14 @@ RECORDED_PACKAGES = (
 
 
 class Progress:
-    """Progress events; the CLI shows them with rich, library use ignores them."""
+    """Progress events; the CLI shows them with rich, library use ignores them.
 
-    def start(self, stages: list[StageSpec]) -> None: ...
-    def advance(self, label: str, rows: int, tokens: int = 0) -> None: ...
+    `advance` counts rows a stage has taken in (so every stage's total is the source's) and the
+    tokens it generated; LLM stages advance as answers arrive, one row per answer up to the size
+    of the batch, the rest when the batch is written, with the requests their backend has in flight."""
+
+    def start(self, stages: list[StageSpec], total: int | None = None) -> None: ...
+    def advance(self, label: str, rows: int, tokens: int = 0, in_flight: int | None = None) -> None: ...
     def note(self, message: str) -> None: ...
     def stop(self) -> None: ...
 
@@ -263,7 +267,7 @@ class Runner:
         stats: list[tuple[StageSpec, ShardStats]] = []
         try:
             await self._open_stages()
-            self.progress.start(self.pipeline.stages)
+            self.progress.start(self.pipeline.stages, self.stages[0].total_rows(self.limit))
             for segment in self._segments():
                 await self._run_segment(segment)
             output_rows = self._write_output()
@@ -356,8 +360,8 @@ class Runner:
         try:
             for index, rows in self._batches(head):
                 if self.dirs[segment[-1]].done(index):
-                    for i in segment:
-                        self.progress.advance(self.pipeline.stages[i].label, 0)
+                    for i in segment:  # done in an earlier session: counted as done now
+                        self.progress.advance(self.pipeline.stages[i].label, self.dirs[i].rows_in(index))
                     continue
                 await slots.acquire()
                 if failure:
@@ -403,11 +407,13 @@ class Runner:
         started = time.perf_counter()
         batch = Batch(rows=rows, index=index)
         counters: dict[str, int] = {}
-        token = current_counters.set(counters)
+        ticker = Ticker(self.progress, spec.label, len(rows))
+        token, tick = current_counters.set(counters), current_ticker.set(ticker)
         try:
             out = await stage.process(batch) if rows else []
         finally:
             current_counters.reset(token)
+            current_ticker.reset(tick)
         for k, v in batch.counters.items():
             counters[k] = counters.get(k, 0) + v
         stats = ShardStats(
@@ -420,7 +426,7 @@ class Runner:
         # backends meanwhile. The marker is still written after the data, in the same call.
         await asyncio.to_thread(self.dirs[i].write, index, out, batch.dropped, stats)
         self._span(i, started)
-        self.progress.advance(spec.label, len(out), counters.get("completion_tokens", 0))
+        ticker.finish()
         return out
 
     def _span(self, i: int, started: float) -> None:

@@ -333,3 +333,24 @@ def read_rows(path: Path, fmt: str, split: str = "train", peek: bool = False) ->
     if fmt == "parquet":
         return _peek_parquet(path) if peek else _iter_parquet(path)
     return iter(()) if peek else _iter_hf(path, split)
+
+
+COUNT_BYTES = 256 * 2**20  # count the lines of inputs up to this size for the progress total
+
+
+def count_rows(path: Path, fmt: str) -> int | None:
+    """Rows in an input, where that is cheap: Parquet's metadata, or the lines of a text file up
+    to COUNT_BYTES (a CSV's header and quoted line breaks make that an estimate). None otherwise."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            files = [path] if path.is_file() else sorted(path.glob("**/*.parquet"))
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if fmt in ("jsonl", "csv") and path.is_file() and path.suffix != ".gz" and path.stat().st_size <= COUNT_BYTES:
+            with open(path, "rb") as fh:
+                lines = sum(1 for line in fh if line.strip())
+            return max(lines - 1, 0) if fmt == "csv" else lines
+    except (OSError, ValueError):
+        return None
+    return None

@@ -187,6 +187,13 @@ class StageDir:
         except (OSError, ValueError, AttributeError):
             return 0
 
+    def rows_in(self, index: int) -> int:
+        """Rows shard `index` took in, from its completion marker (0 when unknown)."""
+        try:
+            return int(json.loads(self.marker(index).read_text()).get("rows_in", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
+
     def forget(self, index: int) -> None:
         """Make shard `index` not done: its marker goes first, so a kill midway leaves no marker
         pointing at a missing file."""

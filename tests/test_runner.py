@@ -354,3 +354,39 @@ def test_llama_cpp_log_lines_show_only_with_verbose(write, tmp_path):
     native = re.compile(r"^llama_\w+:", re.MULTILINE)  # llama.cpp's own lines, e.g. its KV cache notice
     assert not native.search(run("quiet"))
     assert native.search(run("loud", "-v"))
+
+
+def test_progress_knows_the_total_and_moves_with_each_answer(write, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from synth.pipeline import Progress
+
+    class Recorder(Progress):
+        def __init__(self):
+            self.total, self.events = None, []
+
+        def start(self, stages, total=None):
+            self.total = total
+
+        def advance(self, label, rows, tokens=0, in_flight=None):
+            self.events.append((label, rows, tokens))
+
+    write("q.jinja", "Questions about {{ topic }}:\nQuestion:")
+    write("in.jsonl", "".join(json.dumps({"topic": t}) + "\n" for t in ["boats", "bread", "bees", "bells", "birds"]))
+    path = write(
+        "p.yaml",
+        "run: {batch_size: 3}\nstages:\n  - stage: load\n    path: in.jsonl\n  - stage: generate\n"
+        "    template: q.jinja\n    output: question\n    max_tokens: 3\n",
+    )
+    first = Recorder()
+    run_pipeline(load_pipeline(path), tmp_path / "run", progress=first)
+    assert first.total == 5
+    answers = [e for e in first.events if e[0] == "generate"]
+    assert sum(rows for _, rows, _ in answers) == 5
+    assert answers[0][1] == 1 and answers[0][2] > 0  # the first answer moved the bar, before its batch ended
+    assert sum(tokens for _, _, tokens in answers) > 0
+    again = Recorder()  # a finished run: every stage counted as done at once
+    run_pipeline(load_pipeline(path), tmp_path / "run", progress=again)
+    assert {label: sum(r for lb, r, _ in again.events if lb == label) for label in ("load", "generate")} == {
+        "load": 5,
+        "generate": 5,
+    }

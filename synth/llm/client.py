@@ -25,6 +25,25 @@ from .base import Backend, CompleteResult, Generation, Request, RequestFailed, S
 # one per answer, off the event loop. A kill -9 loses at most the last FLUSH_SECONDS of answers.
 FLUSH_ANSWERS, FLUSH_SECONDS = 64, 0.5
 
+
+class Ticker:
+    """One batch's progress: each answer advances its stage by a row (up to the batch's rows), the
+    rest come when the batch is done, so progress moves as answers arrive, not per batch."""
+
+    def __init__(self, progress, label: str, rows: int):
+        self.progress, self.label, self.rows, self.advanced = progress, label, rows, 0
+
+    def answer(self, tokens: int, in_flight: int | None) -> None:
+        step = 1 if self.advanced < self.rows else 0
+        self.advanced += step
+        self.progress.advance(self.label, step, tokens, in_flight)
+
+    def finish(self) -> None:
+        self.progress.advance(self.label, self.rows - self.advanced)
+        self.advanced = self.rows
+
+
+current_ticker: contextvars.ContextVar[Ticker | None] = contextvars.ContextVar("synth_ticker", default=None)
 current_counters: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("synth_counters", default=None)
 
 
@@ -90,6 +109,11 @@ class LLM:
     def model_id(self) -> str:
         return self.backend.model_id
 
+    def in_flight(self) -> int | None:
+        """Requests the backend has out now (HTTP backends count theirs), for the progress display."""
+        endpoints = getattr(self.backend, "endpoints", None)
+        return sum(e.in_flight for e in endpoints) if endpoints else None
+
     async def complete(self, requests: Sequence[Request]) -> list[CompleteResult]:
         return await self._run("complete", requests, self.backend.complete)  # type: ignore[return-value]
 
@@ -129,11 +153,16 @@ class LLM:
                     if isinstance(result, RequestFailed):
                         _count("requests_failed")
                         continue
+                    generated = 0
                     if isinstance(result, Scored):
                         _count("prompt_tokens", result.prompt_tokens)
                     else:
+                        generated = sum(g.completion_tokens for g in result)
                         _count("prompt_tokens", sum(g.prompt_tokens for g in result))
-                        _count("completion_tokens", sum(g.completion_tokens for g in result))
+                        _count("completion_tokens", generated)
+                    ticker = current_ticker.get()
+                    if ticker is not None:
+                        ticker.answer(generated, self.in_flight())
                     if self.cache is not None and _valid(request, result):
                         if not pending:
                             since = time.monotonic()

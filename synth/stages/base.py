@@ -149,6 +149,10 @@ class Stage:
     def iter_rows(self, limit: int | None) -> Iterator[Row]:  # source stages
         raise NotImplementedError
 
+    def total_rows(self, limit: int | None) -> int | None:  # source stages: for progress and ETA
+        """How many rows iter_rows will give, when that is cheap to know; None otherwise."""
+        return None
+
     async def process(self, batch: Batch) -> list[Row]:  # map stages (and generator sources)
         return batch.rows
 

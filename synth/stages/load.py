@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..inputs import read_problem
 from ..readers import (
     RESERVED,
+    count_rows,
     detect_format,
     file_problem,
     input_path,
@@ -151,6 +152,15 @@ class Load(Stage):
         if problem:
             raise InputError(f"stage '{self.ctx.label}': {problem}")
         yield from read_rows(path, fmt, p.split)
+
+    def total_rows(self, limit: int | None) -> int | None:
+        p = self.params
+        if p.rows is not None:
+            total = len(p.rows)
+        else:
+            path = input_path(p.path, self.ctx.base_dir)  # type: ignore[arg-type]
+            total = count_rows(path, _format(p, path))
+        return total if total is None or limit is None else min(total, limit)
 
     def iter_rows(self, limit: int | None) -> Iterator[Row]:
         yield from shaped(self.params, islice(self._raw(), limit), self._source())

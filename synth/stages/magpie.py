@@ -1,5 +1,5 @@
 """`magpie`: instructions extracted from an aligned model by sending only the pre-query part of
-its chat template (Magpie, Xu et al. 2024; METHODS.md section 1).
+its chat template (Magpie, Xu et al. 2024; magpie-align/magpie, exp/gen_ins.py).
 
 The model sees `<header of a user turn>` and nothing else, so what it writes is a user query drawn
 from its own alignment data. Each row is one sample with its own seed (the paper draws n=200 per
@@ -105,6 +105,9 @@ class Magpie(Stage):
         return problems
 
     # ---- rows ----
+    def total_rows(self, limit: int | None) -> int | None:
+        return self.params.num_rows if limit is None else min(limit, self.params.num_rows)
+
     def iter_rows(self, limit: int | None) -> Iterator[Row]:
         total = self.params.num_rows if limit is None else min(limit, self.params.num_rows)
         for index in range(total):
