@@ -351,9 +351,16 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
     help="folder to write the dataset and its README.md card to",
 )
 @click.option("--jsonl", is_flag=True, help="write JSONL instead of Parquet")
+@click.option(
+    "--keep-columns",
+    "keep",
+    help="comma-separated run columns to keep beside the format's own (sft, preference), or 'all'",
+)
 @_dataset_options
 @friendly
-def export(run_dir: Path, out: Path, fmt: str, jsonl: bool, test_size: float, seed: int, license_: str | None):
+def export(
+    run_dir: Path, out: Path, fmt: str, jsonl: bool, keep: str | None, test_size: float, seed: int, license_: str | None
+):
     """Export a finished run as a training dataset (Parquet or JSONL) with a dataset card.
 
     The formats are the ones TRL trains on without reshaping. The README.md card records the
@@ -365,11 +372,19 @@ def export(run_dir: Path, out: Path, fmt: str, jsonl: bool, test_size: float, se
       synth export runs/magpie -o out/magpie-sft
       synth export runs/magpie-dpo -o out/dpo --format preference --test-size 0.02
       synth export runs/quickstart -o out/qs --jsonl --license apache-2.0
+      synth export runs/magpie -o out/magpie --keep-columns task_category,difficulty,instruct_reward
     """
     from .export import export_run
 
     counts = export_run(
-        run_dir, out, fmt, file_format="jsonl" if jsonl else "parquet", test_size=test_size, seed=seed, license=license_
+        run_dir,
+        out,
+        fmt,
+        file_format="jsonl" if jsonl else "parquet",
+        test_size=test_size,
+        seed=seed,
+        license=license_,
+        keep_columns=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
     )
     click.echo(f"wrote {', '.join(f'{k}: {v:,} rows' for k, v in counts.items())} to {out} (card: {out / 'README.md'})")
 

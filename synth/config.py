@@ -142,16 +142,19 @@ class Pipeline:
         previous = digest({"v": FINGERPRINT_VERSION, "seed": self.seed, "batch_size": self.run.batch_size})
         out = []
         for spec in self.stages:
-            backend = getattr(spec.params, "backend", None)
-            model = None
-            if backend in self.backends:
+            model = []
+            for backend in spec.cls.backend_names(spec.params):
+                if backend not in self.backends:
+                    continue
                 spec_b = self.backends[backend]
                 template = getattr(spec_b, "chat_template", None)
                 # Resolved as the backend resolves it (a file, or a model folder's tokenizer_config.json).
                 path = Path(template).expanduser() if template and "{" not in template else None
                 if path is not None and path.is_dir():
                     path = path / "tokenizer_config.json"
-                model = [spec_b.identity(), content_digest(path, known) if path else None]
+                model.append([spec_b.identity(), content_digest(path, known) if path else None])
+            # One backend keeps the shape fingerprints had (a run made before stays valid).
+            model = model[0] if len(model) == 1 else (model or None)
             files = files_digest(stage_files(spec.params, self.base_dir), known)
             previous = digest([previous, spec.key, spec.params.model_dump(mode="json"), model, files])
             out.append(previous)
@@ -452,16 +455,16 @@ def _check_flow(specs: list[StageSpec | None], base_dir: Path, backends: set[str
                 else f"'{spec.key}' produces rows and can only be the first stage"
             )
             problems.append(Problem(doc.file, doc.line_of(where), format_path(where + ("stage",)), msg))
-        backend = getattr(spec.params, "backend", None)
-        if spec.cls.uses_llm and backend not in backends:
-            problems.append(
-                Problem(
-                    doc.file,
-                    doc.line_of(where + ("backend",)),
-                    format_path(where + ("backend",)),
-                    f"no backend named '{backend}' (defined: {', '.join(sorted(backends))})",
+        for key, value in spec.params.model_dump().items():
+            if value in spec.cls.backend_names(spec.params) and value not in backends:
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(where + (key,)),
+                        format_path(where + (key,)),
+                        f"no backend named '{value}' (defined: {', '.join(sorted(backends))})",
+                    )
                 )
-            )
         env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns)
         for field_path, message in spec.cls.check(spec.params, env):
             loc = where + tuple(field_path)

@@ -108,10 +108,21 @@ def to_kto(rows: list[dict], prompt: str = "instruction") -> list[dict]:
     return out
 
 
-def convert(rows: list[dict], fmt: Format) -> list[dict]:
+def convert(rows: list[dict], fmt: Format, keep: list[str] | None = None) -> list[dict]:
+    """Rows in `fmt`; `keep` names columns of the run to carry beside the format's own (tags, ids,
+    scores for filtering later: TRL ignores extra columns), `["all"]` every one but provenance."""
     if fmt == "raw":
         return rows
-    return {"sft": to_sft, "preference": to_preference, "kto": to_kto}[fmt](rows)
+    out = {"sft": to_sft, "preference": to_preference, "kto": to_kto}[fmt](rows)
+    if not keep:
+        return out
+    if fmt == "kto":
+        raise RunError("--keep-columns works with the sft and preference formats (a KTO row is half a pair)")
+    columns = [c for c in (rows[0] if rows else {}) if c != "provenance"] if keep == ["all"] else keep
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise RunError(f"--keep-columns: the run has no column(s) {', '.join(missing)}; it has: {', '.join(rows[0])}")
+    return [{**{c: row.get(c) for c in columns if c not in made}, **made} for row, made in zip(rows, out, strict=True)]
 
 
 def split(rows: list[dict], test_size: float, seed: int) -> dict[str, list[dict]]:
@@ -136,6 +147,7 @@ def export_run(
     test_size: float = 0.0,
     seed: int = 42,
     license: str | None = None,
+    keep_columns: list[str] | None = None,
 ) -> dict[str, int]:
     """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -147,7 +159,8 @@ def export_run(
         )
     # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
     splits = {
-        name: convert(part, fmt) for name, part in split(read_output(run_dir).to_pylist(), test_size, seed).items()
+        name: convert(part, fmt, keep_columns)
+        for name, part in split(read_output(run_dir).to_pylist(), test_size, seed).items()
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     written = set()

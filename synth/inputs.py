@@ -227,7 +227,7 @@ def access_summary(pipeline) -> list[str]:
             reads[_shown(use.path, use.name, pipeline.base_dir)] = None
     contacts, sends, local = [], [], []
     for name, backend in pipeline.backends.items():
-        used = any(getattr(s.params, "backend", None) == name and s.cls.uses_llm for s in pipeline.stages)
+        used = any(name in s.cls.backend_names(s.params) for s in pipeline.stages)
         if not used:
             continue
         if getattr(backend, "type", "") == "openai":

@@ -207,15 +207,14 @@ class Runner:
 
         found: dict[str, list[str]] = {}
         for spec in self.pipeline.stages:
-            names = []
-            backend = getattr(spec.params, "backend", None)
-            if spec.cls.uses_llm and backend in self.pipeline.backends:
-                names.append(model_name(self.pipeline.backends[backend]))
-            for key in ("model", "strong", "weak", "reference_backend", "router"):
-                value = getattr(spec.params, key, None)
-                if isinstance(value, str) and value:
-                    target = self.pipeline.backends.get(value)
-                    names.append(model_name(target) if target is not None and key != "model" else value)
+            names = [
+                model_name(self.pipeline.backends[b])
+                for b in spec.cls.backend_names(spec.params)
+                if b in self.pipeline.backends
+            ]
+            model = getattr(spec.params, "model", None)  # a local model folder (reward, embeddings)
+            if isinstance(model, str) and model:
+                names.append(model)
             if names:
                 found[spec.label] = list(dict.fromkeys(names))
         return found
@@ -247,8 +246,7 @@ class Runner:
             ctx = StageContext(
                 seed=self.pipeline.seed, label=spec.label, index=spec.index, base_dir=self.pipeline.base_dir
             )
-            backend = getattr(spec.params, "backend", None)
-            if spec.cls.uses_llm and backend is not None:
+            for backend in spec.cls.backend_names(spec.params):
                 ctx.llms[backend] = self._llm(backend)
             stage = spec.cls(spec.params, ctx)
             self.stages.append(stage)
@@ -385,10 +383,10 @@ class Runner:
             return self.pipeline.run.max_batches_in_flight
         concurrency = 1
         for i in segment:
-            backend = getattr(self.pipeline.stages[i].params, "backend", None)
-            spec = self.pipeline.backends.get(backend) if self.pipeline.stages[i].cls.uses_llm else None
-            if spec is not None:
-                concurrency = max(concurrency, spec.concurrency())
+            stage = self.pipeline.stages[i]
+            for backend in stage.cls.backend_names(stage.params):
+                if backend in self.pipeline.backends:
+                    concurrency = max(concurrency, self.pipeline.backends[backend].concurrency())
         return min(max(4, -(-3 * concurrency // self.pipeline.run.batch_size)), 1024)
 
     async def _chain(self, segment: list[int], index: int, rows: list[Row] | None) -> None:

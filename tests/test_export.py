@@ -180,3 +180,16 @@ def test_events_such_as_truncated_answers_show_everywhere(write, tmp_path):
     assert "│ generate │  2 │   2 │ truncated: 2 │" in synth("inspect", str(run))
     export_run(run, tmp_path / "out", "raw")
     assert "| generate (generate) | 2 | 2 | - | truncated: 2 |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_sft_export_keeps_the_columns_asked_for(run_dir, tmp_path):
+    export_run(run_dir, tmp_path / "k", "sft", keep_columns=["task_category", "score_chosen"])
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "k"), split="train")
+    assert ds.column_names == ["task_category", "score_chosen", "messages"]
+    assert ds[0]["task_category"] == "Reasoning" and ds[0]["messages"][0]["content"] == "question 0"
+    export_run(run_dir, tmp_path / "a", "preference", keep_columns=["all"])
+    every = datasets.load_dataset("parquet", data_dir=str(tmp_path / "a"), split="train")
+    assert {"prompt", "chosen", "rejected", "task_category", "instruction"} <= set(every.column_names)
+    assert "provenance" not in every.column_names
+    result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(tmp_path / "c"), "--keep-columns", "nope"])
+    assert result.exit_code == 1 and "the run has no column(s) nope" in result.output

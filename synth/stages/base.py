@@ -135,6 +135,14 @@ class Stage:
         return env.columns | set(cls.writes(params))
 
     @classmethod
+    def backend_names(cls, params: StageParams) -> list[str]:
+        """The backends this stage calls, each handed to it in ctx.llms and covered by its
+        fingerprint: `backend:` for an LLM stage; stages with several (a judge and a reference,
+        strong and weak models) list them all."""
+        name = getattr(params, "backend", None)
+        return [name] if cls.uses_llm and isinstance(name, str) else []
+
+    @classmethod
     def check(cls, params: StageParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         """Problems found without running anything: (field path within the stage, message)."""
         return []
