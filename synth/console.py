@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
 from rich.table import Table
@@ -104,7 +105,7 @@ def stage_table(stages: list[dict], title: str | None = None) -> Table:
         left = column in ("stage", "filtered", "failed", "events")
         table.add_column(column, justify="left" if left else "right", no_wrap=column == "stage", overflow="fold")
     for i in range(len(stages)):
-        table.add_row(*(cells[c][i] for c in shown))
+        table.add_row(*(escape(cells[c][i]) for c in shown))  # a reason such as "x in [a, b]" is not markup
     table.caption = "wall s: from the stage's first batch to its last; busy s: summed over batches run at once"
     return table
 

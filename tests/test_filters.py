@@ -148,3 +148,29 @@ def test_language_detection_keeps_wanted_languages(write, tmp_path):
     result, out = run(write, tmp_path, "  - stage: language\n    languages: [en, de, fr, es]\n    keep: [en]\n", rows)
     assert [(r["id"], r["language"]) for r in out] == [(0, "en"), (3, "en")]
     assert result.manifest["stages"][1]["filtered"] == {"language_de": 1, "language_fr": 1, "language_es": 1}
+
+
+def test_the_structured_null_form_works_as_written_in_yaml(write, tmp_path):
+    path = write(
+        "p.yaml",
+        """
+        run: {batch_size: 2}
+        stages:
+          - stage: load
+            rows: [{a: 1, b: null}, {a: 2, b: x}, {a: 3, b: null}]
+          - stage: filter
+            where:
+              - {column: b, null: true}
+              - "a in [1, 2]"
+        """,
+    )
+    result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert [r["a"] for r in read_output(tmp_path / "run").to_pylist()] == [1]
+    reasons = result.manifest["stages"][1]["filtered"]
+    assert sum(reasons.values()) == 2 and any("[1, 2]" in r for r in reasons), reasons
+    # The summary shows such a reason whole: its brackets are text, not terminal markup.
+    from synth.console import console, stage_table
+
+    with console.capture() as captured:
+        console.print(stage_table(result.manifest["stages"]))
+    assert "[1, 2]" in captured.get()

@@ -179,7 +179,7 @@ def test_extracted_stops_against_the_table(fixture, tokens, family):
     got, entry = extracted(fixture, tokens), FAMILIES[family]
     assert got.stop[0] in entry.stop  # the end-of-turn marker is always one of the table's stops
     extra = set(got.stop) - set(entry.stop)
-    # Only Gemma's next-turn marker is a stop the table (there: the authors, per METHODS.md) lacks.
+    # Only Gemma's next-turn marker is a stop the table lacks (for Gemma the table holds the authors' stops).
     assert extra == ({"<start_of_turn>"} if family.startswith("gemma") else set())
 
 

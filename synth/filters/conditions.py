@@ -41,6 +41,9 @@ class Condition(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_text(cls, data):
+        if isinstance(data, dict) and None in data:
+            # YAML reads an unquoted `null:` key as the null value, not the word: take it as meant.
+            data = {("null" if k is None else k): v for k, v in data.items()}
         return parse(data) if isinstance(data, str) else data
 
     @model_validator(mode="after")

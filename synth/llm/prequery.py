@@ -1,5 +1,5 @@
 """Magpie's pre-query templates: the text that opens a user turn, sent alone so that an aligned
-model writes the user's query itself (METHODS.md section 1).
+model writes the user's query itself (Magpie, Xu et al. 2024; docs/methods.md).
 
 Two sources, which tests hold against each other:
 - `FAMILIES`, the authors' table (configs/model_configs.json and their scripts): the exact string,
@@ -62,11 +62,11 @@ _QWEN_IDS = (151643, 151644, 151645)
 _QWEN_SYS = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
 _QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 _GEMMA_STOP = ("<eos>", "<bos>", "<end_of_turn>")
-_MARKERS = "stops are the template's own markers (METHODS.md gives none for this family)"
+_MARKERS = "stops are the template's own markers, not taken from the authors' config"
 _INST_STOP = ("</s>", "[/INST]", "[INST]")  # _MARKERS
 _PHI3_STOP = ("<|end|>", "<|endoftext|>", "<|user|>", "<|assistant|>")  # _MARKERS
 _SPACE = "the authors' string has a space after <s> that the template does not write (a tokenizer decode)"
-# FastChat's vicuna_v1.1 system sentence; METHODS.md says only "generic system sentence".
+# The authors' Vicuna entry opens with a generic system sentence; this is FastChat's vicuna_v1.1 wording of it.
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -143,7 +143,7 @@ FAMILIES: dict[str, Family] = {
             "<|startoftext|><|im_start|>user\n",
             _QWEN_STOP + ("<|startoftext|>",),
             system_turn="<|startoftext|><|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
-            note="stops are ChatML's markers (not given in METHODS.md); no template fixture checks this entry",
+            note="stops are ChatML's markers, not the authors' list; no template fixture checks this entry",
         ),
         Family(
             "deepseek-coder-v2-lite",

@@ -29,12 +29,49 @@ from .dedup import text_of
 class FilterParams(StageParams):
     where: list[Condition] = Field(
         min_length=1,
-        description="conditions that must all hold: 'reward > -10' or {column: reward, gt: -10} (see docs)",
+        description="conditions that must ALL hold (a row failing one is dropped, the condition its reason). "
+        "Text: 'column OP value', OP one of == != > >= < <= in, 'not in' ('reward > -10', "
+        "'input_quality in [good, excellent]', 'label not in [spam]'), or 'column is null' / 'column is not "
+        "null'. The value is read as YAML, never evaluated: -10 and 0.5 are numbers, [a, b] a list (in / not in "
+        "need one), yes/no/true/null are YAML's; quote text that would read otherwise ('yes', '007', 'a: b'). "
+        "> >= < <= compare numbers only. Structured: {column: reward, gt: -10}, one of eq ne gt ge lt le in "
+        "not_in null ('null': true|false, the key quoted). A missing column, a null value or a value that cannot "
+        "be compared fails the condition (is null passes). For an OR on one column use in [...]; quote each "
+        "condition in the YAML list",
     )
 
 
 class Filter(Stage):
-    """Keep rows where every condition on their columns holds (no code is evaluated)."""
+    """Keep rows where every condition on their columns holds (no code is evaluated).
+
+    `where:` is a list; a row is kept only when all its conditions hold (AND). The first condition a
+    row fails is its drop reason, written as the condition (`instruct_reward > -10`), with the
+    column's value as the detail. There is no OR across columns; on one column, `in [a, b]` is one.
+
+    A condition is text or a mapping (synth/filters/conditions.py):
+
+    - `"column OP value"`, OP one of `==`, `!=`, `>`, `>=`, `<`, `<=`, `in`, `not in`;
+    - `"column is null"` or `"column is not null"` (`is`, `not`, `null` in any case);
+    - `{column: C, OP: value}` with OP one of eq, ne, gt, ge, lt, le, in, not_in, null (`"null": true`
+      or `"null": false`: quote that key, YAML reads a bare `null` key as no key); exactly one
+      operator per mapping.
+
+    A column name is letters, digits, `_`, `.` and `-`, starting with a letter or `_`; a dot is part
+    of the name, not a path into a nested value. The value is parsed as one YAML scalar or flow list,
+    never evaluated: `-10` and `0.5` are numbers, `good` is text, `[good, excellent]` is a list (`in`
+    and `not in` need one), and YAML's own words stay YAML's: `yes`, `no`, `true` read as booleans,
+    `null` as null, `007` as 7. Quote a value to keep it text: `"answer == 'yes'"`, `"x == 'a: b'"`.
+    `>`, `>=`, `<`, `<=` take numbers only; `==`, `!=`, `in` compare values as they are (the number 4
+    is not the text "4"). A missing column or a null value fails every condition except `is null`,
+    and a comparison that cannot be made (text against a number) fails too, so such rows are dropped
+    with the condition as their reason. In the pipeline file, quote each condition: inside `[...]`
+    an unquoted `[`, `,` or `: ` is read as YAML structure.
+
+        - stage: filter
+          where: ["input_quality in [good, excellent]", "instruct_reward > -10", "language == en"]
+        - stage: filter
+          where: [{column: representative_id, "null": false}, {column: repeat_count, le: 2}]
+    """
 
     Params = FilterParams
     params: FilterParams
