@@ -185,3 +185,95 @@ def _stop_at_end_of_turn(out: Path, end_of_turn: int | None) -> None:
     if end_of_turn not in ids:
         data["eos_token_id"] = [*ids, end_of_turn]
         path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+# ---- a sequence-classification (reward model) folder, for testing reward scoring end to end ----
+
+REWARD_MARKER = "synth-reward-head.json"
+
+
+def prepare_reward_model(
+    gguf_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+    num_labels: int = 1,
+    head_std: float = 0.02,
+    dtype: str = "float32",
+) -> Path:
+    """A Gemma3ForSequenceClassification folder built from the converted GGUF (default: the
+    shipped Gemma 3 270M): its transformer weights, plus a linear head (`score`, no bias) drawn
+    from Normal(0, head_std) with a torch generator seeded by `seed`, saved with the folder.
+
+    No trained reward model ships in a PyPI package, so the scores mean nothing; the folder has the
+    layout of a real Gemma reward model (vLLM serves it as a pooling model, transformers loads it
+    with AutoModelForSequenceClassification), which is what reward-scoring code needs to be tested
+    against. Cached beside the generation folder, keyed by the source, seed, labels, std and dtype."""
+    source = prepare_gguf_for_vllm(gguf_path)
+    head = {
+        "seed": seed,
+        "num_labels": num_labels,
+        "head_std": head_std,
+        "dtype": dtype,
+        "converter": CONVERTER_VERSION,
+    }
+    if out_dir:
+        target = Path(out_dir).expanduser().resolve()
+    else:
+        short = hashlib.sha256(json.dumps([str(source), head], sort_keys=True).encode()).hexdigest()[:12]
+        target = source.with_name(f"{source.name}-reward-{short}")
+    if (target / REWARD_MARKER).is_file() and (target / "config.json").is_file():
+        return target
+    if target.exists() and any(target.iterdir()):
+        raise InputError(f"{target} exists and is not a folder synth prepared: remove it or choose another")
+    torch, _ = _imports()
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _reward_head(source, tmp, torch, head)
+        (tmp / REWARD_MARKER).write_text(json.dumps({"source": str(source), **head}, indent=2) + "\n")
+        if target.exists():
+            target.rmdir()
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / REWARD_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _reward_head(source: Path, out: Path, torch, head: dict) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dtype = getattr(torch, head["dtype"])
+    config = AutoConfig.from_pretrained(str(source))
+    config.num_labels = head["num_labels"]
+    config.problem_type = "regression" if head["num_labels"] == 1 else None
+    config.dtype = dtype
+    net = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    lm = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+    missing, unexpected = net.model.load_state_dict(lm.model.state_dict(), strict=False)
+    if missing or unexpected:
+        raise InputError(
+            f"{source} does not fit a sequence classifier: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    del lm
+    generator = torch.Generator().manual_seed(head["seed"])
+    with torch.no_grad():
+        weight = torch.randn(net.score.weight.shape, generator=generator, dtype=torch.float32) * head["head_std"]
+        net.score.weight.copy_(weight.to(dtype))
+    net.save_pretrained(str(out))
+    # vLLM goes by the architecture name: Gemma3ForSequenceClassification becomes a pooling (classify)
+    # model, its Gemma3ForCausalLM with `score` as the head (transformers saves the name of its own
+    # class, Gemma3TextForSequenceClassification, which vLLM does not know; transformers itself
+    # goes by model_type, so it loads the folder either way).
+    path = out / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["architectures"] = ["Gemma3ForSequenceClassification"]
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)

@@ -12,6 +12,7 @@ group, so stopping it also stops the engine process it spawns.
 As a script it serves the shipped Gemma 3 270M (converted once) until Ctrl-C:
 
     python -m synth.llm.vllm_server --port 8000
+    python -m synth.llm.vllm_server --port 8001 --reward   # as a reward model, for vLLM's /pooling
 """
 
 from __future__ import annotations
@@ -171,13 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--log", default=None, help="log file (default: vllm-server-PORT.log)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    parser.add_argument(
+        "--reward",
+        action="store_true",
+        help="serve the GGUF as a sequence-classification model (a seeded random one-logit head: scores that "
+        "mean nothing, for trying the reward stage's backend: against a real pooling server)",
+    )
     args, extra = parser.parse_known_args(argv)
 
-    from .prepare import prepare_gguf_for_vllm
+    from .prepare import prepare_gguf_for_vllm, prepare_reward_model
 
     model = args.model
     if model is None or (model.endswith(".gguf") and Path(model).is_file()):
-        model = str(prepare_gguf_for_vllm(model))
+        model = str(prepare_reward_model(model) if args.reward else prepare_gguf_for_vllm(model))
     server = VLLMServer(
         model, port=args.port, log=args.log, max_model_len=args.max_model_len, extra_args=extra, timeout=args.timeout
     )
