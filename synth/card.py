@@ -35,7 +35,14 @@ def _counts_table(counter: Counter, title: str) -> list[str]:
 
 
 def render_card(
-    manifest: dict, table: pa.Table, *, fmt: str, counts: dict[str, int], file_format: str, license: str | None
+    manifest: dict,
+    table: pa.Table,
+    *,
+    fmt: str,
+    counts: dict[str, int],
+    file_format: str,
+    license: str | None,
+    extra_sections: list[str] | None = None,
 ) -> str:
     name = manifest.get("name", "dataset")
     ext = "jsonl" if file_format == "jsonl" else "parquet"
@@ -112,6 +119,8 @@ def render_card(
     ):
         if column in table.column_names:
             lines += _counts_table(Counter(table.column(column).to_pylist()), title) + [""]
+    for section in extra_sections or []:  # e.g. the decontamination report, its headings one level down
+        lines += [("#" + line if line.startswith("#") else line) for line in section.rstrip().splitlines()] + [""]
     lines += [
         "## Pipeline",
         "",

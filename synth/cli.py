@@ -474,9 +474,11 @@ def pipelines(name: str | None):
 
 def _register_commands() -> None:
     """Commands that live in their own modules, to keep this one short."""
+    from .decontam_cli import decontaminate
     from .dedup_cli import dedup
     from .models_cli import models
 
+    main.add_command(decontaminate)
     main.add_command(dedup)
     main.add_command(models)
 

@@ -138,6 +138,11 @@ def split(rows: list[dict], test_size: float, seed: int) -> dict[str, list[dict]
     }
 
 
+def _decontamination_reports(run_dir: Path) -> list[Path]:
+    """The reports `decontaminate` stages wrote, so a published dataset says what it was checked against."""
+    return [p for p in sorted(run_dir.glob("stages/*/.synth/decontamination.json")) if p.with_suffix(".md").exists()]
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -181,7 +186,15 @@ def export_run(
         if stale.name not in written and _DATA_FILE.match(stale.name):
             stale.unlink()
     counts = {name: len(part) for name, part in splits.items()}
+    reports = [p.with_suffix(".md").read_text(encoding="utf-8") for p in _decontamination_reports(run_dir)]
     write_card(
-        out_dir, manifest, read_output(run_dir), fmt=fmt, counts=counts, file_format=file_format, license=license
+        out_dir,
+        manifest,
+        read_output(run_dir),
+        fmt=fmt,
+        counts=counts,
+        file_format=file_format,
+        license=license,
+        extra_sections=reports,
     )
     return counts

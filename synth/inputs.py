@@ -85,6 +85,13 @@ def stage_files(params, base_dir: Path) -> list[FileUse]:
     for field, info in type(params).model_fields.items():
         value = getattr(params, field)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("reads") == "file" and isinstance(value, list):  # several files (`name=path` items too)
+            for item in value:
+                if isinstance(item, str) and item:
+                    name, sep, path = item.partition("=")
+                    item = path if sep and "/" not in name else item
+                    out.append(FileUse(field, "data", item, data_path(item, base_dir)))
+            continue
         if not isinstance(value, str) or not value:
             continue
         if extra.get("reads") == "file":

@@ -244,7 +244,11 @@ class Runner:
         self.cache = RequestCache(self.store.root / "cache.sqlite")
         for spec in self.pipeline.stages:
             ctx = StageContext(
-                seed=self.pipeline.seed, label=spec.label, index=spec.index, base_dir=self.pipeline.base_dir
+                seed=self.pipeline.seed,
+                label=spec.label,
+                index=spec.index,
+                base_dir=self.pipeline.base_dir,
+                stage_dir=self.dirs[spec.index].path,
             )
             for backend in spec.cls.backend_names(spec.params):
                 ctx.llms[backend] = self._llm(backend)

@@ -34,6 +34,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "reward": "synth.stages.reward:Reward",
     "followup": "synth.stages.followup:Followup",
     "pairs": "synth.stages.pairs:Pairs",
+    "decontaminate": "synth.stages.decontaminate:Decontaminate",
 }
 
 

@@ -95,6 +95,7 @@ class StageContext:
     index: int
     base_dir: Path
     llms: dict[str, LLM] = field(default_factory=dict)
+    stage_dir: Path | None = None  # the stage's folder in the run directory (reports go in its .synth/)
 
     def llm(self, name: str = "default") -> LLM:
         return self.llms[name]

@@ -1,0 +1,187 @@
+"""`decontaminate`: drop rows that copy a benchmark's prompts, naming the benchmark, row and method.
+
+Synthetic SFT and preference data is judged on AlpacaEval, Arena-Hard, MT-Bench and WildBench; a
+dataset carrying their prompts, even lightly edited, inflates those scores. The GPT-3 and Llama 2
+reports screened training data by long shared n-grams (13 words); Yang et al. ("Rethinking
+Benchmark and Contamination for Language Models with Rephrased Samples", 2023) showed that
+rephrased copies slip past n-gram and exact checks, and caught them by embedding similarity to the
+benchmark (with an LLM to confirm the top candidates). This stage combines normalized exact match,
+13-gram overlap (with a containment rule for prompts shorter than 13 words), near copies (typos,
+moved words, an added "Please answer:") and embedding similarity at a threshold of its own; the
+algorithms live in `synth.filters.decontam`. The LLM confirmation is not implemented.
+
+Each reference set is a file or dataset folder given as `path` or `name=path` (the name defaults
+to the file's stem), and its prompt column is found by name (prompt, instruction, question, turns,
+conversation_input, messages, text, input) unless `reference_column` names it. A removed row is
+dropped as `contaminated:<method>` with a JSON detail: {"set", "row", "text", "method", "score"}.
+The stage reads the reference sets and builds their index once, then streams batch by batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..errors import InputError
+from .base import Batch, CheckEnv, Row, Stage, StageParams
+
+Method = Literal["exact", "ngram", "near_copy", "embedding"]
+REPORT_NAME = "decontamination.json"
+
+
+def parse_reference(spec: str) -> tuple[str, str]:
+    """`name=path` or `path` (named after the file's stem, or the folder's name)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, path
+    return Path(spec.rstrip("/")).stem, spec
+
+
+class DecontaminateParams(StageParams):
+    references: list[str] = Field(
+        default_factory=list,
+        description="benchmark prompt files or dataset folders, each `path` or `name=path` (paths are relative to "
+        "the pipeline file); synth ships none",
+        json_schema_extra={"reads": "file"},
+    )
+    column: str = Field("instruction", description="text column to check (a messages list: each user turn)")
+    reference_column: str | None = Field(
+        None, description="prompt column of the reference sets (default: the first of prompt, instruction, "
+        "question, turns, conversation_input, messages, text, input)"
+    )  # fmt: skip
+    methods: list[Method] = Field(
+        ["exact", "ngram", "near_copy", "embedding"], min_length=1, description="matching methods, tried in this order"
+    )
+    ngram: int = Field(13, ge=3, description="ngram: words in a shared run (13, as the GPT-3 and Llama 2 reports)")
+    min_words: int = Field(
+        4, ge=1, description="ngram: a reference prompt shorter than `ngram` words but this long matches a row "
+        "containing all its words in a row; shorter ones only match by the other methods"
+    )  # fmt: skip
+    threshold: float = Field(0.85, gt=0, le=1, description="embedding: cosine with a reference prompt (MiniLM)")
+    candidate_threshold: float = Field(0.7, gt=0, le=1, description="embedding: static-model cosine of candidates")
+    k: int = Field(5, ge=1, description="embedding: reference candidates looked at per row")
+    model: str = Field("all-MiniLM-L6-v2", description="embedding: a sentence-transformers model folder")
+    cascade: bool = Field(True, description="embedding: a static model proposes candidates, `model` confirms them")
+
+
+def reference_specs(params: DecontaminateParams) -> list[tuple[str, str]]:
+    return [parse_reference(s) for s in params.references]
+
+
+class Decontaminate(Stage):
+    """Drop rows copying benchmark prompts (exact, 13-gram, near copy, embedding); report per set."""
+
+    Params = DecontaminateParams
+    kind = "map"
+    params: DecontaminateParams
+
+    @classmethod
+    def reads(cls, params: DecontaminateParams) -> list[str]:
+        return [params.column]
+
+    @classmethod
+    def check(cls, params: DecontaminateParams, env: CheckEnv) -> list[tuple[tuple, str]]:
+        from ..inputs import read_problem
+
+        if not params.references:
+            return [
+                (
+                    ("references",),
+                    "no reference sets: give the benchmark prompt files, e.g. `with: {decontaminate: "
+                    "{references: [alpacaeval=alpaca_eval.json, mt_bench=question.jsonl]}}`",
+                )
+            ]
+        problems: list[tuple[tuple, str]] = []
+        seen: set[str] = set()
+        for i, (name, value) in enumerate(reference_specs(params)):
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else env.base_dir / path
+            if not path.exists():
+                problems.append((("references", i), f"{path} does not exist (paths are relative to the pipeline file)"))
+            elif message := read_problem(path, env.base_dir):
+                problems.append((("references", i), message))
+            if name in seen:
+                problems.append((("references", i), f"two reference sets are named '{name}': name one `other={value}`"))
+            seen.add(name)
+        return problems
+
+    def _load(self):
+        from ..filters import decontam
+        from .load import Load, LoadParams
+
+        p, refs = self.params, []
+        for name, value in reference_specs(p):
+            path = self.ctx.resolve(value)
+            if not path.exists():
+                raise InputError(f"reference set '{name}': {path} does not exist; fix the path in `references:`")
+            rows = Load(LoadParams(path=str(path)), self.ctx).iter_rows(None)
+            try:
+                refs.append(decontam.ReferenceSet.from_rows(name, rows, p.reference_column, str(path)))
+            except ValueError as exc:
+                raise InputError(f"{path}: {exc} with reference_column") from None
+        return refs
+
+    def _build(self):
+        from ..filters import decontam, embed
+
+        p = self.params
+        refs = self._load()
+        encode = fast = None
+        if {"embedding", "near_copy"} & set(p.methods):
+            encode = embed.sentence_encoder(p.model)
+            fast = embed.static_encoder(p.model) if p.cascade else None
+        if "near_copy" in p.methods:
+            from ..filters.dedup import require_datasketch
+
+            require_datasketch()
+        return decontam.Index(
+            refs, p.methods, p.ngram, p.min_words, p.threshold, p.candidate_threshold, p.k, encode, fast
+        )
+
+    async def open(self) -> None:
+        self.index = await asyncio.to_thread(self._build)
+
+    def _check(self, rows: list[Row]):
+        from ..filters.decontam import segments
+
+        owner: list[int] = []
+        texts: list[str] = []
+        for r, row in enumerate(rows):
+            for text in segments(row.get(self.params.column)):
+                owner.append(r)
+                texts.append(text)
+        found: dict[int, object] = {}
+        for r, match in zip(owner, self.index.match(texts), strict=True):
+            if match is not None and r not in found:
+                found[r] = match
+        return found
+
+    async def process(self, batch: Batch) -> list[Row]:
+        found = await asyncio.to_thread(self._check, batch.rows)
+        kept = []
+        for r, row in enumerate(batch.rows):
+            match = found.get(r)
+            if match is None:
+                kept.append(row)
+            else:
+                batch.drop(row, f"contaminated:{match.method}", match.detail())
+        return kept
+
+    def references_info(self) -> dict:
+        index = getattr(self, "index", None)
+        return {r.name: r.info() for r in index.refs} if index is not None else {}
+
+    async def close(self) -> None:
+        """Write the report into the stage's folder when the runner says where it is."""
+        folder = getattr(self.ctx, "stage_dir", None)
+        if folder is None or getattr(self, "index", None) is None:
+            return
+        from ..filters import decontam
+
+        report = decontam.stage_report(Path(folder), self.references_info())
+        report["params"] = json.loads(self.params.model_dump_json(exclude={"name"}))
+        decontam.write_report(report, Path(folder) / ".synth" / REPORT_NAME)
