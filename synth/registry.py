@@ -33,6 +33,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "benchbuilder": "synth.stages.benchbuilder:BenchBuilder",
     "reward": "synth.stages.reward:Reward",
     "followup": "synth.stages.followup:Followup",
+    "judge": "synth.stages.judge:Judge",
     "pairs": "synth.stages.pairs:Pairs",
     "decontaminate": "synth.stages.decontaminate:Decontaminate",
 }

@@ -44,12 +44,17 @@ def _sampling_json(sampling: Sampling) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Request:
-    """One completion (`prompt`) or chat (`messages`) request, with its own seed."""
+    """One completion (`prompt`) or chat (`messages`) request, with its own seed.
+
+    `json_schema`, when set, asks the backend to constrain the answer to JSON of that schema
+    (structured output: a grammar in llama.cpp, xgrammar in vLLM). It joins the cache key only
+    when set, so requests without one keep the keys they always had."""
 
     sampling: Sampling
     seed: int
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None  # ((role, content), ...)
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {"sampling": _sampling_json(self.sampling), "seed": self.seed}
@@ -57,6 +62,8 @@ class Request:
             body["prompt"] = self.prompt
         if self.messages is not None:
             body["messages"] = [list(m) for m in self.messages]
+        if self.json_schema is not None:
+            body["json_schema"] = self.json_schema
         return body
 
 
@@ -119,6 +126,10 @@ def single_bos(ids: list[int], bos_id: int | None) -> list[int]:
 
 @runtime_checkable
 class Backend(Protocol):
+    """What every backend provides. A backend that honours `Request.json_schema` also sets the
+    class attribute `structured_output = True` (the built-in ones do); stages send a schema only
+    to those, and parse the answer either way."""
+
     model_id: str  # what produced the text: part of every cache key and of provenance
 
     def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]: ...

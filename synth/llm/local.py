@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
+import json
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -28,7 +30,6 @@ from .base import (
 from .cpu import load_llama
 from .specs import LocalSpec
 from .templates import ChatTemplate
-
 
 _SILENCER = None  # the ctypes callback must outlive the call that installs it
 
@@ -55,7 +56,18 @@ def default_model_path() -> Path:
     return Path(assemble())
 
 
+@functools.lru_cache(maxsize=64)
+def json_grammar(schema_json: str):
+    """llama.cpp's GBNF grammar for a JSON schema (sampling then only picks tokens that keep the
+    answer valid JSON of that shape). Built once per schema: a stage sends the same one often."""
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
 class LocalBackend:
+    structured_output = True  # Request.json_schema becomes a llama.cpp grammar
+
     def __init__(self, spec: LocalSpec):
         self.spec = spec
         self.path = Path(spec.model_path).expanduser() if spec.model_path else None
@@ -105,6 +117,12 @@ class LocalBackend:
         s = request.sampling
         out: list[Generation] = []
         ids = single_bos(self.llm.tokenize(prompt.encode(), add_bos=True, special=True), self.llm.token_bos())
+        grammar = None
+        if request.json_schema is not None:
+            try:
+                grammar = json_grammar(json.dumps(request.json_schema, sort_keys=False))
+            except Exception as exc:  # a schema llama.cpp cannot express: this request fails, not the run
+                return RequestFailed("json_schema", f"llama.cpp cannot turn the JSON schema into a grammar: {exc}")
         for i in range(s.n):
             # llama.cpp reuses the KV cache of the previous prompt's common prefix, and the
             # shorter prefill changes the floating-point path: the same seed then gives another
@@ -122,6 +140,7 @@ class LocalBackend:
                     repeat_penalty=s.repetition_penalty,
                     stop=list(s.stop),
                     seed=sample_seed(request.seed, i),
+                    grammar=grammar,
                 )
             except ValueError as exc:  # llama.cpp's way to say the prompt does not fit
                 return RequestFailed("prompt_too_long" if "context" in str(exc) else "rejected", str(exc))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import random
@@ -159,6 +160,41 @@ def apply_stops(generation: Generation, stops: Sequence[str]) -> None:
         generation.finish_reason = "stop"
 
 
+@functools.lru_cache(maxsize=64)
+def _gbnf(schema_json: str) -> str | None:
+    """llama.cpp's grammar for a JSON schema, where llama-cpp-python is installed to convert it."""
+    try:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        return json_schema_to_gbnf(schema_json)
+    except Exception:  # not installed, or a schema it cannot convert: the server gets the schema itself
+        return None
+
+
+# How a JSON schema travels, by server. vLLM (probed): chat takes OpenAI's `response_format`, raw
+# completions vLLM's `structured_outputs: {"json": ...}` (>= 0.12; it was `guided_json` before).
+# Other servers get a ladder, climbed when the server refuses the field (an HTTP 4xx naming it):
+# chat first tries `{"type": "json_object", "schema": ...}`, which both llama.cpp servers read
+# (llama-cpp-python's answers OpenAI's own form with an HTTP 500, which looks like a server fault),
+# then OpenAI's form; completions try llama.cpp's `grammar`. The last rung sends no schema: the
+# stage parses the text either way.
+SCHEMA_LADDERS = {"vllm": ("vllm",), "chat": ("json_object", "openai", "none"), "complete": ("grammar", "none")}
+
+
+def schema_fields(schema: dict, chat: bool, dialect: str) -> dict[str, Any]:
+    """The request fields that carry `schema` in one server dialect (see SCHEMA_LADDERS)."""
+    if dialect == "openai" or (dialect == "vllm" and chat):
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}
+    if dialect == "vllm":
+        return {"structured_outputs": {"json": schema}}
+    if dialect == "json_object":
+        return {"response_format": {"type": "json_object", "schema": schema}}
+    if dialect == "grammar":
+        grammar = _gbnf(json.dumps(schema))
+        return {"grammar": grammar} if grammar else {"json_schema": schema}  # llama-server reads json_schema
+    return {}
+
+
 class Slots:
     """A FIFO semaphore. asyncio.Semaphore (3.11) scans all its waiters on every acquire; with
     thousands of requests queued that scan costs more than the request itself."""
@@ -195,6 +231,8 @@ class Slots:
 
 
 class OpenAIBackend:
+    structured_output = True  # Request.json_schema travels in the server's dialect (schema_fields)
+
     def __init__(self, spec: OpenAISpec, *, backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP):
         try:
             import aiohttp  # noqa: F401
@@ -215,6 +253,7 @@ class OpenAIBackend:
         self._template: ChatTemplate | None = None
         self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
         self._probe = asyncio.Lock()
+        self._schema_rung = {"chat": 0, "complete": 0}  # where each kind stands on its SCHEMA_LADDERS
 
     def _pick(self) -> _Endpoint:
         now = time.monotonic()
@@ -362,6 +401,27 @@ class OpenAIBackend:
             )
         return out
 
+    async def _structured(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
+        """Generate with the request's JSON schema in the server's dialect, climbing down the
+        ladder when the server refuses the field (so a plain OpenAI-compatible server still answers)."""
+        assert request.json_schema is not None
+        kind = "chat" if chat else "complete"
+        while True:
+            vllm = await self._is_vllm()
+            ladder = SCHEMA_LADDERS["vllm" if vllm else kind]
+            rung = 0 if vllm else self._schema_rung[kind]
+            fields = schema_fields(request.json_schema, chat, ladder[rung])
+            result = await self._generate(path, request, {**payload, **fields}, chat)
+            refused = (
+                isinstance(result, RequestFailed)
+                and result.reason == "rejected"
+                and any(name in result.detail for name in fields)
+            )
+            if not refused or rung + 1 >= len(ladder):
+                return result
+            if self._schema_rung[kind] == rung:  # concurrent refusals climb one rung, not several
+                self._schema_rung[kind] = rung + 1
+
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
         n = request.sampling.n
         data = await self._send(path, {**self._body(request, request.seed, n), **payload})
@@ -422,6 +482,8 @@ class OpenAIBackend:
         bos = await self._bos_text() if prompt.startswith("<") else None
         if bos and prompt.startswith(bos):
             payload["add_special_tokens"] = False  # the prompt has its BOS: vLLM would add a second
+        if r.json_schema is not None:
+            return await self._structured("/completions", r, payload, False)
         return await self._generate("/completions", r, payload, False)
 
     def complete(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
@@ -430,6 +492,8 @@ class OpenAIBackend:
     def chat(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, CompleteResult]]:
         def one(r: Request):
             messages = [{"role": role, "content": content} for role, content in r.messages or ()]
+            if r.json_schema is not None:
+                return self._structured("/chat/completions", r, {"messages": messages}, True)
             return self._generate("/chat/completions", r, {"messages": messages}, True)
 
         return self._fan_out(requests, one)

@@ -48,6 +48,8 @@ def _import_vllm():
 
 
 class VLLMBackend:
+    structured_output = True  # Request.json_schema becomes vLLM's structured-output sampling
+
     def __init__(self, spec: VLLMSpec):
         self.spec = spec
         self.model_id = f"vllm:{spec.model}"
@@ -120,6 +122,11 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         s = request.sampling
+        structured = None
+        if request.json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams  # vLLM >= 0.12 (guided_json before)
+
+            structured = StructuredOutputsParams(json=request.json_schema)
         return SamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -128,6 +135,7 @@ class VLLMBackend:
             stop=list(s.stop) or None,
             repetition_penalty=s.repetition_penalty,
             seed=request.seed,
+            structured_outputs=structured,
         )
 
     def _run(self, token_ids: list[list[int] | RequestFailed], params: list) -> list[CompleteResult]:
