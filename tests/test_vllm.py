@@ -292,6 +292,27 @@ def test_server_pre_query_prompt_gets_one_bos(server):
 
 @needs_vllm
 @pytest.mark.slow
+def test_server_scoring_of_a_rendered_chat_prompt_gets_one_bos(server):
+    """CDR scores prompts rendered from a chat template, which start with the BOS text."""
+    continuation = " The sky is blue."
+    cases = [ScoreRequest("<bos><start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n", continuation)]
+    cases.append(ScoreRequest(cases[0].prompt.removeprefix("<bos>"), continuation))
+
+    async def over_http():
+        backend = openai_backend(server)
+        try:
+            return await _collect(backend.score(cases))
+        finally:
+            await backend.close()
+
+    with_text, without = asyncio.run(over_http())
+    assert isinstance(with_text, Scored) and isinstance(without, Scored), (with_text, without)
+    assert with_text.prompt_tokens == without.prompt_tokens  # one BOS either way
+    assert with_text.token_logprobs == pytest.approx(without.token_logprobs, abs=1e-3)
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_magpie_pipeline_on_the_vllm_server(server, write, tmp_path):
     """Magpie for real on vLLM: the pre-query template, seeded instructions, chat responses."""
     from synth import load_pipeline, read_output, run_pipeline

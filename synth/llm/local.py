@@ -27,7 +27,9 @@ from .base import (
     sample_seed,
     single_bos,
 )
+from .client import _count
 from .cpu import load_llama
+from .specials import Specials, special_texts
 from .specs import LocalSpec
 from .templates import ChatTemplate
 
@@ -80,6 +82,7 @@ class LocalBackend:
         # under a running completion (which crashes the process).
         self._busy = threading.Lock()
         self._template: ChatTemplate | None = None
+        self._specials: Specials | None = None
 
     def _load(self, logits_all: bool = False):
         try:
@@ -145,15 +148,20 @@ class LocalBackend:
             except ValueError as exc:  # llama.cpp's way to say the prompt does not fit
                 return RequestFailed("prompt_too_long" if "context" in str(exc) else "rejected", str(exc))
             choice, usage = answer["choices"][0], answer["usage"]
-            out.append(
-                Generation(
-                    choice["text"],
-                    choice.get("finish_reason") or "stop",
-                    usage["completion_tokens"],
-                    usage["prompt_tokens"] if i == 0 else 0,
-                )
-            )
+            text, finish = choice["text"], choice.get("finish_reason") or "stop"
+            cut = self.specials.cut(text)
+            if cut is not None:  # llama.cpp renders special tokens it samples: end the text there
+                text, finish = cut, "stop"
+                _count("special_token_cut")
+            out.append(Generation(text, finish, usage["completion_tokens"], usage["prompt_tokens"] if i == 0 else 0))
         return out
+
+    @property
+    def specials(self) -> Specials:
+        """The model's marker tokens (turn, image, control), found once per model (~0.1 s)."""
+        if self._specials is None:
+            self._specials = Specials(special_texts(self.llm))
+        return self._specials
 
     def _guarded(self, work, item):
         with self._busy:

@@ -530,7 +530,10 @@ class OpenAIBackend:
 
     async def _score_prompt_logprobs(self, r: ScoreRequest) -> ScoreResult | None:
         body = {"model": self.spec.model, "prompt": r.prompt + r.continuation, "max_tokens": 1, "temperature": 0.0}
-        data = await self._send("/completions", {**body, "prompt_logprobs": 0})
+        # A prompt rendered from a chat template starts with its BOS text: vLLM would add a second.
+        bos = await self._bos_text() if r.prompt.startswith("<") else None
+        own_bos = {"add_special_tokens": False} if bos and r.prompt.startswith(bos) else {}
+        data = await self._send("/completions", {**body, "prompt_logprobs": 0, **own_bos})
         if isinstance(data, RequestFailed):
             return data
         choices = data.get("choices") if isinstance(data, dict) else None
@@ -539,7 +542,9 @@ class OpenAIBackend:
         entries = choices[0].get("prompt_logprobs")
         tokens = None
         if entries is not None:
-            tokens = await self._send("/tokenize", {"model": self.spec.model, "prompt": r.prompt}, root=True, fatal=())
+            tokens = await self._send(
+                "/tokenize", {"model": self.spec.model, "prompt": r.prompt, **own_bos}, root=True, fatal=()
+            )
         if not isinstance(tokens, dict) or "tokens" not in tokens:
             return None  # not vLLM after all: the caller falls back to echo
         values = prompt_logprobs_continuation(tokens["tokens"], entries)
