@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
@@ -10,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .pipeline import Progress, RunResult
-from .store import events_text
+from .store import events_text, stage_events
 
 console = Console(stderr=True)
 
@@ -81,33 +82,67 @@ class ConsoleProgress(Progress):
         self.bar.stop()
 
 
-def stage_table(stages: list[dict], title: str | None = None) -> Table:
-    """Rows, drops, events, traffic and time per stage. Columns with nothing to say in this run
-    (no request sent, nothing filtered) are left out, so the table fits an 80-column terminal."""
-    reasons = lambda d: ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "-"  # noqa: E731
+def _n(value: float) -> str:
+    """A count in at most 6 characters: 95,000 / 950k / 51.2M."""
+    if value < 100_000:
+        return f"{value:,.0f}"
+    if value < 1_000_000:
+        return f"{value / 1000:,.0f}k"
+    return f"{value / 1_000_000:,.1f}M"
+
+
+def _t(seconds: float) -> str:
+    """Seconds as 12.3, 4:05 or 3:25:45."""
+    if seconds < 100:
+        return f"{seconds:.1f}"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def stage_table(stages: list[dict], title: str | None = None) -> Group:
+    """Rows, traffic and time per stage as a table of numbers that fits an 80-column terminal,
+    then, under it, a line per stage that dropped rows or counted events, with the reasons (a
+    reason such as "x in [a, b]" is text, never markup). Traffic columns no stage used are left out."""
+    counter = lambda s, k: s.get("counters", {}).get(k, 0)  # noqa: E731
     cells: dict[str, list[str]] = {
         "stage": [s["label"] for s in stages],
-        "in": [f"{s['rows_in']:,}" for s in stages],
-        "out": [f"{s['rows_out']:,}" for s in stages],
-        "filtered": [reasons(s.get("filtered", {})) for s in stages],
-        "failed": [reasons(s.get("failed", {})) for s in stages],
-        "events": [events_text(s) for s in stages],
-        "requests": [f"{s.get('counters', {}).get('requests', 0):,}" for s in stages],
-        "cached": [f"{s.get('counters', {}).get('cache_hits', 0):,}" for s in stages],
-        "tok out": [f"{s.get('counters', {}).get('completion_tokens', 0):,}" for s in stages],
-        "wall s": [f"{s.get('wall_seconds', s.get('seconds', 0)):,.1f}" for s in stages],
-        "busy s": [f"{s.get('busy_seconds', s.get('seconds', 0)):,.1f}" for s in stages],
+        "in": [_n(s["rows_in"]) for s in stages],
+        "out": [_n(s["rows_out"]) for s in stages],
+        "drop": [_n(sum(s.get("filtered", {}).values()) + sum(s.get("failed", {}).values())) for s in stages],
+        "req": [_n(counter(s, "requests")) for s in stages],
+        "cached": [_n(counter(s, "cache_hits")) for s in stages],
+        "tokens": [_n(counter(s, "completion_tokens")) for s in stages],
+        "wall": [_t(s.get("wall_seconds", s.get("seconds", 0))) for s in stages],
+        "busy": [_t(s.get("busy_seconds", s.get("seconds", 0))) for s in stages],
     }
-    optional = ("filtered", "failed", "events", "requests", "cached", "tok out")
-    shown = [c for c in cells if c not in optional or any(v not in ("-", "0") for v in cells[c])]
-    table = Table(title=title, title_justify="left")
+    optional = ("req", "cached", "tokens")
+    shown = [c for c in cells if c not in optional or any(v != "0" for v in cells[c])]
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for column in shown:
-        left = column in ("stage", "filtered", "failed", "events")
-        table.add_column(column, justify="left" if left else "right", no_wrap=column == "stage", overflow="fold")
+        if column == "stage":
+            table.add_column(column, overflow="fold", min_width=min(max(map(len, cells["stage"])), 12), max_width=24)
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for i in range(len(stages)):
-        table.add_row(*(escape(cells[c][i]) for c in shown))  # a reason such as "x in [a, b]" is not markup
-    table.caption = "wall s: from the stage's first batch to its last; busy s: summed over batches run at once"
-    return table
+        table.add_row(*(escape(cells[c][i]) for c in shown))
+    legend = Text(
+        "drop: rows filtered or failed; req: requests sent; tokens: generated; wall: a stage's first batch "
+        "to its last; busy: summed over its batches, which run at once",
+        style="dim",
+    )
+    notes = []
+    for s in stages:
+        parts = [
+            f"{kind} {', '.join(f'{k}: {v:,}' for k, v in sorted(values.items()))}"
+            for kind, values in (("filtered", s.get("filtered", {})), ("failed", s.get("failed", {})))
+            if values
+        ]
+        if stage_events(s):
+            parts.append(f"events {events_text(s)}")
+        if parts:
+            notes.append(Text(f"  {s['label']}: " + "; ".join(parts)))
+    return Group(table, legend, *notes)
 
 
 def print_summary(result: RunResult) -> None:

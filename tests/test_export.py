@@ -176,8 +176,8 @@ def test_events_such_as_truncated_answers_show_everywhere(write, tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
-    assert "│ generate │  2 │   2 │ truncated: 2 │" in synth("run", str(path), "-o", str(run))  # the summary
-    assert "│ generate │  2 │   2 │ truncated: 2 │" in synth("inspect", str(run))
+    assert "generate: events truncated: 2" in synth("run", str(path), "-o", str(run))  # the summary
+    assert "generate: events truncated: 2" in synth("inspect", str(run))
     export_run(run, tmp_path / "out", "raw")
     assert "| generate (generate) | 2 | 2 | - | truncated: 2 |" in (tmp_path / "out" / "README.md").read_text()
 
