@@ -281,3 +281,42 @@ def test_cli_one_line_errors(tmp_path):
     assert nocol.exit_code == 1 and "none of the columns" in nocol.output and "reference_column" in nocol.output
     assert len(nocol.output.strip().splitlines()) == 1
     assert "Examples:" in runner.invoke(decontaminate_command, ["--help"]).output
+
+
+def test_the_llm_judge_asks_only_about_rows_nothing_else_matched(write, tmp_path):
+    """Method llm on the embedded base model (a poor judge: this checks the flow, not its verdicts):
+    only rows no other method matched are asked, about their closest benchmark prompts; a `yes`
+    drops the row as contaminated:llm naming the prompt; a rerun asks nothing (cache)."""
+    pytest.importorskip("llama_cpp")
+    rows = [{"id": f"r{i}", "instruction": t} for i, t in enumerate([*CLEAN, ALPACA[0]])]
+    write_rows(tmp_path / "in.jsonl", rows)
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps({"instruction": t}) + "\n" for t in ALPACA))
+    path = write(
+        "p.yaml",
+        """
+        run: {max_failure_rate: 1.0}
+        stages:
+          - stage: load
+            path: in.jsonl
+          - stage: decontaminate
+            references: [bench.jsonl]
+            methods: [exact, ngram, near_copy, embedding, llm]
+            judge_backend: default
+            judge_k: 2
+        """,
+    )
+    result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    stage = result.manifest["stages"][1]
+    lexical = {k: v for k, v in stage["filtered"].items() if k != "contaminated:llm"}
+    assert sum(lexical.values()) == 1  # the verbatim copy is caught before the judge
+    asked = stage["counters"]["llm_judged"]
+    assert 0 < asked <= 2 * len(CLEAN) and stage["counters"]["requests"] == asked
+    dropped = list(RunStore(tmp_path / "run").stage(1, "decontaminate").iter_dropped())
+    for record in dropped:
+        detail = json.loads(record["detail"])
+        assert record["reason"] == f"contaminated:{detail['method']}" and detail["text"] in ALPACA
+    again = run_pipeline(load_pipeline(path), tmp_path / "run", retry_failed=True, overwrite=False)
+    assert again.manifest["stages"][1]["filtered"] == stage["filtered"]
+    bad = write("bad.yaml", "".join(ln for ln in path.read_text().splitlines(True) if "judge_backend" not in ln))
+    with pytest.raises(ConfigError, match="method llm needs a judge_backend"):
+        load_pipeline(bad)

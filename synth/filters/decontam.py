@@ -36,6 +36,7 @@ import numpy as np
 from .dedup import near_copy, normalize_text
 
 METHODS = ("exact", "ngram", "near_copy", "embedding")
+REPORTED = (*METHODS, "llm")  # llm: a judge backend's verdict, off unless asked for
 TEXT_COLUMNS = ("prompt", "instruction", "question", "turns", "conversation_input", "messages", "text", "input")
 LEXICAL_CANDIDATES = 0.4  # char 4-gram Jaccard at which MinHash proposes near-copy candidates
 
@@ -147,7 +148,7 @@ class Index:
                     session.insert(i, m)
         self.faiss = None
         self._confirmed: dict[int, np.ndarray] = {}
-        if ("embedding" in self.methods or "near_copy" in self.methods) and self.encode is not None and texts:
+        if {"embedding", "near_copy", "llm"} & set(self.methods) and self.encode is not None and texts:
             from .neighbors import build_index
 
             fast = self.candidates or self.encode
@@ -207,6 +208,18 @@ class Index:
                 for i in self.lsh.query(m):
                     found[t].setdefault(int(i), float("nan"))
         return found
+
+    def llm_candidates(self, texts: Sequence[str], k: int, floor: float) -> list[list[tuple[int, float]]]:
+        """Per text, the k reference items the (fast) embedding finds closest, with their cosine, if
+        at least `floor`: rephrasings that no other method matched, for an LLM to judge."""
+        if self.faiss is None or not texts:
+            return [[] for _ in texts]
+        fast = self.candidates or self.encode
+        sims, ids = self.faiss.search(np.ascontiguousarray(fast(list(texts)), dtype=np.float32), k)
+        return [
+            [(i, s) for i, s in zip(row_i, row_s, strict=True) if i >= 0 and s >= floor]
+            for row_s, row_i in zip(sims.tolist(), ids.tolist(), strict=True)
+        ]
 
     def match(self, texts: Sequence[str]) -> list[Match | None]:
         """For each text, the first reference prompt it matches (by method order), or None."""
@@ -288,11 +301,11 @@ def markdown(report: dict) -> str:
         "",
         f"{report['rows_removed']:,} rows removed" + (f" of {rows_in:,}" if rows_in is not None else "") + ".",
         "",
-        "| reference set | prompts | removed | " + " | ".join(METHODS) + " |",
-        "|---|---|---|" + "---|" * len(METHODS),
+        "| reference set | prompts | removed | " + " | ".join(REPORTED) + " |",
+        "|---|---|---|" + "---|" * len(REPORTED),
     ]
     for name, s in report["sets"].items():
-        counts = " | ".join(str(s["by_method"].get(m, 0)) for m in METHODS)
+        counts = " | ".join(str(s["by_method"].get(m, 0)) for m in REPORTED)
         lines.append(f"| {cell(name, 40)} | {s.get('prompts', '?')} | {s['removed']} | {counts} |")
     examples = [e for s in report["sets"].values() for e in s["examples"]]
     if examples:

@@ -8,7 +8,10 @@ rephrased copies slip past n-gram and exact checks, and caught them by embedding
 benchmark (with an LLM to confirm the top candidates). This stage combines normalized exact match,
 13-gram overlap (with a containment rule for prompts shorter than 13 words), near copies (typos,
 moved words, an added "Please answer:") and embedding similarity at a threshold of its own; the
-algorithms live in `synth.filters.decontam`. The LLM confirmation is not implemented.
+algorithms live in `synth.filters.decontam`. Off by default, method `llm` asks a judge backend, for
+each row nothing else matched, whether it rewords one of its `judge_k` closest benchmark prompts
+(by embedding), as the "LLM decontaminator" does (templates/decontaminate/rephrase.jinja, greedy,
+yes/no); an answer that is neither is counted (`llm_unparsed`) and the row kept.
 
 Each reference set is a file or dataset folder given as `path` or `name=path` (the name defaults
 to the file's stem), and its prompt column is found by name (prompt, instruction, question, turns,
@@ -29,7 +32,7 @@ from pydantic import Field
 from ..errors import InputError
 from .base import Batch, CheckEnv, Row, Stage, StageParams
 
-Method = Literal["exact", "ngram", "near_copy", "embedding"]
+Method = Literal["exact", "ngram", "near_copy", "embedding", "llm"]
 REPORT_NAME = "decontamination.json"
 
 
@@ -66,6 +69,14 @@ class DecontaminateParams(StageParams):
     k: int = Field(5, ge=1, description="embedding: reference candidates looked at per row")
     model: str = Field("all-MiniLM-L6-v2", description="embedding: a sentence-transformers model folder")
     cascade: bool = Field(True, description="embedding: a static model proposes candidates, `model` confirms them")
+    judge_backend: str | None = Field(
+        None, description="llm: the backend that judges rephrasings (add `llm` to methods)"
+    )
+    judge_k: int = Field(2, ge=1, le=20, description="llm: closest benchmark prompts (by embedding) judged per row")
+    judge_template: str = Field("decontaminate/rephrase.jinja", description="llm: the few-shot yes/no prompt")
+    judge_floor: float = Field(
+        0.5, ge=0, le=1, description="llm: least (candidate-model) cosine of a benchmark prompt worth asking about"
+    )
 
 
 def reference_specs(params: DecontaminateParams) -> list[tuple[str, str]]:
@@ -84,6 +95,10 @@ class Decontaminate(Stage):
         return [params.column]
 
     @classmethod
+    def backend_names(cls, params: DecontaminateParams) -> list[str]:
+        return [params.judge_backend] if params.judge_backend and "llm" in params.methods else []
+
+    @classmethod
     def check(cls, params: DecontaminateParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         from ..inputs import read_problem
 
@@ -96,6 +111,16 @@ class Decontaminate(Stage):
                 )
             ]
         problems: list[tuple[tuple, str]] = []
+        if "llm" in params.methods and not params.judge_backend:
+            problems.append(
+                (("judge_backend",), "method llm needs a judge_backend: the name of a backend under backends:")
+            )
+        if params.judge_backend and "llm" not in params.methods:
+            problems.append((("methods",), "judge_backend is set but methods lack llm: add it to use the judge"))
+        if "llm" in params.methods:
+            from .common import check_template
+
+            problems += check_template(params.judge_template, "judge_template", env, {"prompt", "reference"})
         seen: set[str] = set()
         for i, (name, value) in enumerate(reference_specs(params)):
             path = Path(value).expanduser()
@@ -160,8 +185,45 @@ class Decontaminate(Stage):
                 found[r] = match
         return found
 
+    async def _judge(self, batch: Batch, found: dict) -> None:
+        """Method llm: for rows nothing else matched, ask the judge about their closest benchmark prompts."""
+        from ..filters.decontam import segments
+        from ..llm.base import Request, RequestFailed, Sampling
+        from ..templating import render
+
+        p = self.params
+        asks: list[tuple[int, str, int, float]] = []  # (row, text, reference item, cosine)
+        rows = [r for r in range(len(batch.rows)) if r not in found]
+        texts = [(r, t) for r in rows for t in segments(batch.rows[r].get(p.column))]
+        cands = await asyncio.to_thread(self.index.llm_candidates, [t for _, t in texts], p.judge_k, p.judge_floor)
+        for (r, text), items in zip(texts, cands, strict=True):
+            asks += [(r, text, i, s) for i, s in items]
+        if not asks:
+            return
+        sampling = Sampling(temperature=0.0, max_tokens=3, stop=("\n",))
+        requests = [
+            Request(
+                sampling,
+                self.ctx.seed_for(text, self.index.text(i)),
+                prompt=render(p.judge_template, self.ctx.base_dir, prompt=text, reference=self.index.text(i)),
+            )
+            for _, text, i, _ in asks
+        ]
+        results = await self.ctx.llm(p.judge_backend).complete(requests)  # type: ignore[arg-type]
+        batch.count("llm_judged", len(requests))
+        for (r, _, i, score), result in zip(asks, results, strict=True):
+            if r in found or isinstance(result, RequestFailed):
+                continue
+            answer = result[0].text.strip().lower()
+            if answer.startswith("yes"):
+                found[r] = self.index._match(i, "llm", score)
+            elif not answer.startswith("no"):
+                batch.count("llm_unparsed")
+
     async def process(self, batch: Batch) -> list[Row]:
         found = await asyncio.to_thread(self._check, batch.rows)
+        if "llm" in self.params.methods:
+            await self._judge(batch, found)
         kept = []
         for r, row in enumerate(batch.rows):
             match = found.get(r)
