@@ -136,7 +136,7 @@ class Pipeline:
         files they read are unchanged. Excluded on purpose: description, run.max_batches_in_flight,
         run.max_failure_rate, and every backend field marked speed-only (URLs, keys, concurrency,
         timeouts, retries, threads). `known` carries file digests between runs (see inputs.py)."""
-        from .inputs import content_digest, files_digest, stage_files
+        from .inputs import chat_template_path, content_digest, files_digest, stage_files
 
         known = {} if known is None else known
         previous = digest({"v": FINGERPRINT_VERSION, "seed": self.seed, "batch_size": self.run.batch_size})
@@ -147,10 +147,8 @@ class Pipeline:
                 if backend not in self.backends:
                     continue
                 spec_b = self.backends[backend]
-                template = getattr(spec_b, "chat_template", None)
-                # Resolved as the backend resolves it (a file, or a model folder's tokenizer_config.json).
-                path = Path(template).expanduser() if template and "{" not in template else None
-                if path is not None and path.is_dir():
+                path = chat_template_path(spec_b)
+                if path is not None and path.is_dir():  # a model folder: as the backend reads it
                     path = path / "tokenizer_config.json"
                 model.append([spec_b.identity(), content_digest(path, known) if path else None])
             # One backend keeps the shape fingerprints had (a run made before stays valid).
@@ -409,7 +407,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
 def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir: Path) -> list[Problem]:
     """A pipeline may come from a stranger: data files it reads must lie where the user expects
     (see inputs.read_problem) and API keys go only where the user allowed (inputs.key_refusal)."""
-    from .inputs import key_refusal, read_problem, stage_files
+    from .inputs import chat_template_path, key_refusal, read_problem, stage_files
 
     problems = []
     for spec in specs:
@@ -426,8 +424,7 @@ def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir
             loc = ("backends", name, "api_key_env")
             problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), refused))
         # A chat template's text goes into every prompt: a file named there is a data file too.
-        template = getattr(backend, "chat_template", None)
-        path = Path(template).expanduser() if template and "{" not in template and "\n" not in template else None
+        path = chat_template_path(backend)
         if path is not None and path.exists():
             message = read_problem(path, base_dir)
             if message:

@@ -103,6 +103,15 @@ def stage_files(params, base_dir: Path) -> list[FileUse]:
     return out
 
 
+def chat_template_path(backend) -> Path | None:
+    """The file or model folder a backend's `chat_template:` names, or None when the setting is a
+    built-in name or Jinja text. Its text goes into every prompt."""
+    setting = getattr(backend, "chat_template", None)
+    if not setting or "{" in setting or "\n" in setting:
+        return None
+    return Path(setting).expanduser()
+
+
 # ---- content digests ----
 
 _CHUNK = 1 << 20

@@ -165,13 +165,13 @@ class Runner:
         it, and every stage after that segment is redone whole, since its input changes. Rows a
         filter dropped stay dropped; answers already cached are reused, failures never cached."""
         retried, changed = 0, False
-        for segment in self._segment_positions():
+        for segment in self._segments():
             if changed:
                 for i in segment:
                     self.dirs[i].clear()
                 continue
             head = segment[0]
-            if self._kinds[head] == "global" and self.dirs[head].failed_rows(0):
+            if self.pipeline.stages[head].cls.kind == "global" and self.dirs[head].failed_rows(0):
                 retried += self.dirs[head].failed_rows(0)
                 for i in segment:
                     self.dirs[i].clear()
@@ -188,18 +188,16 @@ class Runner:
         if retried:
             self.progress.note(f"retrying {retried:,} row(s) that failed in the last run (--keep-failed keeps them)")
 
-    def _segment_positions(self) -> list[list[int]]:
+    def _segments(self) -> list[list[int]]:
+        """Stage positions cut at every source and global stage (from the pipeline, so it serves
+        before the stages are opened too)."""
         segments: list[list[int]] = []
-        for i, kind in enumerate(self._kinds):
-            if kind in ("source", "global") or not segments:
+        for i, spec in enumerate(self.pipeline.stages):
+            if spec.cls.kind in ("source", "global") or not segments:
                 segments.append([i])
             else:
                 segments[-1].append(i)
         return segments
-
-    @property
-    def _kinds(self) -> list[str]:
-        return [spec.cls.kind for spec in self.pipeline.stages]
 
     def _stage_models(self) -> dict[str, list[str]]:
         """Which model made each stage's columns, by name (a file or a repo id), for the card."""
@@ -331,9 +329,6 @@ class Runner:
                     f"run.max_failure_rate to accept the loss)"
                 )
         return None
-
-    def _segments(self) -> list[list[int]]:
-        return self._segment_positions()
 
     def _batches(self, head: int) -> Iterator[tuple[int, list[Row] | None]]:
         stage = self.stages[head]
