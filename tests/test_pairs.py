@@ -239,6 +239,64 @@ stages:
     assert CliRunner().invoke(main, ["validate", str(path)]).exit_code == 0
 
 
+def test_verdict_pairs_the_winner_of_a_pairwise_judgment(tmp_path):
+    def judged(a, b, reward, verdict):
+        return {"instruction": "q", "response_a": a, "response_b": b, "judge_reward": reward, "judge_verdict": verdict}
+
+    rows_in = [
+        judged("A wins clearly.", "b", 1.0, "A>>B"),
+        judged("a", "B wins a little.", -0.5, "B>A"),
+        judged("same", "same", 1.0, "A>>B"),
+        judged("x", "y", 0, "A=B"),
+        judged("x", "y", None, None),
+    ]
+    options = {"strategy": "verdict", "responses": ["response_a", "response_b"]}
+    rows, stats, dropped = run_pairs(tmp_path, "verdict", rows_in, **options)
+    assert [(r["chosen"], r["rejected"], r["chosen_index"]) for r in rows] == [
+        ("A wins clearly.", "b", 0),
+        ("B wins a little.", "a", 1),
+    ]
+    # The verdict seen from each side: margin 2 for "much better", 1 for "slightly better".
+    assert [(r["score_chosen"], r["score_rejected"], r["margin"]) for r in rows] == [(1.0, -1.0, 2.0), (0.5, -0.5, 1.0)]
+    assert stats["filtered"] == {"identical_responses": 1, "tie": 1, "missing_scores": 1}
+    assert {d["reason"] for d in dropped} == {"identical_responses", "tie", "missing_scores"}
+    assert rows[0]["provenance"]["pairs"]["scores"] == "judge_reward"
+    # Only the clear wins; and a list column stands in for the two columns.
+    as_list = [{"instruction": "q", "response": [r["response_a"], r["response_b"]], **r} for r in rows_in[:2]]
+    rows, stats, _ = run_pairs(tmp_path, "strong", as_list, strategy="verdict", min_margin=2)
+    assert [r["chosen"] for r in rows] == ["A wins clearly."] and stats["filtered"] == {"below_margin": 1}
+
+
+def test_carry_copies_per_response_values_for_the_pair(tmp_path):
+    row = {**MAGPIE_ROW, "avg_fine_score": [1.0, 3.5, 2.0, 4.25, 1.5], "judge_model": "m"}
+    rows, _, _ = run_pairs(tmp_path, "carry", [row], carry=["avg_fine_score"])
+    assert (rows[0]["avg_fine_score_chosen"], rows[0]["avg_fine_score_rejected"]) == (4.25, 1.5)
+
+
+def test_validate_checks_verdict_and_carry_columns(tmp_path):
+    path = tmp_path / "v.yaml"
+    path.write_text(
+        """
+stages:
+  - stage: load
+    rows: [{"instruction": "q", "response_a": "a", "response_b": "b"}]
+  - stage: pairs
+    strategy: verdict
+    responses: [response_a, response_b]
+    carry: [fine]
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    message = str(info.value)
+    assert "stages[1].verdict: no earlier stage writes 'judge_reward'" in message
+    assert "stages[1].carry[0]: no earlier stage writes 'fine'" in message
+    path.write_text(path.read_text().replace("strategy: verdict", "strategy: best_worst"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="only with strategy verdict"):
+        load_pipeline(path)
+
+
 # ---- end to end on the embedded model ----
 
 

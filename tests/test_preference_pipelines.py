@@ -114,7 +114,8 @@ def test_judge_pairwise_compares_two_backends():
     assert a.backend != b.backend and (a.output, b.output) == ("response_a", "response_b")
     judge = s["judge"].params
     assert judge.task == "pairwise" and (judge.response_a, judge.response_b) == ("response_a", "response_b")
-    assert s["chosen"].params.output == "chosen" and s["rejected"].params.output == "rejected"
+    pairs = s["pairs"].params
+    assert pairs.strategy == "verdict" and pairs.responses == ["response_a", "response_b"]
 
 
 # ---- end to end on the embedded model ----
@@ -223,21 +224,21 @@ def test_judge_pairwise_killed_and_resumed_equals_uninterrupted(pairwise_runs):
     assert read_output(pairwise_runs["run"]).to_pylist() == pairwise_runs["reference_rows"]
 
 
-def test_judge_pairwise_derives_chosen_and_rejected_from_the_verdict(pairwise_runs, tmp_path):
+def test_judge_pairwise_pairs_the_winner_of_the_verdict(pairwise_runs, tmp_path):
     run = pairwise_runs["reference"]
-    rows = read_output(run).to_pylist()
+    rows = pairwise_runs["reference_rows"]
     manifest = json.loads((run / "manifest.json").read_text())
     accounted(rows, manifest, pairwise_runs["limit"])
     assert rows, "the embedded judge should prefer one side on some rows"
-    ties = {s["label"]: s for s in manifest["stages"]}["no_ties"]["filtered"]
-    assert set(ties) <= {"judge_reward != 0"}
+    ties = {s["label"]: s for s in manifest["stages"]}["pairs"]["filtered"]
+    assert set(ties) <= {"tie", "identical_responses"}
     for row in rows:
         assert row["judge_reward"] != 0 and row["judge_model"] == EMBEDDED
         a_won = row["judge_reward"] > 0
         assert row["judge_verdict"] in (("A>>B", "A>B") if a_won else ("B>A", "B>>A"))
-        # exact copies: the templates add no whitespace
         assert (row["chosen"], row["rejected"]) == (
             (row["response_a"], row["response_b"]) if a_won else (row["response_b"], row["response_a"])
         )
+        assert row["margin"] == 2 * abs(row["judge_reward"]) and row["chosen_index"] == (0 if a_won else 1)
         assert row["gen_response_configs"]["output_generator"] == EMBEDDED
     check_export(export_and_load(run, tmp_path / "out")["train"], rows)

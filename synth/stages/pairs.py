@@ -10,6 +10,11 @@ The published recipes sample several responses per prompt, score each one, then 
   pick rejected responses; responses tied with the best are never the rejected one.
 - `all_pairs`: every pair of responses with different scores, one output row each (so this stage
   can write more rows than it reads).
+- `verdict`: the two responses a pairwise `judge` compared (`responses: [response_a, response_b]`,
+  or a list column's first two) and its verdict (`verdict: judge_reward`, WB-Reward from A's side):
+  the winner is chosen. The scores are the verdict seen from each side (+1 or +0.5 for the chosen,
+  the negative for the rejected), so `margin` is 2 for "much better" and 1 for "slightly better"
+  (`min_margin: 2` keeps only the clear wins); a tie (0) is no pair.
 
 A pair whose texts are identical or whose scores tie teaches nothing, so it is never made. A row
 that yields no pair is dropped with the reason (`too_few_responses`, `missing_scores`,
@@ -19,6 +24,9 @@ Responses whose score is missing or not a number are left out of the pairing and
 
 Columns written: `chosen`, `rejected` (strings), `score_chosen`, `score_rejected`, `margin`,
 `chosen_index`, `rejected_index` (positions in the response list); the rest of the row is kept.
+`carry:` names further per-response list columns whose chosen and rejected entries a later stage
+needs as plain values: `carry: [avg_fine_score]` writes `avg_fine_score_chosen` and
+`avg_fine_score_rejected` (the reward-augmented recipe filters pairs on them).
 """
 
 from __future__ import annotations
@@ -32,20 +40,31 @@ from pydantic import Field, model_validator
 from .base import Batch, CheckEnv, Row, Stage, StageParams
 from .common import add_provenance
 
-Strategy = Literal["best_worst", "best_random", "all_pairs"]
+Strategy = Literal["best_worst", "best_random", "all_pairs", "verdict"]
 WRITES = ["chosen", "rejected", "score_chosen", "score_rejected", "margin", "chosen_index", "rejected_index"]
 
 
 class PairsParams(StageParams):
     input: str = Field("instruction", description="column holding the prompt (kept; keys best_random's seed)")
-    responses: str = Field("response", description="column holding the list of responses (`respond` with n > 1)")
+    responses: str | list[str] = Field(
+        "response",
+        description="column holding the list of responses (`respond` with n > 1); with strategy verdict, the two "
+        "columns the pairwise judge compared ([response_a, response_b]) or a list column",
+    )
     scores: str = Field(
         "instruct_reward", description="column holding one score per response (`reward` on a list of responses)"
     )
     strategy: Strategy = Field(
         "best_worst",
         description="best_worst: highest vs lowest score (Magpie DPO, PiKa, PAR); best_random: highest vs a "
-        "seeded random lower-scored one (UltraFeedback binarization, CDR); all_pairs: every pair, a row each",
+        "seeded random lower-scored one (UltraFeedback binarization, CDR); all_pairs: every pair, a row each; "
+        "verdict: the winner of a pairwise judge's verdict",
+    )
+    verdict: str = Field(
+        "judge_reward", description="strategy verdict: column holding the pairwise verdict as WB-Reward from A's side"
+    )
+    carry: list[str] = Field(
+        [], description="per-response list columns to copy for the pair as <column>_chosen and <column>_rejected"
     )
     min_margin: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="keep pairs with score_chosen - score_rejected >= this (PAR: 0.1)"
@@ -56,9 +75,24 @@ class PairsParams(StageParams):
 
     @model_validator(mode="after")
     def _distinct_columns(self):
-        if self.responses == self.scores:
+        if isinstance(self.responses, list):
+            if self.strategy != "verdict" or len(self.responses) != 2 or len(set(self.responses)) != 2:
+                raise ValueError(
+                    "responses is a list of columns only with strategy verdict, and then names two columns "
+                    "(e.g. [response_a, response_b]); otherwise it names the one column holding the list"
+                )
+        elif self.responses == self.scores and self.strategy != "verdict":
             raise ValueError(f"responses and scores both name column '{self.scores}': they must be two columns")
         return self
+
+    def response_columns(self) -> list[str]:
+        return self.responses if isinstance(self.responses, list) else [self.responses]
+
+    def score_column(self) -> str:
+        return self.verdict if self.strategy == "verdict" else self.scores
+
+    def carried(self) -> list[str]:
+        return [f"{c}_{side}" for c in self.carry for side in ("chosen", "rejected")]
 
 
 class NoPair(Exception):
@@ -101,6 +135,34 @@ def scored_responses(p: PairsParams, row: Row) -> tuple[list[str | None], list[f
     return texts, [_number(s) if t is not None else None for s, t in zip(scores, texts, strict=True)]
 
 
+def verdict_pair(p: PairsParams, row: Row) -> tuple[list[str | None], list[float], tuple[int, int]]:
+    """The two judged responses, their scores as the verdict seen from each side, and (chosen, rejected)."""
+    if isinstance(p.responses, list):
+        responses = [row.get(c) for c in p.responses]
+    else:
+        responses = row.get(p.responses)
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise NoPair("too_few_responses", f"'{p.responses}' holds {responses!r}, not a list of two responses")
+        responses = responses[:2]
+    texts = [r if isinstance(r, str) else None for r in responses]
+    if None in texts:
+        raise NoPair("too_few_responses", f"a judged response is missing: {responses!r}")
+    reward = _number(row.get(p.verdict))
+    if reward is None:
+        raise NoPair("missing_scores", f"'{p.verdict}' holds {row.get(p.verdict)!r}, not a pairwise verdict reward")
+    if texts[0] == texts[1]:
+        raise NoPair("identical_responses", "both judged responses are the same text")
+    if reward == 0:
+        raise NoPair("tie", f"verdict {row.get('judge_verdict', reward)!r}")
+    chosen = 0 if reward > 0 else 1
+    scores = [abs(reward) if i == chosen else -abs(reward) for i in range(2)]
+    if p.min_chosen_score is not None and scores[chosen] < p.min_chosen_score:
+        raise NoPair("below_min_chosen", f"verdict reward {reward} (min_chosen_score {p.min_chosen_score})")
+    if not _at_least(2 * abs(reward), p.min_margin):
+        raise NoPair("below_margin", f"verdict reward {reward} (min_margin {p.min_margin})")
+    return texts, scores, (chosen, 1 - chosen)
+
+
 def candidate_pairs(texts: list[str | None], scores: list[float | None], p: PairsParams) -> list[tuple[int, int]]:
     """Every (chosen, rejected) pair that passes the checks, in index order; raises NoPair with the
     check that removed the last candidates."""
@@ -125,9 +187,14 @@ def candidate_pairs(texts: list[str | None], scores: list[float | None], p: Pair
     return pairs
 
 
+def _entry(values: Any, index: int) -> Any:
+    """The index-th entry of a per-response list column (None when the column is not such a list)."""
+    return values[index] if isinstance(values, list) and index < len(values) else None
+
+
 def choose(pairs: list[tuple[int, int]], scores: list, strategy: str, rng: random.Random | None) -> list[tuple]:
     """The pairs a strategy keeps from the candidates (ties broken by the lower index)."""
-    if strategy == "all_pairs":
+    if strategy in ("all_pairs", "verdict"):
         return sorted(pairs)
     best = max(scores[c] for c, _ in pairs)
     chosen = min(c for c, _ in pairs if scores[c] == best)
@@ -147,26 +214,35 @@ class Pairs(Stage):
 
     @classmethod
     def reads(cls, params: PairsParams) -> list[str]:
-        return [params.input, params.responses, params.scores]
+        return [params.input, *params.response_columns(), params.score_column(), *params.carry]
 
     @classmethod
     def writes(cls, params: PairsParams) -> list[str]:
-        return list(WRITES)
+        return [*WRITES, *params.carried()]
 
     @classmethod
     def check(cls, params: PairsParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         if env.columns is None:
             return []
         problems = []
-        if params.responses not in env.columns:
+        for column in params.response_columns():
+            if column not in env.columns:
+                problems.append(
+                    (
+                        ("responses",),
+                        f"no earlier stage writes '{column}': sample several responses per prompt first "
+                        f"(`respond` with n > 1), or set responses: to the column that holds them",
+                    )
+                )
+        if params.strategy == "verdict" and params.verdict not in env.columns:
             problems.append(
                 (
-                    ("responses",),
-                    f"no earlier stage writes '{params.responses}': sample several responses per prompt "
-                    f"first (`respond` with n > 1), or set responses: to the column that holds them",
+                    ("verdict",),
+                    f"no earlier stage writes '{params.verdict}': compare the responses first (`judge` with "
+                    f"task: pairwise), or set verdict: to the column that holds the verdict reward",
                 )
             )
-        if params.scores not in env.columns:
+        if params.strategy != "verdict" and params.scores not in env.columns:
             problems.append(
                 (
                     ("scores",),
@@ -174,7 +250,11 @@ class Pairs(Stage):
                     f"with response: {params.responses}), or set scores: to the column that holds the scores",
                 )
             )
-        clash = sorted(set(WRITES) & {params.input, params.responses, params.scores})
+        for i, column in enumerate(params.carry):
+            if column not in env.columns:
+                problems.append(((("carry", i)), f"no earlier stage writes '{column}' to carry"))
+        reads = {params.input, *params.response_columns(), params.score_column(), *params.carry}
+        clash = sorted(set(WRITES + params.carried()) & reads)
         if clash:
             problems.append(((), f"pairs writes column(s) {', '.join(clash)}: read the prompt and responses elsewhere"))
         return problems
@@ -184,8 +264,12 @@ class Pairs(Stage):
         out = []
         for row in batch.rows:
             try:
-                texts, scores = scored_responses(p, row)
-                candidates = candidate_pairs(texts, scores, p)
+                if p.strategy == "verdict":
+                    texts, scores, pair = verdict_pair(p, row)
+                    candidates = [pair]
+                else:
+                    texts, scores = scored_responses(p, row)
+                    candidates = candidate_pairs(texts, scores, p)
             except NoPair as why:
                 batch.drop(row, why.reason, why.detail)
                 continue
@@ -198,7 +282,7 @@ class Pairs(Stage):
                 "stage": "pairs",
                 "strategy": p.strategy,
                 "responses": p.responses,
-                "scores": p.scores,
+                "scores": p.score_column(),
                 "min_margin": p.min_margin,
                 "min_chosen_score": p.min_chosen_score,
                 "seed": seed,
@@ -213,6 +297,11 @@ class Pairs(Stage):
                     "margin": round(scores[c] - scores[r], 12),  # type: ignore[operator]
                     "chosen_index": c,
                     "rejected_index": r,
+                    **{
+                        f"{col}_{side}": _entry(row.get(col), i)
+                        for col in p.carry
+                        for side, i in (("chosen", c), ("rejected", r))
+                    },
                 }
                 out.append(add_provenance({**row, **pair}, self.ctx.label, record))
         return out
