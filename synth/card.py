@@ -34,6 +34,34 @@ def _counts_table(counter: Counter, title: str) -> list[str]:
     return lines
 
 
+def _relabel_section(manifest: dict, table: pa.Table) -> list[str]:
+    """Which condition to give at inference a model trained on reward-augmented (relabeled) pairs:
+    the text the `relabel` stage recorded in each row's provenance, filled with the top score."""
+    labels = [s["label"] for s in manifest.get("stages") or [] if s.get("stage") == "relabel"]
+    if not labels or "provenance" not in table.column_names or not table.num_rows:
+        return []
+    provenance = table.column("provenance")[0].as_py() or {}
+    lines = []
+    for label in labels:
+        record = provenance.get(label) or {}
+        if not record.get("inference_text"):
+            continue
+        where = "as the system message" if record.get("mode") == "system" else "before the user turn, then a blank line"
+        lines += [
+            "## Conditioning at inference",
+            "",
+            f"Stage `{label}` (reward-augmented relabeling) made each pair two rows, each conditioned on a target "
+            "score: the chosen response's, and the rejected response's with the two responses swapped. At "
+            f"inference, condition the trained model on the top score: give this text {where}.",
+            "",
+            "```text",
+            record["inference_text"],
+            "```",
+            "",
+        ]
+    return lines
+
+
 def render_card(
     manifest: dict,
     table: pa.Table,
@@ -119,6 +147,7 @@ def render_card(
     ):
         if column in table.column_names:
             lines += _counts_table(Counter(table.column(column).to_pylist()), title) + [""]
+    lines += _relabel_section(manifest, table)
     for section in extra_sections or []:  # e.g. the decontamination report, its headings one level down
         lines += [("#" + line if line.startswith("#") else line) for line in section.rstrip().splitlines()] + [""]
     lines += [

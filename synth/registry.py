@@ -35,7 +35,19 @@ BUILTIN_STAGES: dict[str, str] = {
     "followup": "synth.stages.followup:Followup",
     "judge": "synth.stages.judge:Judge",
     "pairs": "synth.stages.pairs:Pairs",
+    "aggregate": "synth.stages.aggregate:Aggregate",
+    "relabel": "synth.stages.relabel:Relabel",
+    "rationale": "synth.stages.rationale:Rationale",
     "decontaminate": "synth.stages.decontaminate:Decontaminate",
+    "directions": "synth.stages.directions:Directions",
+    "direction_select": "synth.stages.direction_select:DirectionSelect",
+    "personas": "synth.stages.personas:Personas",
+    "pika": "synth.stages.pika:Pika",
+    "best": "synth.stages.best:Best",
+    "skills": "synth.stages.skills:Skills",
+    "skills_from_data": "synth.stages.skills_data:SkillsFromData",
+    "skill_draw": "synth.stages.skill_draw:SkillDraw",
+    "skillmix": "synth.stages.skillmix:Skillmix",
 }
 
 

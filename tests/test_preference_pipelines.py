@@ -1,8 +1,8 @@
 """The shipped preference pipelines (magpie-dpo, ultrafeedback-dpo, cdr-dpo, judge-pairwise) end
 to end on the embedded model: each validates, follows its recipe (checked on the shipped file),
 runs with a small --limit (a copy with fewer samples and tokens, so the module stays within a few
-minutes on two cores), exports `--format preference` and loads with `datasets`. The cheapest one,
-judge-pairwise, is killed with SIGKILL in the middle and resumed to the rows of an uninterrupted run."""
+minutes on two cores), exports `--format preference` and loads with `datasets`. Each is also killed
+with SIGKILL in the middle of its scoring stage and resumed to the rows of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -126,12 +126,18 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("preference")
 
 
+_SMALL_RUNS: dict[Path, tuple[list[dict], dict]] = {}
+
+
 def run_small(name: str, root: Path) -> tuple[list[dict], dict]:
+    """One uninterrupted run per file and module (the end-to-end and the resume tests share it)."""
     run = root / "runs" / name.removesuffix(".yaml")
-    run_pipeline(load_pipeline(shrunk(name, root / "files" / name)), run, limit=LIMIT[name])
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    return read_output(run).to_pylist(), manifest
+    if run not in _SMALL_RUNS:
+        run_pipeline(load_pipeline(shrunk(name, root / "files" / name)), run, limit=LIMIT[name])
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["status"] == "complete"
+        _SMALL_RUNS[run] = read_output(run).to_pylist(), manifest
+    return _SMALL_RUNS[run]
 
 
 def accounted(rows: list[dict], manifest: dict, limit: int) -> None:
@@ -204,6 +210,22 @@ def test_cdr_dpo_end_to_end(root):
         assert len(row["response"]) == 3 and (configs["temperature"], configs["top_p"]) == (0.7, 0.85)
         assert row["reward_model"] == f"cdr:{EMBEDDED} - {EMBEDDED}"
     check_export(export_and_load(root / "runs" / "cdr-dpo", root / "out" / "cdr")["train"], rows)
+
+
+# ---- killed with SIGKILL mid-run, resumed ----
+
+KILL_IN = {"magpie-dpo.yaml": "reward", "ultrafeedback-dpo.yaml": "judge", "cdr-dpo.yaml": "reward"}
+
+
+@pytest.mark.parametrize("name", list(KILL_IN))
+def test_killed_mid_run_resumes_to_the_rows_of_an_uninterrupted_run(name, root):
+    """One shard per row, so the kill lands between two shards of the named stage; the reference is
+    the end-to-end run above (batch size 8): the rows do not depend on how they were batched."""
+    path = shrunk(name, root / "files" / f"killed-{name}", [("batch_size: 8", "batch_size: 1")])
+    killed = kill_and_resume(path, root / "runs" / f"killed-{name}", LIMIT[name], KILL_IN[name])
+    assert 1 <= killed["shards_before"] < LIMIT[name], "the kill should land mid-stage"
+    rows, _ = run_small(name, root)
+    assert read_output(killed["run"]).to_pylist() == rows
 
 
 # ---- judge-pairwise: killed, resumed, compared, exported ----
