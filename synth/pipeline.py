@@ -102,6 +102,7 @@ class Runner:
         self.limit = limit
         self.progress = progress or Progress()
         self.stages: list[Stage] = []
+        self.opened: list[Stage] = []
         self.dirs: list[StageDir] = []
         self.llms: dict[str, LLM] = {}
         self.cache: RequestCache | None = None
@@ -254,6 +255,7 @@ class Runner:
             self.stages.append(stage)
         for stage in self.stages:
             await stage.open()
+            self.opened.append(stage)
 
     # ---- running ----
     async def run(self) -> RunResult:
@@ -280,7 +282,7 @@ class Runner:
             raise
         finally:
             self.progress.stop()
-            for stage in self.stages:
+            for stage in self.opened:  # a stage whose open() never ran (an earlier one failed) has nothing to close
                 await stage.close()
             for llm in self.llms.values():
                 await llm.backend.close()

@@ -390,3 +390,25 @@ def test_progress_knows_the_total_and_moves_with_each_answer(write, tmp_path):
         "load": 5,
         "generate": 5,
     }
+
+
+def test_a_stage_that_cannot_open_is_the_error_reported(write, tmp_path):
+    """magpie cannot open (an OpenAI backend with no chat template to cut the pre-query prompt
+    from); the reward stage after it never opened, and closing it must not hide that error."""
+    path = write(
+        "p.yaml",
+        """
+        backends:
+          default: {type: openai, model: m, base_url: "http://127.0.0.1:9/v1", api_key_env: null}
+          strong: {type: local}
+          weak: {type: local, chat_template: chatml}
+        stages:
+          - {stage: magpie, num_rows: 2}
+          - {stage: respond}
+          - {stage: reward, method: cdr, strong: strong, weak: weak}
+        """,
+    )
+    with pytest.raises(Exception, match="set chat_template on this backend") as info:
+        run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert "scorer" not in str(info.value)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
