@@ -384,7 +384,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
     raw_backends = doc.data.get("backends")
     names = set(raw_backends) | {"default"} if isinstance(raw_backends, dict) else {"default"}
-    problems += _check_flow(parsed, path.parent, names)
+    problems += _check_flow(parsed, path.parent, names, backends)
     problems += _check_access(specs, backends if top else {}, doc, path.parent)
     problems.sort(key=lambda p: p.line or 0)
 
@@ -433,7 +433,9 @@ def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir
     return problems
 
 
-def _check_flow(specs: list[StageSpec | None], base_dir: Path, backends: set[str]) -> list[Problem]:
+def _check_flow(
+    specs: list[StageSpec | None], base_dir: Path, backends: set[str], backend_specs: dict[str, Any]
+) -> list[Problem]:
     """Stage order, backends named, columns read before they exist, and each stage's own checks.
     Entries that failed to parse are None: the stages after them are still checked, with the
     columns arriving at them unknown."""
@@ -462,7 +464,7 @@ def _check_flow(specs: list[StageSpec | None], base_dir: Path, backends: set[str
                         f"no backend named '{value}' (defined: {', '.join(sorted(backends))})",
                     )
                 )
-        env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns)
+        env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns, specs=backend_specs)
         for field_path, message in spec.cls.check(spec.params, env):
             loc = where + tuple(field_path)
             problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), message))

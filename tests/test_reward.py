@@ -14,7 +14,7 @@ import json
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.errors import InputError
+from synth.errors import ConfigError, InputError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -101,3 +101,28 @@ def test_reward_model_that_is_not_there_names_the_fix(tmp_path):
 
     with pytest.raises(InputError, match="give a local folder of a transformers sequence-classification model"):
         load_reward_model(str(tmp_path / "no-such-model"))
+
+
+def test_validate_refuses_backends_that_cannot_score(write):
+    """Known from the pipeline file alone, before any request: OpenAI's API gives no prompt
+    log-probabilities (CDR) and serves no reward models; a local backend has no /pooling API."""
+    path = write(
+        "p.yaml",
+        """
+        backends:
+          gpt: {type: openai, model: gpt-4o, base_url: "https://api.openai.com/v1"}
+          here: {type: local}
+        stages:
+          - stage: load
+            rows: [{"instruction": "q", "response": "a"}]
+          - {stage: reward, method: cdr, strong: gpt, weak: here}
+          - {stage: reward, name: rm, backend: here, output: rm_score}
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    text = str(info.value)
+    assert (
+        "p.yaml:7: stages[1].strong: backend 'gpt' is OpenAI's API, which returns no prompt log-probabilities" in text
+    )
+    assert "stages[2].backend: backend 'here' is a local backend" in text and "weak" not in text

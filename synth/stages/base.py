@@ -84,6 +84,7 @@ class CheckEnv:
     base_dir: Path
     backends: set[str]
     columns: set[str] | None  # known columns arriving at this stage, None when unknown
+    specs: dict[str, Any] = field(default_factory=dict)  # backend name -> its parsed spec, where it parsed
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -11,6 +12,20 @@ from .base import CheckEnv, StageParams
 from .reward_shaping import NEEDS_REFERENCES, Shaping
 
 BACKEND_FIELDS = ("backend", "strong", "weak", "router", "reference_backend")
+
+
+def scoring_problem(name: str, spec: Any, pooling: bool) -> str | None:
+    """Why backend `name` cannot give the scores this stage asks of it, known from its spec alone."""
+    kind = getattr(spec, "type", None)
+    if pooling and kind in ("local", "vllm"):
+        return (
+            f"backend '{name}' is a {kind} backend, and backend: reads a reward model served over HTTP (vLLM's "
+            f"/pooling API): name an openai backend on that server, or give model: a reward-model folder"
+        )
+    if kind == "openai" and any(urlsplit(u).hostname == "api.openai.com" for u in spec.urls()):
+        what = "serves no reward models" if pooling else "returns no prompt log-probabilities, so it cannot score"
+        return f"backend '{name}' is OpenAI's API, which {what}: serve the model with vLLM and point the backend there"
+    return None
 
 
 class RewardParams(StageParams):
@@ -143,6 +158,11 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
     for field, (idle, needs) in unused.items():
         if idle and field in p.model_fields_set:
             problems.append(((field,), f"{field} only matters with {needs}"))
+    for field in ("backend", "strong", "weak"):
+        name = getattr(p, field)
+        problem = scoring_problem(name, env.specs.get(name), pooling=field == "backend") if name else None
+        if problem:
+            problems.append(((field,), problem))
     if p.method == "cdr" and p.router:
         for field in ("router_template", "safety_prompt", "chat_prompt"):
             name = getattr(p, field)
