@@ -36,7 +36,8 @@ def format_output(table: pa.Table, output) -> pa.Table:
             f"{', '.join(missing)} (set output.instruction_column / output.response_column)"
         )
     turns = [c for c in table.column_names if _LATER_TURN.match(c)]
-    rows = table.select([ins, res, *turns]).to_pylist()
+    system = ["system"] if "system" in table.column_names else []
+    rows = table.select([ins, res, *system, *turns]).to_pylist()
     return table.append_column("messages", pa.array([conversation(r, ins, res) for r in rows]))
 
 
@@ -44,9 +45,13 @@ _LATER_TURN = re.compile(r"^(instruction|response)_\d+$")
 
 
 def conversation(row: dict, instruction: str = "instruction", response: str = "response") -> list[dict]:
-    """A row's turns as messages: the first from `instruction`/`response`, then Magpie's
-    multi-turn keys instruction_2/response_2, instruction_3/... while both are present."""
-    messages = [{"role": "user", "content": row[instruction]}, {"role": "assistant", "content": row[response]}]
+    """A row's turns as messages: the row's `system` text first when it has one (a conditioning
+    such as a preference direction belongs to the training data, as in the preference export), the
+    first turn from `instruction`/`response`, then Magpie's multi-turn keys instruction_2/response_2,
+    instruction_3/... while both are present."""
+    system = row.get("system")
+    messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    messages += [{"role": "user", "content": row[instruction]}, {"role": "assistant", "content": row[response]}]
     turn = 2
     while row.get(f"instruction_{turn}") is not None and row.get(f"response_{turn}") is not None:
         messages += [

@@ -193,3 +193,15 @@ def test_sft_export_keeps_the_columns_asked_for(run_dir, tmp_path):
     assert "provenance" not in every.column_names
     result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(tmp_path / "c"), "--keep-columns", "nope"])
     assert result.exit_code == 1 and "the run has no column(s) nope" in result.output
+
+
+def test_sft_export_starts_with_the_rows_system_text(write, tmp_path):
+    """A conditioning written as `system` (a preference direction, a target score) is part of the
+    training data: the SFT export puts it first, as the preference export does."""
+    rows = [{"instruction": "q1", "response": "a1", "system": "Be brief."}, {"instruction": "q2", "response": "a2"}]
+    path = write("p.yaml", f"stages:\n  - stage: load\n    rows: {json.dumps(rows)}\n")
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+    export_run(tmp_path / "run", tmp_path / "out", "sft")
+    got = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"))["train"]["messages"]
+    assert [[m["role"] for m in c] for c in got] == [["system", "user", "assistant"], ["user", "assistant"]]
+    assert got[0][0]["content"] == "Be brief."
