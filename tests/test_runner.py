@@ -412,3 +412,18 @@ def test_a_stage_that_cannot_open_is_the_error_reported(write, tmp_path):
         run_pipeline(load_pipeline(path), tmp_path / "run")
     assert "scorer" not in str(info.value)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_empty_samples_leave_the_list_and_only_an_all_empty_answer_fails_the_row():
+    from synth.llm.base import Generation
+    from synth.stages.base import Batch
+    from synth.stages.common import answer_value
+
+    batch = Batch(rows=[])
+    row = {"instruction": "q"}
+    some = [Generation("a"), Generation("  "), Generation("b"), Generation("")]
+    assert answer_value(batch, row, some, 4) == ["a", "b"]
+    assert batch.counters == {"empty_samples": 2} and not batch.dropped
+    assert answer_value(batch, row, [Generation(""), Generation(" ")], 2, empty_reason="empty_response") is None
+    assert [(d.reason, d.failed) for d in batch.dropped] == [("empty_response", True)]
+    assert answer_value(batch, row, [Generation("")], 1) is None and len(batch.dropped) == 2

@@ -101,7 +101,10 @@ def answer_value(
     empty_reason: str = "empty_answer",
 ) -> str | list[str] | None:
     """The column value from one request's answers (a string, or a list when n > 1); None when
-    the row failed, which is then recorded in the batch with its reason and the raw answers."""
+    the row failed, which is then recorded in the batch with its reason and the raw answers.
+    Of n > 1 samples the empty ones are left out of the list and counted (`empty_samples`): a
+    best-of-n row keeps its other answers, and an empty text never becomes a pair's rejected side.
+    Only a row whose samples are all empty fails."""
     if isinstance(result, RequestFailed):
         batch.fail(row, f"request_failed:{result.reason}", result.detail)
         return None
@@ -113,8 +116,11 @@ def answer_value(
     if truncated:
         batch.count("truncated", truncated)
     if drop_empty and not all(texts):
-        batch.fail(row, empty_reason, repr(texts))
-        return None
+        if not any(texts):
+            batch.fail(row, empty_reason, repr(texts))
+            return None
+        batch.count("empty_samples", texts.count(""))
+        texts = [t for t in texts if t]
     return texts[0] if n == 1 else texts
 
 
