@@ -14,7 +14,7 @@ import json
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.errors import ConfigError, InputError
+from synth.errors import ConfigError, InputError, SynthError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -126,3 +126,55 @@ def test_validate_refuses_backends_that_cannot_score(write):
         "p.yaml:7: stages[1].strong: backend 'gpt' is OpenAI's API, which returns no prompt log-probabilities" in text
     )
     assert "stages[2].backend: backend 'here' is a local backend" in text and "weak" not in text
+
+
+@pytest.fixture(scope="module")
+def three_head_model(tmp_path_factory) -> str:
+    """The shipped MiniLM with a seeded three-output head: a stand-in for a multi-objective reward
+    model such as DPA's (ten regression outputs)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from synth.filters.embed import model_path
+
+    source = model_path("all-MiniLM-L6-v2")
+    torch.manual_seed(1)
+    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3, local_files_only=True)
+    with torch.no_grad():
+        net.classifier.weight.normal_(0, 1.0)
+    out = tmp_path_factory.mktemp("rm3") / "three-head-rm"
+    net.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
+    return str(out)
+
+
+def test_named_heads_of_a_multi_objective_model(write, tmp_path, three_head_model):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = write(
+        "heads.yaml",
+        f"""
+        stages:
+          - stage: load
+            rows: {json.dumps([LISTED])}
+          - stage: reward
+            model: {three_head_model}
+            head: 1
+            heads: {{helpfulness: 2, verbosity: 0}}
+        """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "heads")
+    [row] = read_output(tmp_path / "heads").to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(three_head_model, local_files_only=True)
+    net = AutoModelForSequenceClassification.from_pretrained(three_head_model, local_files_only=True).eval()
+    for i, response in enumerate(LISTED["response"]):
+        encoded = tokenizer(f"User: {LISTED['instruction']}\n\nAssistant: {response}", return_tensors="pt")
+        with torch.no_grad():
+            logits = net(**encoded).logits[0]
+        assert row["instruct_reward"][i] == pytest.approx(float(logits[1]), abs=1e-4)
+        assert row["score_helpfulness"][i] == pytest.approx(float(logits[2]), abs=1e-4)
+        assert row["score_verbosity"][i] == pytest.approx(float(logits[0]), abs=1e-4)
+    assert row["provenance"]["reward"]["heads"] == {"helpfulness": 2, "verbosity": 0}
+    # A head the model does not have stops the stage before it scores, naming how many it gives.
+    path.write_text(path.read_text().replace("verbosity: 0", "verbosity: 5"), encoding="utf-8")
+    with pytest.raises(SynthError, match="gives 3 output"):
+        run_pipeline(load_pipeline(path), tmp_path / "missing")

@@ -197,6 +197,8 @@ class Reward(Stage):
 
         shaped = [round(shape(r, refs, p.shaping, k=p.par_k, m=m, stats=stats), 6) for r in penalized[:n]]
         columns: dict[str, Any] = {output_column(p): col(shaped), "reward_model": self.scorer.model_name}
+        for name, index in p.heads.items():
+            columns[f"score_{name}"] = col([round(s.outputs[index], 6) for s in scores[:n]])
         if p.method == "cdr":
             columns["strong_logprob"] = col([round(s.strong, 6) for s in scores[:n]])
             columns["weak_logprob"] = col([round(s.weak, 6) for s in scores[:n]])
@@ -225,6 +227,8 @@ class Reward(Stage):
     def _provenance(self, x: Pending) -> dict:
         p, base = self.params, self.ctx.base_dir
         record: dict[str, Any] = {"method": p.method, "reward_model": self.scorer.model_name, "shaping": p.shaping}
+        if p.method == "rm" and (p.head or p.heads):
+            record |= {"head": p.head, "heads": dict(p.heads)}
         if p.reference_backend:
             request = self._reference_request(x.instruction)
             record["reference"] = {

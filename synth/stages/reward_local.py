@@ -54,8 +54,11 @@ def render_conversation(tokenizer, instruction: str, response: str) -> str:
     return f"User: {instruction}\n\nAssistant: {response}"
 
 
-def score_texts(model: str, texts: list[str], batch_size: int, max_length: int) -> tuple[list[float], int]:
-    """The first logit of each text, and how many texts were cut to max_length."""
+def score_texts(
+    model: str, texts: list[str], batch_size: int, max_length: int, heads: bool = False
+) -> tuple[list[float] | list[list[float]], int]:
+    """The first logit of each text (with `heads`, all of its logits), and how many texts were cut
+    to max_length."""
     import torch
 
     tokenizer, net, device = load_reward_model(model)
@@ -70,7 +73,7 @@ def score_texts(model: str, texts: list[str], batch_size: int, max_length: int) 
             encoded[i] = ids
     truncated = len(long)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    scores: list[float] = [0.0] * len(encoded)
+    scores: list = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id or 0
     with _lock, torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -83,7 +86,7 @@ def score_texts(model: str, texts: list[str], batch_size: int, max_length: int) 
                 mask[row, : len(encoded[i])] = 1
             logits = net(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, i in enumerate(chunk):
-                scores[i] = float(logits[row, 0])
+                scores[i] = [float(v) for v in logits[row]] if heads else float(logits[row, 0])
     return scores, truncated
 
 

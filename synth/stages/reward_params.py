@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -46,6 +47,15 @@ class RewardParams(StageParams):
         None,
         description="column for the (shaped) score, a list for a list of responses (default: instruct_reward for rm, "
         "cdr_reward for cdr, <shaping>_score when shaped, e.g. par_score)",
+    )
+    head: int = Field(
+        0, ge=0, le=4096, description="method rm: which output of the reward model is the reward (its first by default)"
+    )
+    heads: dict[str, int] = Field(
+        {},
+        description="method rm, a multi-objective reward model: named outputs written as score_<name> columns (as "
+        "the judge writes its criteria), e.g. {helpfulness: 9, verbosity: 4} for DPA's reward model; "
+        "direction_select reads them",
     )
     batch_size: int = Field(8, ge=1, description="conversations per forward pass (local) or per /pooling request")
     max_length: int = Field(4096, ge=16, description="tokens per conversation; longer ones are cut from the left")
@@ -96,7 +106,7 @@ def output_column(p: RewardParams) -> str:
 
 
 def written_columns(p: RewardParams) -> list[str]:
-    columns = [output_column(p), "reward_model", "provenance"]
+    columns = [output_column(p), "reward_model", "provenance", *(f"score_{name}" for name in p.heads)]
     if p.method == "cdr":
         columns += ["strong_logprob", "weak_logprob"] + (["reward_domain"] if p.router else [])
     if p.shaping != "raw":
@@ -120,11 +130,19 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         for field in ("strong", "weak", "router"):
             if getattr(p, field):
                 problems.append(((field,), f"{field} is used by method: cdr only (this stage has method: rm)"))
+        for name, index in p.heads.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or not 0 <= index <= 4096:
+                problems.append(
+                    (
+                        ("heads", name),
+                        "a head is a name (letters, digits, _) and an output index from 0, e.g. helpfulness: 9",
+                    )
+                )
     else:
         for field in ("strong", "weak"):
             if not getattr(p, field):
                 problems.append(((field,), f"method cdr needs {field}: the name of a backend that can score"))
-        for field in ("model", "backend"):
+        for field in ("model", "backend", "heads"):
             if getattr(p, field):
                 problems.append(
                     ((field,), f"{field} is used by method: rm only; method cdr scores with strong: and weak:")

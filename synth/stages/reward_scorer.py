@@ -31,6 +31,7 @@ class Score:
     tokens: int | None = None  # response tokens, when a length penalty needs them
     strong: float | None = None  # CDR: the two log-probability sums
     weak: float | None = None
+    outputs: list[float] | None = None  # every output of a multi-objective reward model
 
 
 class Scorer:
@@ -46,7 +47,13 @@ class Scorer:
                 llm = self._llm(field)
                 self._cdr.append((llm, await asyncio.to_thread(model_chat_template, llm.backend, self.label, True)))
         elif p.model:
-            await asyncio.to_thread(load_reward_model, p.model)
+            outputs = (await asyncio.to_thread(load_reward_model, p.model))[1].config.num_labels
+            wanted = max([p.head, *p.heads.values()])
+            if wanted >= outputs:
+                raise SynthError(
+                    f"stage '{self.label}': the reward model {p.model} gives {outputs} output(s), so it has no "
+                    f"output {wanted}: set head:/heads: to indexes below {outputs}"
+                )
         else:
             from ..llm.pooling import PoolingClient
 
@@ -82,12 +89,12 @@ class Scorer:
         if p.model:
             tokenizer = load_reward_model(p.model)[0]
             texts = [render_conversation(tokenizer, instruction, response) for _, instruction, response in items]
-            values, truncated = await asyncio.to_thread(score_texts, p.model, texts, p.batch_size, p.max_length)
+            vectors, truncated = await asyncio.to_thread(score_texts, p.model, texts, p.batch_size, p.max_length, True)
             if truncated:
                 batch.count("reward_truncated", truncated)
             if p.length_penalty:
                 tokens = await asyncio.to_thread(count_tokens, p.model, responses)
-            return [Score(v, t) for v, t in zip(values, tokens, strict=True)]
+            return [self._score(v, t) for v, t in zip(vectors, tokens, strict=True)]
         conversations = [
             [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
             for _, instruction, response in items
@@ -101,4 +108,14 @@ class Scorer:
             pooled = await self._pool.classify_messages(conversations, max_length=p.max_length)
         if p.length_penalty:
             tokens = await self._pool.count_tokens(responses)
-        return [r if isinstance(r, RequestFailed) else Score(r[0], t) for r, t in zip(pooled, tokens, strict=True)]
+        return [r if isinstance(r, RequestFailed) else self._score(r, t) for r, t in zip(pooled, tokens, strict=True)]
+
+    def _score(self, outputs: list[float], tokens: int | None) -> Score | RequestFailed:
+        """The reward (output `head`) and, for `heads`, every output; a model with fewer outputs fails."""
+        p = self.params
+        wanted = max([p.head, *p.heads.values()])
+        if wanted >= len(outputs):
+            return RequestFailed(
+                "missing_head", f"the reward model gives {len(outputs)} output(s); head {wanted} asked for"
+            )
+        return Score(outputs[p.head], tokens, outputs=outputs if p.heads else None)
