@@ -9,7 +9,8 @@ Formats are the ones TRL reads without reshaping:
 - `kto`: `prompt`, `completion` (message lists) and a boolean `label`; each preference pair
   becomes two rows, or a run's own `label` column is used;
 - `raw`: every column as the run made it.
-Files are Parquet (default) or JSONL, split into train/test with a seeded shuffle.
+Files are Parquet (default) or JSONL, split into train/test with a seeded shuffle of the prompts
+(all rows of one prompt land in the same split).
 """
 
 from __future__ import annotations
@@ -125,13 +126,36 @@ def convert(rows: list[dict], fmt: Format, keep: list[str] | None = None) -> lis
     return [{**{c: row.get(c) for c in columns if c not in made}, **made} for row, made in zip(rows, out, strict=True)]
 
 
+def _prompt_key(row: dict, index: int) -> str:
+    """What makes two rows the same prompt: the instruction (or the first user turn)."""
+    if isinstance(row.get("instruction"), str):
+        return row["instruction"]
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+        if first is not None:
+            return str(first.get("content"))
+    return f"\0row {index}"  # no prompt to group by: a group of its own
+
+
 def split(rows: list[dict], test_size: float, seed: int) -> dict[str, list[dict]]:
+    """A seeded train/test split that keeps every row of one prompt in the same split (a pair's
+    two relabeled rows, the pairs `all_pairs` makes of one prompt, several samples of it), so the
+    test split holds no prompt the model trained on. The test split takes whole prompts, in a
+    seeded order, until it holds at least test_size of the rows."""
     if not test_size:
         return {"train": rows}
-    order = list(range(len(rows)))
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_prompt_key(row, i), []).append(i)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
     n_test = max(1, round(len(rows) * test_size)) if rows else 0
-    test = set(order[:n_test])
+    test: set[int] = set()
+    for group in order:
+        if len(test) >= n_test:
+            break
+        test.update(group)
     return {
         "train": [r for i, r in enumerate(rows) if i not in test],
         "test": [r for i, r in enumerate(rows) if i in test],

@@ -205,3 +205,17 @@ def test_sft_export_starts_with_the_rows_system_text(write, tmp_path):
     got = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"))["train"]["messages"]
     assert [[m["role"] for m in c] for c in got] == [["system", "user", "assistant"], ["user", "assistant"]]
     assert got[0][0]["content"] == "Be brief."
+
+
+def test_split_keeps_every_row_of_a_prompt_together():
+    """Two relabeled rows of one pair (or all_pairs rows of one prompt) never straddle the split."""
+    from synth.export import split
+
+    rows = [{"instruction": f"q{i // 3}", "chosen": f"c{i}", "system": f"target {i % 2}"} for i in range(30)]
+    for seed in range(5):
+        parts = split(rows, 0.2, seed)
+        train = {r["instruction"] for r in parts["train"]}
+        test = {r["instruction"] for r in parts["test"]}
+        assert not train & test and len(parts["train"]) + len(parts["test"]) == 30
+        assert len(parts["test"]) == 6  # two whole prompts of three rows: 20%
+    assert split(rows, 0.2, 1)["test"] != split(rows, 0.2, 2)["test"]
