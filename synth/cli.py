@@ -352,6 +352,11 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
 )
 @click.option("--jsonl", is_flag=True, help="write JSONL instead of Parquet")
 @click.option(
+    "--skill-lists",
+    is_flag=True,
+    help="write skills.txt and queries.txt (Instruct-SkillMix's formats) from the run's last skills stage instead",
+)
+@click.option(
     "--keep-columns",
     "keep",
     help="comma-separated run columns to keep beside the format's own (sft, preference), or 'all'",
@@ -359,7 +364,15 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
 @_dataset_options
 @friendly
 def export(
-    run_dir: Path, out: Path, fmt: str, jsonl: bool, keep: str | None, test_size: float, seed: int, license_: str | None
+    run_dir: Path,
+    out: Path,
+    fmt: str,
+    jsonl: bool,
+    skill_lists: bool,
+    keep: str | None,
+    test_size: float,
+    seed: int,
+    license_: str | None,
 ):
     """Export a finished run as a training dataset (Parquet or JSONL) with a dataset card.
 
@@ -373,7 +386,14 @@ def export(
       synth export runs/magpie-dpo -o out/dpo --format preference --test-size 0.02
       synth export runs/quickstart -o out/qs --jsonl --license apache-2.0
       synth export runs/magpie -o out/magpie --keep-columns task_category,difficulty,instruct_reward
+      synth export runs/skillmix-sft -o out/skills --skill-lists
     """
+    if skill_lists:
+        from .skillfiles import export_run_lists
+
+        written = [str(p) for p in export_run_lists(run_dir, out) if p is not None]
+        click.echo(f"wrote {', '.join(written) or 'no list (the stage found no skills)'}")
+        return
     from .export import export_run
 
     counts = export_run(

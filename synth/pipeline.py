@@ -248,6 +248,7 @@ class Runner:
                 index=spec.index,
                 base_dir=self.pipeline.base_dir,
                 stage_dir=self.dirs[spec.index].path,
+                limit=self.limit,
             )
             for backend in spec.cls.backend_names(spec.params):
                 ctx.llms[backend] = self._llm(backend)

@@ -250,9 +250,19 @@ def test_the_authors_lists_drop_in_and_export_back(write, tmp_path):
     expected = authors_draw(skills, parse_queries(AUTHORS_QUERIES), 6, 2, 42)
     assert [(r["skills"], r["query_type"]) for r in rows] == [(c, q.name) for c, q in expected]
     assert rows[0]["provenance"]["skill_draw"]["skills_from"] == "rows"
+    # A trial run (--limit 4) makes the first 4 examples of the full draw.
+    run_pipeline(load_pipeline(path), tmp_path / "trial", limit=4)
+    assert read_output(tmp_path / "trial").to_pylist() == rows[:4]
     skills_txt, queries_txt = export_run_lists(tmp_path / "run", tmp_path / "exported")
     assert read_skills(skills_txt) == skills
     assert read_queries(queries_txt) == parse_queries(AUTHORS_QUERIES)
+    from click.testing import CliRunner
+
+    from synth.cli import main
+
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "cli"), "--skill-lists"])
+    assert result.exit_code == 0, result.output
+    assert read_skills(tmp_path / "cli" / "skills.txt") == skills and "queries.txt" in result.output
 
 
 pytest.importorskip("llama_cpp")

@@ -97,6 +97,7 @@ class StageContext:
     base_dir: Path
     llms: dict[str, LLM] = field(default_factory=dict)
     stage_dir: Path | None = None  # the stage's folder in the run directory (reports go in its .synth/)
+    limit: int | None = None  # the run's --limit: a stage that makes rows (not a source) makes at most this many
 
     def llm(self, name: str = "default") -> LLM:
         return self.llms[name]

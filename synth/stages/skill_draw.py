@@ -35,7 +35,10 @@ COLUMNS = ["id", "skills", "query_type", "query_definition"]
 
 class SkillDrawParams(StageParams):
     count: int = Field(
-        1000, ge=1, le=10_000_000, description="examples to draw (the paper's SFT sets: 1,000 and 4,000)"
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="examples to draw (the paper's SFT sets: 1,000 and 4,000); a run with --limit N keeps the first N",
     )
     k: int = Field(2, ge=1, le=20, description="skills per example (the paper's default: 2)")
     seed: int | None = Field(None, description="a fixed seed (the authors': 42); default: from the pipeline seed")
@@ -141,6 +144,8 @@ class SkillDraw(Stage):
         seed = p.seed if p.seed is not None else derive_seed(self.ctx.seed, self.ctx.label)
         try:
             draws = draw(skills, queries, p.count, p.k, seed)
+            if self.ctx.limit is not None:  # a trial run (--limit): the first examples of the full draw
+                draws = draws[: self.ctx.limit]
         except SynthError as exc:
             raise SynthError(f"stage '{self.ctx.label}': {exc}") from None
         record = {
