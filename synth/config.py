@@ -441,9 +441,10 @@ def _check_flow(
     columns arriving at them unknown."""
     problems: list[Problem] = []
     columns: set[str] | None = set()
+    singles: set[str] = set()  # columns last written as one text per row (respond with n: 1)
     for position, spec in enumerate(specs):
         if spec is None:
-            columns = None
+            columns, singles = None, set()
             continue
         doc, where = spec.doc, spec.where
         assert doc is not None
@@ -464,7 +465,7 @@ def _check_flow(
                         f"no backend named '{value}' (defined: {', '.join(sorted(backends))})",
                     )
                 )
-        env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns, specs=backend_specs)
+        env = CheckEnv(base_dir=base_dir, backends=backends, columns=columns, specs=backend_specs, singles=singles)
         for field_path, message in spec.cls.check(spec.params, env):
             loc = where + tuple(field_path)
             problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), message))
@@ -481,4 +482,5 @@ def _check_flow(
                     )
                 )
         columns = spec.cls.output_columns(spec.params, env)
+        singles = (singles - set(spec.cls.writes(spec.params))) | spec.cls.single_columns(spec.params)
     return problems

@@ -379,3 +379,32 @@ def test_embedded_model_responses_become_pairs_and_export(e2e_run, tmp_path):
     assert not {p for p, _ in prompts["train"]} & {p for p, _ in prompts["test"]}
     for counts in prompts.values():
         assert all(counts[(p, True)] == counts[(p, False)] == 1 for p, _ in counts)
+
+
+def test_validate_refuses_pairs_of_one_response_per_row(tmp_path):
+    """respond with n: 1 writes one text per row: pairs (and best) need several, known before any request."""
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        """
+stages:
+  - stage: load
+    rows: [{"instruction": "q"}]
+  - stage: respond
+  - stage: reward
+    method: cdr
+    strong: default
+    weak: default
+  - stage: pairs
+    scores: cdr_reward
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    assert "one.yaml:10: stages[3].responses: 'response' holds one response per row (written with n: 1)" in str(
+        info.value
+    )
+    path.write_text(
+        path.read_text().replace("  - stage: respond\n", "  - stage: respond\n    n: 3\n    temperature: 0.8\n")
+    )
+    load_pipeline(path)

@@ -85,6 +85,7 @@ class CheckEnv:
     backends: set[str]
     columns: set[str] | None  # known columns arriving at this stage, None when unknown
     specs: dict[str, Any] = field(default_factory=dict)  # backend name -> its parsed spec, where it parsed
+    singles: set[str] = field(default_factory=set)  # columns known to hold one text per row, not a list
 
 
 @dataclass
@@ -136,6 +137,12 @@ class Stage:
         if env.columns is None:
             return None
         return env.columns | set(cls.writes(params))
+
+    @classmethod
+    def single_columns(cls, params: StageParams) -> set[str]:
+        """Columns this stage writes as one value per row where a sibling setting could make a
+        list (e.g. `respond` with n: 1), so `synth validate` can refuse a stage that needs a list."""
+        return set()
 
     @classmethod
     def backend_names(cls, params: StageParams) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .base import Batch, CheckEnv, Row, Stage, StageParams
-from .common import add_provenance
+from .common import add_provenance, list_problem
 
 
 class BestParams(StageParams):
@@ -106,7 +106,7 @@ class Best(Stage):
     def check(cls, params: BestParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         if env.columns is None:
             return []
-        problems = []
+        problems = list_problem(params.responses, env)
         if params.responses not in env.columns:
             problems.append(
                 (

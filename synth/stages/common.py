@@ -138,3 +138,16 @@ def model_chat_template(backend, label: str, required: bool = False):
         if required or getattr(getattr(backend, "spec", None), "type", "") == "openai":
             raise SynthError(f"stage '{label}': {exc}") from None
         return None
+
+
+def list_problem(column: str, env: CheckEnv) -> list[tuple[tuple, str]]:
+    """A stage that needs several responses per row, reading a column written with n: 1."""
+    if column not in env.singles:
+        return []
+    return [
+        (
+            ("responses",),
+            f"'{column}' holds one response per row (written with n: 1): sample several per prompt "
+            f"(e.g. n: 4 on that stage) first",
+        )
+    ]

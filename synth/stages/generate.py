@@ -45,6 +45,10 @@ class Generate(Stage):
         return [params.prompt_column] if params.prompt_column else []
 
     @classmethod
+    def single_columns(cls, params: GenerateParams) -> set[str]:
+        return {params.output} if params.n == 1 else set()
+
+    @classmethod
     def writes(cls, params: GenerateParams) -> list[str]:
         return [params.output, "provenance"]
 

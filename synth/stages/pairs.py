@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Batch, CheckEnv, Row, Stage, StageParams
-from .common import add_provenance
+from .common import add_provenance, list_problem
 
 Strategy = Literal["best_worst", "best_random", "all_pairs", "verdict"]
 WRITES = ["chosen", "rejected", "score_chosen", "score_rejected", "margin", "chosen_index", "rejected_index"]
@@ -234,6 +234,8 @@ class Pairs(Stage):
                         f"(`respond` with n > 1), or set responses: to the column that holds them",
                     )
                 )
+        if isinstance(params.responses, str):
+            problems += list_problem(params.responses, env)
         if params.strategy == "verdict" and params.verdict not in env.columns:
             problems.append(
                 (

@@ -46,6 +46,10 @@ class Respond(Stage):
         return [params.input]
 
     @classmethod
+    def single_columns(cls, params: RespondParams) -> set[str]:
+        return {params.output} if params.n == 1 else set()
+
+    @classmethod
     def writes(cls, params: RespondParams) -> list[str]:
         return [params.output, "gen_response_configs"]
 
