@@ -261,8 +261,8 @@ def test_references_sampled_from_a_reference_backend(tmp_path, reward_model):
 
 
 def test_reward_backend_must_be_an_openai_backend(write, tmp_path):
-    """Validation cannot see a backend's type; the stage refuses a local one as it opens, before any work."""
-    from synth.errors import SynthError
+    """A local backend has no /pooling API: validation refuses it, naming the line."""
+    from synth.errors import ConfigError
 
     path = write(
         "p.yaml",
@@ -274,5 +274,5 @@ def test_reward_backend_must_be_an_openai_backend(write, tmp_path):
             backend: default
         """,
     )
-    with pytest.raises(SynthError, match="backend 'default' is not an openai backend"):
-        run_pipeline(load_pipeline(path), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"p.yaml:5: stages\[1\].backend: backend 'default' is a local backend"):
+        load_pipeline(path)

@@ -152,7 +152,7 @@ SHRINK = {
     "skillmix-from-dataset.yaml": [("max_tokens: 40", "max_tokens: 24")],
 }
 COMMON = [("count: 8", "count: 3"), ("max_tokens: 120", "max_tokens: 32"), ("batch_size: 2", "batch_size: 1")]
-LIMIT = {"skillmix-sft.yaml": 1, "skillmix-from-dataset.yaml": 3}
+LIMIT = {"skillmix-sft.yaml": 3, "skillmix-from-dataset.yaml": 3}  # skill_draw makes at most --limit examples
 
 
 def shrunk(name: str, root: Path) -> Path:

@@ -177,6 +177,23 @@ def test_server_same_seed_same_text(server):
 
 @needs_vllm
 @pytest.mark.slow
+def test_a_busy_server_takes_long_seeded_prompts_at_once(server):
+    """Several long prompts at once make a scheduler split some across steps (chunked prefill);
+    vLLM 0.32's CPU worker then rewinds a seeded request's generator, which it cannot, and the
+    engine dies. The server helper turns chunked prefill off: every request is answered."""
+    long_prompt = "Here is a long list of facts about rivers, one per line.\n" + "".join(
+        f"Fact {i}: the river number {i} flows into the sea near town {i}.\n" for i in range(70)
+    )
+    sampling = Sampling(temperature=0.8, max_tokens=8)
+    requests = [Request(sampling, seed, prompt=f"({seed}) {long_prompt}") for seed in range(8)]
+    results = server_complete(server, requests)
+    assert not any(isinstance(r, RequestFailed) for r in results), results
+    assert all(r[0].prompt_tokens > 1000 for r in results)
+    assert httpx.get(f"{server.url}/models", timeout=30).status_code == 200  # still up
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_server_returns_prompt_logprobs(server):
     body = {"model": server.model, "prompt": "The capital of France is Paris.", "max_tokens": 1, "prompt_logprobs": 0}
     data = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()

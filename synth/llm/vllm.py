@@ -82,7 +82,10 @@ class VLLMBackend:
             on_cpu = False
         if on_cpu:
             kwargs["enforce_eager"] = True
-            from .vllm_server import CPU_ENGINE_ENV
+            from .vllm_server import CPU_ENGINE_ENV, cpu_scheduler
+
+            if self.spec.max_model_len:  # else the model's own length, unknown here: vLLM's defaults stay
+                kwargs.update(cpu_scheduler(self.spec.max_model_len))
 
             for key, value in CPU_ENGINE_ENV.items():  # unless the user set them
                 os.environ.setdefault(key, value)

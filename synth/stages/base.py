@@ -161,6 +161,17 @@ class Stage:
     async def open(self) -> None:
         """Load what the stage needs (models, templates) once, before the first batch."""
 
+    def check_again(self) -> None:
+        """The static checks once more as the stage opens, for a pipeline built in code that never
+        went through `synth validate`: the first problem stops the run, named."""
+        from ..errors import SynthError
+        from ..yamlfile import format_path
+
+        problems = self.check(self.params, CheckEnv(self.ctx.base_dir, set(self.ctx.llms), None))
+        if problems:
+            (path, message), *_ = problems
+            raise SynthError(f"stage '{self.ctx.label}': {format_path(path)}: {message}")
+
     async def close(self) -> None:
         pass
 

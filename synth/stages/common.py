@@ -151,3 +151,11 @@ def list_problem(column: str, env: CheckEnv) -> list[tuple[tuple, str]]:
             f"(e.g. n: 4 on that stage) first",
         )
     ]
+
+
+def auto_mode(backend, label: str) -> str:
+    """`mode: auto` of a stage that prompts: "chat" when the model applies a chat template (a server
+    always does, with its model's own), else "complete" (a few-shot prompt a base model continues)."""
+    if getattr(getattr(backend, "spec", None), "type", "") == "openai":
+        return "chat"
+    return "chat" if model_chat_template(backend, label) is not None else "complete"

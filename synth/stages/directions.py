@@ -40,7 +40,7 @@ from ..llm.base import Request, RequestFailed
 from ..templating import render
 from . import directions_geometry as geo
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, model_chat_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 
 RPS_TARGETS = [10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0]
 TEMPLATE_VARIABLES = {"instruction", "row", "attributes", "weights", "angle", "condition"}
@@ -153,12 +153,8 @@ class Directions(Stage):
         p = self.params
         self.mode = p.mode
         if p.mode == "auto":
-            self.mode = await asyncio.to_thread(self._auto_mode, self.ctx.llm(p.backend).backend)
-
-    def _auto_mode(self, backend) -> str:
-        if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-            return "system"  # a server applies its model's own chat template
-        return "system" if model_chat_template(backend, self.ctx.label) is not None else "complete"
+            mode = await asyncio.to_thread(auto_mode, self.ctx.llm(p.backend).backend, self.ctx.label)
+            self.mode = "system" if mode == "chat" else mode  # DPA's conditioning: a system message
 
     def _row_targets(self, row: Row, instruction: str) -> list[float]:
         p = self.params

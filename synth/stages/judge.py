@@ -42,10 +42,9 @@ from pydantic import Field
 from ..errors import SynthError
 from ..llm.base import Request, RequestFailed
 from ..templating import render, template_problem, template_variables
-from ..yamlfile import format_path
 from . import judge_rubric as rubric
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, model_chat_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 from .judge_verdicts import PAIRWISE_COLUMNS, coin, pairwise_columns, pairwise_schema, parse_pairwise
 
 TEMPLATE_VARIABLES = {"instruction", "row", "criteria", "overall", "response", "response_a", "response_b"}
@@ -152,12 +151,9 @@ class Judge(Stage):
     # ---- running ----
     async def open(self) -> None:
         p = self.params
-        problems = self.check(p, CheckEnv(self.ctx.base_dir, set(), None))
-        if problems:
-            (path, message), *_ = problems
-            raise SynthError(f"stage '{self.ctx.label}': {format_path(path)}: {message}")
+        self.check_again()
         llm = self.ctx.llm(p.backend)
-        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(self._auto_mode, llm.backend)
+        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
         self.template = p.template or f"judge/{p.task}{'_few_shot' if self.mode == 'complete' else ''}.jinja"
         supported = getattr(llm.backend, "structured_output", False)
         if p.schema == "on" and not supported:
@@ -175,11 +171,6 @@ class Judge(Stage):
         self.sampling = p.sampling()
         if self.mode == "complete" and self.schema is None:  # few-shot answers are one line of JSON
             self.sampling = self.sampling.model_copy(update={"stop": (*self.sampling.stop, "\n")})
-
-    def _auto_mode(self, backend) -> str:
-        if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-            return "chat"  # a server applies its model's own chat template
-        return "chat" if model_chat_template(backend, self.ctx.label) is not None else "complete"
 
     def _prompt(self, row: Row, **texts: str) -> str:
         p = self.params

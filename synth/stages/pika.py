@@ -32,7 +32,7 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, model_chat_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 from .tag import LEVELS
 
 # A line where the model starts answering its own request (markdown bold or headings allowed).
@@ -116,16 +116,11 @@ class Pika(Stage):
     async def open(self) -> None:
         p = self.params
         llm = self.ctx.llm(p.backend)
-        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(self._auto_mode, llm.backend)
+        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
         self.template = p.few_shot_template if self.mode == "complete" else p.template
         self.sampling = p.sampling()
         if self.mode == "complete":  # stop where the few-shot list goes on to the next persona
             self.sampling = self.sampling.model_copy(update={"stop": (*p.stop, "\nPersona:", "\n\n")})
-
-    def _auto_mode(self, backend) -> str:
-        if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-            return "chat"  # a server applies its model's own chat template
-        return "chat" if model_chat_template(backend, self.ctx.label) is not None else "complete"
 
     def _request(self, prompt: str, persona: str, attempt: int) -> Request:
         seed = self.ctx.seed_for(persona, attempt)

@@ -28,12 +28,10 @@ from typing import Any, Literal
 import jinja2
 from pydantic import Field
 
-from ..errors import SynthError
 from ..llm.base import Request, RequestFailed
 from ..templating import render
-from ..yamlfile import format_path
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, model_chat_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 
 TEMPLATE_VARIABLES = {"instruction", "chosen", "rejected", "row"}
 FEW_SHOT_STOP = ("\n\n", "\nPrompt:")
@@ -156,21 +154,13 @@ class Rationale(Stage):
 
     async def open(self) -> None:
         p = self.params
-        problems = self.check(p, CheckEnv(self.ctx.base_dir, set(), None))
-        if problems:
-            (path, message), *_ = problems
-            raise SynthError(f"stage '{self.ctx.label}': {format_path(path)}: {message}")
+        self.check_again()
         llm = self.ctx.llm(p.backend)
-        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(self._auto_mode, llm.backend)
+        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
         self.template = p.template or f"rationale/{p.style}{'_few_shot' if self.mode == 'complete' else ''}.jinja"
         self.sampling = p.sampling()
         if self.mode == "complete":  # a few-shot rationale is one paragraph
             self.sampling = self.sampling.model_copy(update={"stop": (*self.sampling.stop, *FEW_SHOT_STOP)})
-
-    def _auto_mode(self, backend) -> str:
-        if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-            return "chat"  # a server applies its model's own chat template
-        return "chat" if model_chat_template(backend, self.ctx.label) is not None else "complete"
 
     def _request(self, prompt: str, attempt: int) -> Request:
         sampling = self.sampling

@@ -42,9 +42,7 @@ from typing import Any, Literal
 import jinja2
 from pydantic import Field, model_validator
 
-from ..errors import SynthError
 from ..templating import render, template_variables
-from ..yamlfile import format_path
 from .base import Batch, CheckEnv, Row, Stage, StageParams
 from .common import add_provenance, check_template, template_sha
 
@@ -181,10 +179,7 @@ class Relabel(Stage):
 
     async def open(self) -> None:
         p = self.params
-        problems = self.check(p, CheckEnv(self.ctx.base_dir, set(), None))
-        if problems:
-            (path, message), *_ = problems
-            raise SynthError(f"stage '{self.ctx.label}': {format_path(path)}: {message}")
+        self.check_again()
         self.inference_text = self._text(p.scale[1])
         self.record = {
             "stage": "relabel",

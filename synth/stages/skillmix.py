@@ -40,10 +40,9 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed, Sampling
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, check_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 from .skillmix_parse import PREFILL, draft_pair, final_pair, instruction_of, skill_names, turn_variables
 from .skillmix_shirkers import shirk
-from .skills_common import auto_mode
 
 TURNS = ("generate", "rewrite", "critique", "refine", "rewrite_refined")
 # complete mode: where generation stops (what the stage appends to each prompt: skillmix_parse.PREFILL)

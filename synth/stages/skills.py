@@ -30,8 +30,8 @@ from ..llm.base import Request, RequestFailed
 from ..skillfiles import read_queries, read_skills
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import add_provenance, check_template, template_sha
-from .skills_common import ExtractParams, auto_mode, merge, open_tail, parse_query_list, parse_skill_list
+from .common import add_provenance, auto_mode, check_template, template_sha
+from .skills_common import ExtractParams, merge, open_tail, parse_query_list, parse_skill_list
 
 COLUMNS = ["kind", "name", "definition", "count", "aliases"]
 KINDS = {"skill": "skills", "query_type": "query_types"}  # row kind -> template name

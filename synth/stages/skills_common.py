@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..skillfiles import MAX_SKILL_WORDS, QueryType, parse_queries, snake_case
-from .common import LLMParams, model_chat_template
+from .common import LLMParams
 
 _BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d+\s*[.)]|#+)\s*")
 _NUMBERS = re.compile(r"\d{3,}")  # ids and dates, not skills
@@ -42,12 +42,6 @@ class ExtractParams(LLMParams):
     retry_temperature: float = Field(0.7, ge=0, description="lowest temperature of retry rounds")
     temperature: float = 1.0
     max_tokens: int = 1024
-
-
-def auto_mode(backend, label: str) -> str:
-    if getattr(getattr(backend, "spec", None), "type", "") == "openai":
-        return "chat"  # a server applies its model's own chat template
-    return "chat" if model_chat_template(backend, label) is not None else "complete"
 
 
 def open_tail(prompt: str, marker: str = "\n") -> str:

@@ -21,8 +21,8 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed
 from ..templating import render
 from .base import Batch, CheckEnv, Stage
-from .common import add_provenance, check_template, template_sha
-from .skills_common import ExtractParams, auto_mode, merge, open_tail, parse_skill_list
+from .common import add_provenance, auto_mode, check_template, template_sha
+from .skills_common import ExtractParams, merge, open_tail, parse_skill_list
 
 if TYPE_CHECKING:
     import pyarrow as pa
