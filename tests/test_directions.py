@@ -320,7 +320,7 @@ def test_every_row_records_its_direction_neighbourhood_and_scores(runs):
 def test_export_is_prepared_and_trained_by_trl(runs, tmp_path):
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    from .test_trl import tiny_llama, train_args
+    from .test_trl import chatml_tokenizer, tiny_llama, train_args
 
     out = tmp_path / "out"
     done = synth_cli("export", str(runs["run"]), "-o", str(out), "--format", "preference")
@@ -345,22 +345,3 @@ def test_export_is_prepared_and_trained_by_trl(runs, tmp_path):
         assert tokenizer.decode(example["chosen_ids"]).startswith(row["chosen"][0]["content"][:10])
     trainer.train()
     assert any("loss" in entry and math.isfinite(entry["loss"]) for entry in trainer.state.log_history)
-
-
-def chatml_tokenizer(texts: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from .test_trl import CHATML
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe.train_from_iterator(
-        texts, trainers.BpeTrainer(vocab_size=600, special_tokens=special, initial_alphabet=alphabet)
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    return tok

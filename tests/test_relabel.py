@@ -268,14 +268,14 @@ def test_export_is_prepared_by_trl_with_the_condition_as_system_turn(ra_runs, tm
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import apply_chat_template, is_conversational
 
-    from .test_trl import CHATML, tiny_llama, train_args
+    from .test_trl import chatml_tokenizer, tiny_llama, train_args
 
     done = synth_cli("export", str(ra_runs["run"]), "-o", str(tmp_path / "out"), "--format", "preference")
     assert done.returncode == 0, done.stderr
     ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out"), split="train")
     rows = read_output(ra_runs["run"]).to_pylist()
     assert ds.num_rows == len(rows)
-    tokenizer = byte_tokenizer([r["system"] for r in rows] + [r["chosen"] for r in rows], CHATML)
+    tokenizer = chatml_tokenizer([r["system"] for r in rows] + [r["chosen"] for r in rows], vocab_size=400)
     for example, row in zip(ds, rows, strict=True):
         assert is_conversational(example)
         assert example["prompt"] == [
@@ -295,21 +295,3 @@ def test_export_is_prepared_by_trl_with_the_condition_as_system_turn(ra_runs, tm
     assert len(trainer.train_dataset) == len(rows)  # nothing dropped as malformed
     for example, row in zip(trainer.train_dataset, rows, strict=True):
         assert "Overall score: " + score_text(row["target_score"]) in tokenizer.decode(example["prompt_ids"])
-
-
-def byte_tokenizer(texts: list[str], chat_template: str):
-    """A small byte-level BPE with a ChatML template, trained here (nothing is downloaded)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe.train_from_iterator(
-        texts, trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet)
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.chat_template = chat_template
-    return tok

@@ -70,26 +70,27 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     return {"preference": root / "preference", "kto": root / "kto"}
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def chatml_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A small byte-level BPE trained here on `texts`, with a ChatML chat template (nothing is
+    downloaded); the test modules that hand exports to TRL share it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    texts = [text for row in ROWS for text in (row["instruction"], SYSTEM, *row["response"])]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=600,
-            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
+    bpe.train_from_iterator(texts, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.chat_template = CHATML
     return tok
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return chatml_tokenizer([text for row in ROWS for text in (row["instruction"], SYSTEM, *row["response"])])
 
 
 def tiny_llama(tokenizer):
