@@ -65,7 +65,8 @@ def synth_judge(server, data: Path, workdir: Path, name: str, task: str, schema:
         judge |= {"response_a": "response", "response_b": "response_b"}
     path = workdir / f"{name}.yaml"
     backend = {"type": "openai", "model": server.model, "base_url": server.url}
-    config = {"name": name, "seed": 1, "backends": {"default": backend}}
+    # Every row counts here, failed or not: a run that fails most rows (no schema) is still measured.
+    config = {"name": name, "seed": 1, "backends": {"default": backend}, "run": {"max_failure_rate": 1.0}}
     config["stages"] = [{"stage": "load", "path": str(data)}, judge]
     path.write_text(json.dumps(config))
     started = time.perf_counter()
