@@ -37,7 +37,7 @@ from ..templating import render
 from .aggregate_params import AggregateParams, check_params
 from .aggregate_refs import candidate_columns, candidates_of, degenerate, prompt_lines, windows, with_references
 from .base import Batch, CheckEnv, Row, Stage
-from .common import add_provenance, auto_mode, template_sha
+from .common import add_provenance, auto_mode, retry_sampling, template_sha
 
 
 @dataclass
@@ -110,8 +110,7 @@ class Aggregate(Stage):
         p = self.params
         final = layer == p.layers
         sampling: Sampling = self.sampling if final else self.proposer_sampling
-        if chain.attempt:
-            sampling = sampling.model_copy(update={"temperature": max(sampling.temperature, p.retry_temperature)})
+        sampling = retry_sampling(sampling, chain.attempt, p.retry_temperature)
         instruction = str(row[p.input])
         system = row.get("system") or p.system
         seed = self.ctx.seed_for(instruction, layer, chain.slot, chain.step, chain.attempt)

@@ -159,3 +159,11 @@ def auto_mode(backend, label: str) -> str:
     if getattr(getattr(backend, "spec", None), "type", "") == "openai":
         return "chat"
     return "chat" if model_chat_template(backend, label) is not None else "complete"
+
+
+def retry_sampling(sampling: Sampling, attempt: int, retry_temperature: float) -> Sampling:
+    """A retry round (attempt > 0) samples at retry_temperature at least: a greedy answer that did
+    not parse would only come back the same."""
+    if not attempt:
+        return sampling
+    return sampling.model_copy(update={"temperature": max(sampling.temperature, retry_temperature)})

@@ -44,7 +44,7 @@ from ..llm.base import Request, RequestFailed
 from ..templating import render, template_problem, template_variables
 from . import judge_rubric as rubric
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .judge_verdicts import PAIRWISE_COLUMNS, coin, pairwise_columns, pairwise_schema, parse_pairwise
 
 TEMPLATE_VARIABLES = {"instruction", "row", "criteria", "overall", "response", "response_a", "response_b"}
@@ -182,9 +182,7 @@ class Judge(Stage):
 
     def _request(self, prompt: str, attempt: int) -> Request:
         p = self.params
-        sampling = self.sampling
-        if attempt:
-            sampling = sampling.model_copy(update={"temperature": max(p.temperature, p.retry_temperature)})
+        sampling = retry_sampling(self.sampling, attempt, p.retry_temperature)
         seed = self.ctx.seed_for(prompt, attempt)
         if self.mode == "complete":
             return Request(sampling, seed, prompt=prompt, json_schema=self.schema)

@@ -31,7 +31,7 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 
 TEMPLATE_VARIABLES = {"instruction", "chosen", "rejected", "row"}
 FEW_SHOT_STOP = ("\n\n", "\nPrompt:")
@@ -163,11 +163,7 @@ class Rationale(Stage):
             self.sampling = self.sampling.model_copy(update={"stop": (*self.sampling.stop, *FEW_SHOT_STOP)})
 
     def _request(self, prompt: str, attempt: int) -> Request:
-        sampling = self.sampling
-        if attempt:
-            sampling = sampling.model_copy(
-                update={"temperature": max(self.params.temperature, self.params.retry_temperature)}
-            )
+        sampling = retry_sampling(self.sampling, attempt, self.params.retry_temperature)
         seed = self.ctx.seed_for(prompt, attempt)
         if self.mode == "complete":
             return Request(sampling, seed, prompt=prompt)

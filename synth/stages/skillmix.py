@@ -40,7 +40,7 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed, Sampling
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import LLMParams, add_provenance, auto_mode, check_template, template_sha
+from .common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .skillmix_parse import PREFILL, draft_pair, final_pair, instruction_of, skill_names, turn_variables
 from .skillmix_shirkers import shirk
 
@@ -113,12 +113,10 @@ class Skillmix(Stage):
     # ---- one request ----
     def turn_sampling(self, turn: int, attempt: int) -> Sampling:
         p = self.params
-        update: dict = {}
-        if attempt:
-            update["temperature"] = max(p.temperature, p.retry_temperature)
+        sampling = retry_sampling(p.sampling(), attempt, p.retry_temperature)
         if self.mode == "complete":
-            update["stop"] = (*p.stop, *(PAIR_STOPS if turn in (0, 3) else TEXT_STOPS))
-        return p.sampling().model_copy(update=update)
+            sampling = sampling.model_copy(update={"stop": (*p.stop, *(PAIR_STOPS if turn in (0, 3) else TEXT_STOPS))})
+        return sampling
 
     def _variables(self, row: Row, outputs: list[str]) -> dict:
         p = self.params

@@ -30,7 +30,7 @@ from ..llm.base import Request, RequestFailed
 from ..skillfiles import read_queries, read_skills
 from ..templating import render
 from .base import Batch, CheckEnv, Row, Stage
-from .common import add_provenance, auto_mode, check_template, template_sha
+from .common import add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .skills_common import ExtractParams, merge, open_tail, parse_query_list, parse_skill_list
 
 COLUMNS = ["kind", "name", "definition", "count", "aliases"]
@@ -145,9 +145,7 @@ class Skills(Stage):
                 break
             if attempt:
                 batch.count("parse_retried", len(pending))
-            sampling = p.sampling()
-            if attempt:
-                sampling = sampling.model_copy(update={"temperature": max(p.temperature, p.retry_temperature)})
+            sampling = retry_sampling(p.sampling(), attempt, p.retry_temperature)
             requests = []
             for kind, r in pending:
                 variables = {"domain": row["domain"], "round": r, "rounds": p.rounds, "row": row}

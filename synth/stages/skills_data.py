@@ -21,7 +21,7 @@ from pydantic import Field
 from ..llm.base import Request, RequestFailed
 from ..templating import render
 from .base import Batch, CheckEnv, Stage
-from .common import add_provenance, auto_mode, check_template, template_sha
+from .common import add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .skills_common import ExtractParams, merge, open_tail, parse_skill_list
 
 if TYPE_CHECKING:
@@ -92,9 +92,7 @@ class SkillsFromData(Stage):
                 break
             if attempt:
                 batch.count("parse_retried", len(pending))
-            sampling = p.sampling()
-            if attempt:
-                sampling = sampling.model_copy(update={"temperature": max(p.temperature, p.retry_temperature)})
+            sampling = retry_sampling(p.sampling(), attempt, p.retry_temperature)
             if self.mode == "complete":
                 sampling = sampling.model_copy(update={"stop": (*sampling.stop, "\n\n")})
             requests = []
