@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .stages.base import Batch, StageContext
-from .stages.dedup import Dedup, DedupParams
+from .stages.dedup import Dedup, DedupParams, text_of
 from .stages.load import Load, LoadParams
 from .store import rows_to_table
 
@@ -57,10 +57,12 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
 
     kept = asyncio.run(go())
     _write(kept, out)
-    result, texts = getattr(stage, "result", None), getattr(stage, "texts", [])
+    result, positions_left = getattr(stage, "result", None), getattr(stage, "kept", None)
+    texts = [text_of(v) for v in table.column(params.column).to_pylist()] if table.num_rows else []
     clusters = []
     for members in result.clusters() if result is not None else []:
-        clusters.append({"size": len(members), "rows": [{"position": i, "text": texts[i]} for i in members]})
+        positions = [int(positions_left[i]) for i in members]  # the result counts the rows left after --reference
+        clusters.append({"size": len(members), "rows": [{"position": i, "text": texts[i]} for i in positions]})
     summary = {
         "input": str(source),
         "output": str(out),

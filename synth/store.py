@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -76,10 +77,24 @@ def rows_to_table(rows: list[Row]) -> pa.Table:
 
 def write_parquet(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=_dictionary_columns(table))
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _dictionary_columns(table: pa.Table) -> list[str] | bool:
+    """Dictionary-encode every column but long texts: building a dictionary for a column of
+    distinct paragraphs costs time and then falls back to plain encoding anyway."""
+    if table.num_rows < 64:
+        return True
+    long = set()
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            data = sum(c.buffers()[2].size for c in column.chunks if c.buffers()[2] is not None)
+            if data > 64 * table.num_rows:
+                long.add(name)
+    return [n for n in table.column_names if n not in long] if long else True
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -164,10 +179,16 @@ class StageDir:
     def done_indices(self) -> list[int]:
         return sorted(int(p.name[6:11]) for p in self.meta.glob("shard-*.json"))
 
-    def write(self, index: int, rows: list[Row], dropped: list[Dropped], stats: ShardStats) -> None:
-        write_parquet(self.shard(index), rows_to_table(rows))
+    def write(
+        self, index: int, rows: list[Row] | pa.Table, dropped: list[Dropped] | pa.Table | None, stats: ShardStats
+    ) -> None:
+        """Shard `index`: its rows, its dropped rows (Dropped records, or a global stage's table of
+        reasons and input positions), then its completion marker."""
+        write_parquet(self.shard(index), rows if isinstance(rows, pa.Table) else rows_to_table(rows))
         dropped_path = self.dropped_path(index)
-        if dropped:
+        if isinstance(dropped, pa.Table):
+            write_parquet(dropped_path, dropped)
+        elif dropped:
             records = [
                 {
                     "reason": scrub(d.reason),
@@ -208,9 +229,18 @@ class StageDir:
             path.unlink()
         for path in [*self.meta.glob("shard-*"), *self.path.glob("shard-*")]:
             path.unlink()
+        for path in self.meta.glob("synth-*"):  # a global stage's scratch files, from a killed attempt
+            shutil.rmtree(path, ignore_errors=True)
 
     def read(self, index: int) -> list[Row]:
         return read_rows(self.shard(index))
+
+    def read_table(self, index: int) -> pa.Table:
+        return pq.read_table(self.shard(index))
+
+    def files(self) -> list[Path]:
+        """The shards whose marker exists, in index order: the stage's rows."""
+        return [self.shard(i) for i in self.done_indices()]
 
     def stats(self) -> ShardStats:
         total = ShardStats()
@@ -222,8 +252,32 @@ class StageDir:
         return concat([pq.read_table(self.shard(i)) for i in self.done_indices()])
 
     def iter_dropped(self) -> Iterator[dict]:
+        """Dropped records (reason, detail, failed, row as JSON). A global stage records its dropped
+        rows by `position` in its input: their rows are read from the stage before, as needed."""
+        from .shards import Rows, take
+
+        source: Rows | None = None
         for path in sorted(self.meta.glob("shard-*.dropped.parquet")):
-            yield from read_rows(path)
+            table = pq.read_table(path)
+            if "position" not in table.column_names:
+                yield from table.to_pylist()
+                continue
+            previous = self.previous()
+            if source is None and previous is not None:
+                source = Rows.from_files(previous.files())
+            for part in table.to_batches(max_chunksize=4096):
+                records = part.to_pylist()
+                if source is not None:
+                    found = take(source, np.asarray([r["position"] for r in records], dtype=np.int64)).to_pylist()
+                    for record, row in zip(records, found, strict=True):
+                        record["row"] = json.dumps(row, ensure_ascii=False, default=str)
+                yield from records
+
+    def previous(self) -> StageDir | None:
+        """The stage before this one in its run (the folder numbered one lower)."""
+        index = int(self.path.name.split("-", 1)[0])
+        found = sorted(self.path.parent.glob(f"{index - 1:02d}-*")) if index else []
+        return StageDir(found[0]) if found else None
 
     @property
     def complete_marker(self) -> Path:

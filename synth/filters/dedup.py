@@ -15,10 +15,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import sys
+import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -91,10 +94,16 @@ def group_identical(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
 _SPACE = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=1)
+def _punctuation() -> dict[int, str]:
+    """Every Unicode punctuation code point (categories P*) mapped to a space, for str.translate:
+    one C call per text instead of a Python step per character (millions of rows)."""
+    return {c: " " for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P")}
+
+
 def normalize_text(text: str) -> str:
     """NFKC, case-folded, punctuation removed, whitespace collapsed: 'Hello,  World!' -> 'hello world'."""
-    text = unicodedata.normalize("NFKC", text or "").casefold()
-    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    text = unicodedata.normalize("NFKC", text or "").casefold().translate(_punctuation())
     return _SPACE.sub(" ", text).strip()
 
 
@@ -102,10 +111,35 @@ def text_key(text: str, normalize: bool = True) -> bytes:
     return hashlib.blake2b((normalize_text(text) if normalize else text).encode(), digest_size=16).digest()
 
 
-def dedup_exact(texts: Sequence[str], normalize: bool = True) -> DedupResult:
-    """Rows whose (normalized) texts are identical."""
-    _, inverse, first, count = group_identical([text_key(t, normalize).hex() for t in texts])
+KEY = np.dtype("V16")  # a 16-byte blake2b digest per row: 64 MB for 4M rows
+
+
+def text_keys(texts: Iterable[str], normalize: bool = True) -> np.ndarray:
+    return np.frombuffer(b"".join(text_key(t, normalize) for t in texts), dtype=KEY)
+
+
+def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For per-row keys: each row's group (groups numbered in first-seen order), each group's
+    first row and size; group_identical for keys held in numpy."""
+    if not len(keys):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    _, first, inverse, count = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    seen = np.argsort(first, kind="stable")  # unique keys come sorted by value: renumber by first row
+    renumber = np.empty_like(seen)
+    renumber[seen] = np.arange(len(seen))
+    return renumber[inverse.reshape(-1)], first[seen].astype(np.int64), count[seen].astype(np.int64)
+
+
+def dedup_keys(keys: np.ndarray) -> DedupResult:
+    """Rows whose keys are identical: the first row of each key represents it."""
+    inverse, first, count = group_keys(keys)
     return DedupResult(first[inverse], count[inverse] - 1, info={"method": "exact"})
+
+
+def dedup_exact(texts: Iterable[str], normalize: bool = True) -> DedupResult:
+    """Rows whose (normalized) texts are identical."""
+    return dedup_keys(text_keys(texts, normalize))
 
 
 def exact_matches(texts: Sequence[str], reference: Sequence[str], normalize: bool = True) -> np.ndarray:
@@ -217,11 +251,68 @@ def dedup_minhash(
 
     MinHash LSH proposes candidate pairs; each is confirmed on the full signatures (LSH alone lets
     through pairs below the threshold). Identical texts are grouped first."""
-    uniq, inverse, first, count = group_identical([normalize_text(t) for t in texts])
-    a, b, jaccard = minhash_pairs(uniq, threshold, ngram, unit, num_perm)
+    return dedup_minhash_chunks(lambda: iter([list(texts)]), threshold, ngram, unit, num_perm)
+
+
+def dedup_minhash_chunks(
+    chunks: Callable[[], Iterator[list[str]]],
+    threshold: float = 0.7,
+    ngram: int = 5,
+    unit: str = "char",
+    num_perm: int = 128,
+    tmp_dir: Path | None = None,
+) -> DedupResult:
+    """dedup_minhash over texts read in chunks, twice (`chunks()` starts over): first the key of
+    each normalized text, then the signature of each distinct one into a memory map; candidate
+    pairs are the rows that share a band of the signature, as datasketch's MinHashLSH with the same
+    threshold proposes them, found by sorting each band instead of a Python index."""
+    keys = np.concatenate([text_keys(c) for c in chunks()] or [np.zeros(0, KEY)])
+    inverse, first, count = group_keys(keys)
+    n = len(first)
+    is_first = np.zeros(len(keys), dtype=bool)
+    is_first[first] = True
+    with tempfile.TemporaryDirectory(prefix="synth-minhash-", dir=tmp_dir) as tmp:
+        shape = (max(n, 1), num_perm)
+        signatures = np.lib.format.open_memmap(Path(tmp) / "signatures.npy", "w+", np.uint32, shape)
+        done, start = 0, 0
+        for chunk in chunks():
+            picked = [normalize_text(t) for t, f in zip(chunk, is_first[start : start + len(chunk)], strict=True) if f]
+            start += len(chunk)
+            for m in minhash_signatures(picked, ngram, unit, num_perm):
+                signatures[done] = m.hashvalues
+                done += 1
+        a, b = band_pairs(signatures[:n], threshold, num_perm)
+        jaccard = np.zeros(len(a))
+        for lo in range(0, len(a), 100_000):
+            hi = lo + 100_000
+            jaccard[lo:hi] = (signatures[a[lo:hi]] == signatures[b[lo:hi]]).mean(axis=1)
+        del signatures
     ok = jaccard >= threshold
-    rep, repeat = from_pairs(len(uniq), a[ok], b[ok], first, count)
+    rep, repeat = from_pairs(n, a[ok], b[ok], first, count)
     return DedupResult(rep[inverse], repeat[inverse], info={"method": "minhash", "candidate_pairs": len(a)})
+
+
+def band_pairs(signatures: np.ndarray, threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a < b) of rows equal on at least one LSH band, each once."""
+    from datasketch.lsh import _optimal_param
+
+    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+    found = []
+    for band in range(bands):
+        part = np.ascontiguousarray(signatures[:, band * rows : (band + 1) * rows]).view(
+            np.dtype(("V", signatures.dtype.itemsize * rows))
+        )
+        part = part.reshape(-1)
+        order = np.argsort(part, kind="stable")
+        ranked = part[order]
+        edge = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
+        starts, ends = np.concatenate([[0], edge]), np.concatenate([edge, [len(ranked)]])
+        for lo, hi in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
+            members = np.sort(order[lo:hi])
+            i, j = np.triu_indices(len(members), k=1)
+            found.append(members[i] * len(signatures) + members[j])
+    keys = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    return keys // max(len(signatures), 1), keys % max(len(signatures), 1)
 
 
 def minhash_pairs(
@@ -229,20 +320,10 @@ def minhash_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs (a < b) proposed by MinHash LSH, with their estimated Jaccard similarity."""
     signatures = minhash_signatures(texts, ngram, unit, num_perm)
-    values = np.stack([m.hashvalues for m in signatures]) if signatures else np.zeros((0, num_perm), np.uint64)
-    lsh = _lsh(threshold, num_perm)
-    with lsh.insertion_session() as session:
-        for u, m in enumerate(signatures):
-            session.insert(u, m)
-    a, b = [], []
-    for u, m in enumerate(signatures):
-        for v in lsh.query(m):
-            if v > u:
-                a.append(u)
-                b.append(v)
-    a_arr, b_arr = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    jaccard = (values[a_arr] == values[b_arr]).mean(axis=1) if len(a_arr) else np.zeros(0)
-    return a_arr, b_arr, jaccard
+    values = np.stack([m.hashvalues for m in signatures]) if signatures else np.zeros((0, num_perm), np.uint32)
+    a, b = band_pairs(values, threshold, num_perm)
+    jaccard = (values[a] == values[b]).mean(axis=1) if len(a) else np.zeros(0)
+    return a, b, jaccard
 
 
 def minhash_matches(

@@ -8,8 +8,14 @@ the columns it reads and writes, and one method:
   possibly concurrently for different batches;
 - `source` stages implement `iter_rows(limit)`, a cheap deterministic row stream; they may also
   implement `process` (a generator source like Magpie does its LLM work there);
-- `global` stages implement `process_all(table, batch) -> table` and see every row at once
-  (dedup, sort, sample). The pipeline streams between global stages and waits at them.
+- `global` stages see every row at once (dedup, sort, sample); the pipeline streams between
+  global stages and waits at them. They implement `select(rows, batch) -> Selection`: from the
+  few columns they need, read out of core from the previous stage's shards, the positions to keep
+  in output order, new columns and the dropped positions with reasons (synth/shards.py); the runner
+  gathers the rows. Stages whose output is small and new (skill lists) implement
+  `process_all(table, batch) -> table` instead, with the whole input in memory.
+- a map stage may also implement `process_table(table, batch) -> table`, the same work on an Arrow
+  table, without a Python dict per row: the runner uses it when the batch comes from disk.
 
 A filter is a stage that calls `batch.drop(row, reason)`: the row is kept in the stage's dropped
 file with its reason, and the reason is counted in the run's stats. Failures are rows, never None.
@@ -27,9 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..seeds import derive_seed
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
     from ..llm.client import LLM
+    from ..shards import Rows, Selection
 
 Row = dict[str, Any]
 
@@ -71,6 +79,27 @@ class Batch:
     def fail(self, row: Row, reason: str, detail: str = "") -> None:
         """This row could not be processed (detail: the error and raw answer)."""
         self.dropped.append(Dropped(row, reason, detail, failed=True))
+
+    def drop_where(
+        self,
+        table: pa.Table,
+        mask: np.ndarray,
+        reasons: list[str],
+        details: list[str],
+        failed: np.ndarray | None = None,
+    ) -> None:
+        """Drop the rows of `table` where `mask` holds, each with its reason and detail (given for
+        those rows only): only the dropped rows become Python dicts."""
+        import numpy as np
+        import pyarrow as pa
+
+        positions = np.flatnonzero(mask)
+        if not len(positions):
+            return
+        rows = table.take(pa.array(positions, pa.int64())).to_pylist()
+        flags = failed[positions].tolist() if failed is not None else [False] * len(rows)
+        for row, reason, detail, bad in zip(rows, reasons, details, flags, strict=True):
+            self.dropped.append(Dropped(row, reason, detail, failed=bad))
 
     def count(self, name: str, n: int = 1) -> None:
         """Count an event (a retried parse, a truncated answer) into the run stats."""
@@ -185,5 +214,39 @@ class Stage:
     async def process(self, batch: Batch) -> list[Row]:  # map stages (and generator sources)
         return batch.rows
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:  # global stages
+    async def select(self, rows: Rows, batch: Batch) -> Selection:  # global stages, out of core
         raise NotImplementedError
+
+    @classmethod
+    def selects(cls) -> bool:
+        return cls.select is not Stage.select
+
+    @classmethod
+    def vectorized(cls) -> bool:
+        return cls.process_table is not Stage.process_table
+
+    async def process_table(self, table: pa.Table, batch: Batch) -> pa.Table:  # map stages, optional
+        raise NotImplementedError
+
+    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:  # global stages, in memory
+        """A selecting stage on a table in memory (`synth dedup` on a file): its selection gathered,
+        its dropped rows as rows."""
+        if not self.selects():
+            raise NotImplementedError
+        import numpy as np
+
+        from ..shards import Rows, gather
+
+        selection = await self.select(Rows.from_table(table), batch)
+        if not len(selection.order):
+            return table.slice(0, 0)
+        parts: list[pa.Table] = []
+        gather(Rows.from_table(table), selection, parts.append, max(table.num_rows, 1))
+        for d in selection.drops:
+            details = d.details if d.details is not None else [""] * len(d.positions)
+            mask = np.zeros(table.num_rows, dtype=bool)
+            mask[d.positions] = True
+            order = np.argsort(d.positions, kind="stable")  # drop_where takes details in position order
+            reasons, ordered = [d.reason] * len(d.positions), [details[i] for i in order.tolist()]
+            batch.drop_where(table, mask, reasons, ordered, np.full(table.num_rows, d.failed))
+        return parts[0]

@@ -30,6 +30,7 @@ rows are dropped as `matches_reference`, to keep a benchmark out of training dat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from ..filters.dedup import DedupResult
+from ..shards import Drop, Rows, Selection
 from .base import Batch, CheckEnv, Stage, StageParams
 
 DEFAULT_THRESHOLD = {"exact": 1.0, "minhash": 0.7, "embedding": 0.95}
@@ -95,12 +98,6 @@ def text_of(value: Any) -> str:
 def _short(text: str, n: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _rows(table: pa.Table, mask: np.ndarray):
-    """(position, row) for the rows where mask is true."""
-    positions = np.flatnonzero(mask)
-    return zip(positions.tolist(), table.take(pa.array(positions, pa.int64())).to_pylist(), strict=True)
 
 
 class Dedup(Stage):
@@ -169,52 +166,120 @@ class Dedup(Stage):
         encode, fast = self._encoders(len(texts) + len(reference))
         return neighbors.embedding_matches(texts, reference, encode, threshold, fast, p.candidate_threshold)
 
-    def find(self, texts: list[str]):
+    def find(self, chunks: Callable[[], Iterator[list[str]]], n: int) -> DedupResult:
         from ..filters import dedup, neighbors
 
         p, threshold = self.params, self.params.effective_threshold()
         if p.method == "exact":
-            return dedup.dedup_exact(texts, p.normalize)
+            keys = [dedup.text_keys(c, p.normalize) for c in chunks()]
+            return dedup.dedup_keys(np.concatenate(keys) if keys else np.zeros(0, dedup.KEY))
         if p.method == "minhash":
-            return dedup.dedup_minhash(texts, threshold, p.ngram, p.shingle, p.num_perm)
-        encode, fast = self._encoders(len(texts))
+            return dedup.dedup_minhash_chunks(chunks, threshold, p.ngram, p.shingle, p.num_perm)
+        encode, fast = self._encoders(n)
+        texts = [t for c in chunks() for t in c]
         return neighbors.dedup_embedding(
             texts, encode, threshold, p.k, p.index, p.exact_below, fast, p.candidate_threshold, p.near_copies
         )
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def select(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
-        texts = [text_of(v) for v in table.column(p.column).to_pylist()]
+        n = rows.num_rows
+        alive = np.ones(n, dtype=bool)
+        drops: list[Drop] = []
         if p.reference:
             reference = await asyncio.to_thread(self._reference_texts)
-            match, score = await asyncio.to_thread(self.match_reference, texts, reference)
-            hit = match >= 0
-            for i, row in _rows(table, hit):
-                ref = int(match[i])
-                detail = f"reference row {ref} ({float(score[i]):.3f}): {_short(reference[ref])}"
-                batch.drop(row, "matches_reference", detail)
-            if hit.any():
-                table = table.filter(pa.array(~hit))
-                texts = [t for t, h in zip(texts, hit.tolist(), strict=True) if not h]
-        if not p.within or table.num_rows == 0:
-            return table
-        result = await asyncio.to_thread(self.find, texts)
-        self.result, self.texts = result, texts  # for `synth dedup`'s cluster report
+            match, score = await asyncio.to_thread(self._match_all, rows, reference)
+            hit = np.flatnonzero(match >= 0)
+            details = [
+                f"reference row {int(match[i])} ({float(score[i]):.3f}): {_short(reference[int(match[i])])}"
+                for i in hit.tolist()
+            ]
+            drops.append(Drop(hit, "matches_reference", details))
+            alive[hit] = False
+        kept = np.flatnonzero(alive)
+        if not p.within or not len(kept):
+            return Selection(kept, drops=drops)
+        result = await asyncio.to_thread(self.find, _texts(rows, p.column, alive), len(kept))
+        self.result, self.kept = result, kept  # for `synth dedup`'s cluster report
         for name in ("recall_pairs", "recall_found", "confirm_encoded"):
             if name in result.info:
                 batch.count(f"dedup_{name}", int(result.info[name]))
-        ids = table.column(p.id_column).to_pylist() if p.id_column else list(range(table.num_rows))
-        rep = result.representative
-        table = table.append_column("representative_id", pa.array([ids[r] for r in rep.tolist()]))
-        table = table.append_column("repeat_count", pa.array(result.repeat_count, pa.int64()))
+        rep = kept[result.representative]  # positions in this stage's input
+        ids = rows.column(p.id_column) if p.id_column else None
+        columns = {
+            "representative_id": _spread(ids.take(pa.array(rep)) if ids is not None else pa.array(rep), kept, n),
+            "repeat_count": _spread(pa.array(result.repeat_count, pa.int64()), kept, n),
+        }
         if result.min_neighbor_distance is not None:
-            distance = [None if np.isnan(d) else round(float(d), 6) for d in result.min_neighbor_distance.tolist()]
-            table = table.append_column("min_neighbor_distance", pa.array(distance, pa.float64()))
+            columns["min_neighbor_distance"] = _spread(_rounded(result.min_neighbor_distance), kept, n)
         if p.keep == "all":
-            return table
-        keep = result.keep
-        reason = f"duplicate_{p.method}"
-        for i, row in _rows(table, ~keep):
-            r = int(rep[i])
-            batch.drop(row, reason, f"of row {ids[r]}: {_short(texts[r])}")
-        return table.filter(pa.array(keep))
+            return Selection(kept, columns, drops)
+        duplicate = ~result.keep
+        dup_rows, dup_reps = kept[duplicate], rep[duplicate]
+        shown = await asyncio.to_thread(_texts_at, rows, p.column, np.unique(dup_reps))
+        names = ids.take(pa.array(dup_reps)).to_pylist() if ids is not None else dup_reps.tolist()
+        details = [f"of row {name}: {shown[r]}" for name, r in zip(names, dup_reps.tolist(), strict=True)]
+        drops.append(Drop(dup_rows, f"duplicate_{p.method}", details))
+        return Selection(kept[result.keep], columns, drops)
+
+    def _match_all(self, rows: Rows, reference: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """match_reference over the rows in groups of about 50,000 texts."""
+        matches, scores = [], []
+        for chunk in _texts(rows, self.params.column, np.ones(rows.num_rows, dtype=bool), group_rows=50_000)():
+            match, score = self.match_reference(chunk, reference)
+            matches.append(match)
+            scores.append(score)
+        if not matches:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return np.concatenate(matches), np.concatenate(scores)
+
+
+def _texts(rows: Rows, column: str, alive: np.ndarray, group_rows: int = 0) -> Callable[[], Iterator[list[str]]]:
+    """The texts of the rows where `alive` holds, in chunks, read again at each call: one column of
+    one shard at a time (chunks of about group_rows texts when given)."""
+
+    def chunks() -> Iterator[list[str]]:
+        held: list[str] = []
+        for start, table in rows.tables([column] if column in rows.column_names else []):
+            values = table.column(column).to_pylist() if column in table.column_names else [None] * table.num_rows
+            mask = alive[start : start + len(values)]
+            texts = [text_of(v) for v, m in zip(values, mask.tolist(), strict=True) if m]
+            if not group_rows:
+                yield texts
+                continue
+            held += texts
+            if len(held) >= group_rows:
+                yield held
+                held = []
+        if held:
+            yield held
+
+    return chunks
+
+
+def _texts_at(rows: Rows, column: str, positions: np.ndarray) -> dict[int, str]:
+    """Shortened texts of a few rows, by position."""
+    wanted = np.zeros(rows.num_rows, dtype=bool)
+    wanted[positions] = True
+    found: dict[int, str] = {}
+    chunks = _texts(rows, column, wanted)()
+    for position, text in zip(positions.tolist(), (t for c in chunks for t in c), strict=True):
+        found[position] = _short(text)
+    return found
+
+
+def _spread(values: pa.Array | pa.ChunkedArray, positions: np.ndarray, n: int) -> pa.Array:
+    """values (one per position) laid out over n input rows, null elsewhere."""
+    index = np.full(n, -1, dtype=np.int64)
+    index[positions] = np.arange(len(positions))
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return values.take(pa.array(index, mask=index < 0))
+
+
+def _rounded(distance: np.ndarray) -> pa.Array:
+    """Magpie's unit rounded to 6 decimals as Python rounds (nan: unknown, null)."""
+    out = np.empty(len(distance), dtype=np.float64)
+    for lo in range(0, len(distance), 65_536):
+        part = distance[lo : lo + 65_536].tolist()
+        out[lo : lo + len(part)] = [round(float(d), 6) for d in part]
+    return pa.array(out, mask=np.isnan(out))

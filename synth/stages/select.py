@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 from pydantic import Field, model_validator
 
 from ..seeds import derive_seed
+from ..shards import Drop, Rows, Selection
 from .base import Batch, Stage, StageParams
 
 
@@ -21,10 +21,10 @@ class Limit(Stage):
     kind = "global"
     params: LimitParams
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
-        for row in table.slice(self.params.n).to_pylist():
-            batch.drop(row, f"beyond_first_{self.params.n}")
-        return table.slice(0, self.params.n)
+    async def select(self, rows: Rows, batch: Batch) -> Selection:
+        n, total = self.params.n, rows.num_rows
+        kept = np.arange(min(n, total), dtype=np.int64)
+        return Selection(kept, drops=[Drop(np.arange(len(kept), total, dtype=np.int64), f"beyond_first_{n}")])
 
 
 class SampleParams(StageParams):
@@ -47,9 +47,9 @@ class Sample(Stage):
     kind = "global"
     params: SampleParams
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def select(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
-        total = table.num_rows
+        total = rows.num_rows
         k = min(total, p.n) if p.n is not None else round(total * p.fraction)  # type: ignore[operator]
         rng = np.random.default_rng(p.seed if p.seed is not None else derive_seed(self.ctx.seed, self.ctx.label))
         chosen = rng.choice(total, size=k, replace=False)
@@ -57,6 +57,4 @@ class Sample(Stage):
             chosen = np.sort(chosen)
         kept = np.zeros(total, dtype=bool)
         kept[chosen] = True
-        for row in table.filter(pa.array(~kept)).to_pylist():
-            batch.drop(row, "not_sampled")
-        return table.take(pa.array(chosen, type=pa.int64()))
+        return Selection(chosen.astype(np.int64), drops=[Drop(np.flatnonzero(~kept), "not_sampled")])

@@ -2,16 +2,19 @@
 
 Magpie's filter recipe keeps the N rows with the longest responses; that is
 `{stage: sort, by: response, key: length, descending: true, top: 300000}`. Ties keep source
-order (a stable sort), so the result is the same on every run."""
+order (a stable sort), so the result is the same on every run. Only the sort key is read into
+memory (one value per row); the rows are gathered from the shards in the new order."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from ..shards import Drop, Rows, Selection
 from .base import Batch, Stage, StageParams
 
 
@@ -20,6 +23,12 @@ class SortParams(StageParams):
     key: Literal["value", "length"] = Field("value", description="sort by the value or by its length in characters")
     descending: bool = False
     top: int | None = Field(None, ge=0, description="keep only the first n rows after sorting")
+
+
+def _length(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return pc.list_value_length(column)
+    return pc.utf8_length(column.cast(pa.string()))
 
 
 class Sort(Stage):
@@ -33,18 +42,16 @@ class Sort(Stage):
     def reads(cls, params: SortParams) -> list[str]:
         return [params.by]
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def select(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
-        column = table.column(p.by)
-        if p.key == "length":
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                column = pc.list_value_length(column)
-            else:
-                column = pc.utf8_length(column.cast(pa.string()))
+        if p.by not in rows.column_names:
+            column = pa.chunked_array([pa.nulls(rows.num_rows)])
+        elif p.key == "length":
+            column = pa.chunked_array([c for _, t in rows.tables([p.by]) for c in _length(t.column(p.by)).chunks])
+        else:
+            column = rows.column(p.by)
         # Rows without a value go last either way; ties keep source order.
-        keyed = pa.table(
-            {"missing": pc.is_null(column), "key": column, "position": pa.array(range(table.num_rows), pa.int64())}
-        )
+        keyed = pa.table({"missing": pc.is_null(column), "key": column, "position": pa.array(np.arange(rows.num_rows))})
         order = pc.sort_indices(
             keyed,
             sort_keys=[
@@ -52,10 +59,7 @@ class Sort(Stage):
                 ("key", "descending" if p.descending else "ascending"),
                 ("position", "ascending"),
             ],
-        )
-        if p.top is not None:
-            dropped = order[p.top :]
-            for index in dropped.to_pylist():
-                batch.drop(table.slice(index, 1).to_pylist()[0], f"not_in_top_{p.top}")
-            order = order[: p.top]
-        return table.take(order)
+        ).to_numpy()
+        if p.top is None:
+            return Selection(order)
+        return Selection(order[: p.top], drops=[Drop(order[p.top :], f"not_in_top_{p.top}")])
