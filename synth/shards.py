@@ -247,6 +247,7 @@ class _Buckets:
         self.per_bucket: int | None = None  # ranks per bucket, fixed from the first rows seen
         self.memory: list[pa.Table] = []
         self.writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+        self.schemas: dict[int, pa.Schema] = {}
         self.dir: Path | None = None
 
     def __enter__(self) -> _Buckets:
@@ -278,9 +279,8 @@ class _Buckets:
             writer = self.writers.get(b)
             if writer is None:
                 writer = self.writers[b] = pa.ipc.new_stream(self.dir / f"bucket-{b:05d}.arrow", part.schema)
-            if not part.schema.equals(writer.schema):
-                part = conform(part, writer.schema)
-            writer.write_table(part)
+                self.schemas[b] = part.schema
+            writer.write_table(conform(part, self.schemas[b]))
 
     def sorted(self) -> Iterator[pa.Table]:
         if self.per_bucket is None:
