@@ -55,6 +55,16 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_many(texts: list[str]) -> list[str]:
+    """scrub over many texts in one pass (the dropped rows of a batch): one look at the
+    environment for all of them, not one each."""
+    if not texts:
+        return texts
+    joined = "\x1e".join(texts)
+    parts = scrub(joined).split("\x1e")
+    return parts if len(parts) == len(texts) else [scrub(t) for t in texts]
+
+
 def without_yaml_comments(text: str) -> str:
     """A pipeline file's text without its comments, for what is published (the card, the report):
     comments are where people paste things they meant to keep. A `#` inside a quoted string or

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .errors import RunError
 
 RANK = "__synth_rank"
-BUCKET_BYTES = 512 * 2**20  # rows of one sort bucket held in memory at once (as Arrow)
+BUCKET_BYTES = 256 * 2**20  # rows of one sort bucket held in memory at once (as Arrow; about 3x that at peak)
 
 
 @dataclass

@@ -71,6 +71,28 @@ class Batch:
     index: int = 0
     dropped: list[Dropped] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    dropped_rows: list[pa.Table] = field(default_factory=list)  # process_table's drops, by input row
+
+    def drop_rows(self, positions: np.ndarray, reasons: list[str], details: list[str], failed: np.ndarray) -> None:
+        """process_table's drops: rows of the input batch by position, each with its reason and
+        detail; the rows stay in the stage before (a copy of each would double a big run's disk)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from ..scrub import scrub_many
+
+        n = len(positions)
+        self.dropped_rows.append(
+            pa.table(
+                {
+                    "reason": pa.array(scrub_many(reasons), pa.string()),
+                    "detail": pa.array(scrub_many(details), pa.string()),
+                    "failed": pa.array(np.asarray(failed, dtype=bool)),
+                    "row": pa.nulls(n, pa.string()),
+                    "input_row": pa.array(np.asarray(positions, dtype=np.int64)),
+                }
+            )
+        )
 
     def drop(self, row: Row, reason: str, detail: str = "") -> None:
         """A filter decided against this row."""

@@ -342,5 +342,6 @@ def _finish(
     table: pa.Table, batch: Batch, dropped: np.ndarray, reasons: list[str], details: list[str], failed=None
 ) -> pa.Table:
     """The rows of `table` not dropped; the dropped ones (reasons and details in row order) go to batch."""
-    batch.drop_where(table, dropped, reasons, details, failed)
+    positions = np.flatnonzero(dropped)
+    batch.drop_rows(positions, reasons, details, failed[positions] if failed is not None else np.zeros(len(positions)))
     return table.filter(pa.array(~dropped)) if dropped.any() else table
