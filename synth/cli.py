@@ -118,6 +118,18 @@ def _apply_trust(allow_read: tuple[Path, ...], allow_key: tuple[str, ...]) -> No
     help="on resume, run again the rows that failed (a request out of retries, an empty or unparseable answer); "
     "default: retry when the last run did not complete",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="where map stages' batches run: this process, or Ray actors (docs/ray.md); default: the pipeline's "
+    "run.executor",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="the Ray cluster for --executor ray: auto, local (a private one) or HOST:PORT; default: run.address, "
+    "else RAY_ADDRESS",
+)
 @_trust_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
@@ -128,6 +140,8 @@ def run(
     resume: bool,
     limit: int | None,
     retry_failed: bool | None,
+    executor: str | None,
+    address: str | None,
     allow_read: tuple[Path, ...],
     allow_key: tuple[str, ...],
     quiet: bool,
@@ -147,6 +161,7 @@ def run(
       synth run my.yaml --overwrite                # start from scratch
       synth run my.yaml --keep-failed              # resume without retrying failed rows
       synth run their.yaml --allow-read ~/data --allow-key VLLM_API_KEY
+      synth run my.yaml --executor ray --address auto   # map stages on a Ray cluster
     """
     from .config import load_pipeline
     from .pipeline import run_pipeline
@@ -164,7 +179,14 @@ def run(
 
         progress = ConsoleProgress()
     result = run_pipeline(
-        pipeline, root, overwrite=not resume, limit=limit, progress=progress, retry_failed=retry_failed
+        pipeline,
+        root,
+        overwrite=not resume,
+        limit=limit,
+        progress=progress,
+        retry_failed=retry_failed,
+        executor=executor,
+        address=address,
     )
     from .console import print_summary
 
@@ -250,8 +272,9 @@ def stages(names: tuple[str, ...], as_json: bool):
 @click.option("--stage", "stage_label", help="show rows of this stage instead of the final output")
 @click.option("--dropped", is_flag=True, help="show dropped rows with their reasons")
 @click.option("--provenance", is_flag=True, help="show each sample row's provenance too")
+@click.option("--seed", type=int, help="show -n rows picked at random with this seed (default: the first rows)")
 @friendly
-def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool, provenance: bool):
+def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool, provenance: bool, seed: int | None):
     """Show a run: status, rows through each stage, filters, sample rows and column stats.
 
     \b
@@ -260,10 +283,11 @@ def inspect(run_dir: Path, n: int, stage_label: str | None, dropped: bool, prove
       synth inspect runs/quickstart --stage question -n 5
       synth inspect runs/quickstart --dropped
       synth inspect runs/quickstart -n 1 --provenance
+      synth inspect runs/magpie -n 5 --seed 1
     """
     from .inspect_run import show_run
 
-    show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped, provenance=provenance)
+    show_run(run_dir, n=n, stage_label=stage_label, dropped=dropped, provenance=provenance, seed=seed)
 
 
 def build_params(params_cls, arguments: tuple[str, ...] = (), /, **values):

@@ -36,6 +36,27 @@ from .yamlfile import YamlDoc, format_path, load_yaml_file
 FINGERPRINT_VERSION = 2  # 2: template and data file contents joined the fingerprint
 
 
+class StageResources(BaseModel):
+    """`run: resources: <label>:` what each Ray actor of a map stage asks for, and how many there are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    actors: int = Field(1, ge=1, le=10_000, description="actors in the stage's pool (each opens the stage once)")
+    num_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs each actor holds (default 0.01: it mostly waits on a server; give CPU-bound stages, "
+        "llama.cpp or a reward model on CPU, their threads' worth)",
+    )
+    num_gpus: float = Field(0, ge=0, description="GPUs each actor holds (a vllm backend: its tensor_parallel_size)")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each actor holds, e.g. {node2: 1} or {A100: 1}"
+    )
+    max_restarts: int = Field(
+        3, ge=0, le=1000, description="times a dead actor is restarted (its batch sent again) before the run fails"
+    )
+
+
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +79,19 @@ class RunSettings(BaseModel):
         le=1,
         description="the run fails (exit 1) when a stage loses a larger share of its rows to failures (requests "
         "that ran out of retries, empty or unparseable answers); filters do not count",
+    )
+    # Where map stages run (docs/ray.md); like the two above, never part of the fingerprint.
+    executor: Literal["local", "ray"] = Field(
+        "local", description="'local' (this process) or 'ray': map stages' batches run in Ray actors, a pool per stage"
+    )
+    address: str | None = Field(
+        None,
+        description="the Ray cluster to join ('auto': the one `ray start` made on this machine, 'local': start a "
+        "private one, HOST:PORT); default: RAY_ADDRESS, else a cluster started on this machine, else a private one",
+    )
+    resources: dict[str, StageResources] = Field(
+        default_factory=dict,
+        description="per map stage label: the size of its actor pool and what each actor asks Ray for (executor: ray)",
     )
 
 
@@ -386,6 +420,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     names = set(raw_backends) | {"default"} if isinstance(raw_backends, dict) else {"default"}
     problems += _check_flow(parsed, path.parent, names, backends)
     problems += _check_access(specs, backends if top else {}, doc, path.parent)
+    problems += _check_resources(top.run if top else None, specs, doc)
     problems.sort(key=lambda p: p.line or 0)
 
     if problems:
@@ -402,6 +437,30 @@ def load_pipeline(path: str | Path) -> Pipeline:
         run=top.run,
         text=path.read_text(encoding="utf-8"),
     )
+
+
+def _check_resources(run: RunSettings | None, specs: list[StageSpec], doc: YamlDoc) -> list[Problem]:
+    """`run: resources:` names map stages by label: a typo would leave a stage on Ray's defaults."""
+    if run is None:
+        return []
+    from .executors import on_ray
+
+    maps = [s.label for s in specs if on_ray(s.cls)]
+    problems = []
+    for label in run.resources:
+        if label not in maps:
+            loc = ("run", "resources", label)
+            hint = f"did you mean '{closest(label, maps)}'? " if closest(label, maps) else ""
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(loc),
+                    format_path(loc),
+                    f"no map stage that runs on Ray is labelled '{label}' ({hint}they are: {', '.join(maps) or 'none'}"
+                    "; source, global and vectorized filter stages run in the driver)",
+                )
+            )
+    return problems
 
 
 def _check_access(specs: list[StageSpec], backends: dict, doc: YamlDoc, base_dir: Path) -> list[Problem]:

@@ -11,29 +11,56 @@ Formats are the ones TRL reads without reshaping:
 - `raw`: every column as the run made it.
 Files are Parquet (default) or JSONL, split into train/test with a seeded shuffle of the prompts
 (all rows of one prompt land in the same split).
+
+The export streams: it reads the run's output a chunk of rows at a time and writes each split as
+it goes, so a run of millions of rows exports in bounded memory; what it keeps per row is a
+16-byte hash of the prompt, its group number, a test-split flag and the card's text lengths, in
+numpy arrays (a few tens of bytes a row). A split of more than about 500 MB (estimated from the
+run's Parquet sizes) is written as several `train-0000K-of-0000N.parquet` files (the shard size
+`datasets`' push_to_hub uses), which the Hub and `load_dataset` read as one split; a smaller one
+keeps the single `train-00000-of-00001.parquet`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import random
 import re
+import shutil
+from array import array
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from .card import write_card
+from .card import StatsReader, write_card
 from .errors import RunError
-from .pipeline import read_output
-from .records import conversation
+from .records import (
+    DEFAULT_CHUNK_ROWS,
+    ParquetParts,
+    content_type,
+    conversation,
+    conversations,
+    count_rows,
+    iter_chunks,
+    messages_type,
+    output_files,
+    turn_columns,
+    unified_schema,
+)
 from .store import RunStore
 
 Format = Literal["sft", "preference", "kto", "raw"]
 # The files an export writes (and so replaces): a split name, a shard suffix, a data extension.
 _DATA_FILE = re.compile(r"^(?:train|test|validation|valid|dev|eval)(?:-\d{5}-of-\d{5})?\.(?:parquet|jsonl|json|csv)$")
-
+# A split's Parquet files hold about this many bytes each (datasets' push_to_hub default shard size).
+MAX_FILE_BYTES = 500 * 1024 * 1024
 
 # Columns a preference export keeps beside prompt/chosen/rejected when the run has them.
 PREFERENCE_EXTRAS = ("score_chosen", "score_rejected", "margin", "rationale")
@@ -53,77 +80,176 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def _need(row: dict, *columns: str, fmt: str) -> None:
-    missing = [c for c in columns if c not in row]
+def _need(names: list[str], *columns: str, fmt: str) -> None:
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise RunError(f"the '{fmt}' format needs column(s) {', '.join(missing)}; the run has: {', '.join(row)}")
+        raise RunError(f"the '{fmt}' format needs column(s) {', '.join(missing)}; the run has: {', '.join(names)}")
 
 
-def to_sft(rows: list[dict], instruction: str = "instruction", response: str = "response") -> list[dict]:
-    out = []
-    for row in rows:
+class Converter:
+    """One format's rows from the run's, chunk by chunk: which columns it reads, the schema it
+    writes, the checks it makes before a row is written (with the run's column names)."""
+
+    def __init__(self, schema: pa.Schema, fmt: Format, keep: list[str] | None):
+        self.schema, self.fmt, self.names = schema, fmt, schema.names
+        names = self.names
+        self.keep = [c for c in names if c != "provenance"] if keep == ["all"] else list(keep or [])
+        self.keep_asked = bool(keep) and fmt != "raw"
+        self.labels = fmt == "kto" and "label" in names
+        self._first: list[dict] = []  # KTO: the split's first two pairs, the partners of its last two
+        self._pending: deque[dict] = deque()
+        self._pairs = 0
+        self.arrow = False
+        if fmt == "raw":
+            self.columns, self.out_schema = names, schema
+            return
+        turns = turn_columns(names)
+        read = {
+            "sft": ["messages", "instruction", "response", "system", *turns],
+            "preference": ["instruction", "chosen", "rejected", "system", *PREFERENCE_EXTRAS],
+            "kto": ["instruction", "system", "label", "response", "chosen", "rejected"],
+        }[fmt]
+        self.columns = list(dict.fromkeys(c for c in [*read, *self.keep] if c in names))
+        self.out_schema = self._out_schema(turns)
+        self.sft_missing = [c for c in ("instruction", "response") if c not in names]
+        # SFT from instruction/response texts: the messages built in Arrow, not row by row
+        self.arrow = (
+            fmt == "sft"
+            and "messages" not in names
+            and self.out_schema.field("messages").type == (messages_type(pa.string()))
+        )
+
+    def _out_schema(self, turns: list[str]) -> pa.Schema:
+        s, names = self.schema, self.names
+        system = ["system"] if "system" in names else []
+        if self.fmt == "sft":
+            messages = s.field("messages").type if "messages" in names else None
+            if not _is_messages(messages):
+                string_system = system and content_type(s, system, "sft export") == pa.string()
+                sources = ["instruction", "response", *turns, *(system if string_system else [])]
+                messages = messages_type(content_type(s, sources, "sft export"))
+            made = [pa.field("messages", messages)]
+        elif self.fmt == "preference":
+            made = [pa.field("prompt", messages_type(content_type(s, ["instruction", *system], "preference prompt")))]
+            made += [
+                pa.field(c, messages_type(content_type(s, [c], f"preference {c}"))) for c in ("chosen", "rejected")
+            ]
+            made += [s.field(c) for c in PREFERENCE_EXTRAS if c in names]
+        else:
+            answers = ["response"] if self.labels else ["chosen", "rejected"]
+            made = [
+                pa.field("prompt", messages_type(content_type(s, ["instruction", *system], "kto prompt"))),
+                pa.field("completion", messages_type(content_type(s, answers, "kto completion"))),
+                pa.field("label", pa.bool_()),
+            ]
+        made_names = {f.name for f in made}
+        kept = [s.field(c) for c in self.keep if c not in made_names and c in names] if self.keep_asked else []
+        return pa.schema(kept + made)
+
+    def check(self, rows: int) -> None:
+        """The checks the format makes of a split of `rows` rows, before anything is written."""
+        if self.fmt == "raw":
+            return
+        if rows and self.fmt == "preference":
+            _need(self.names, "instruction", "chosen", "rejected", fmt="preference")
+        if rows and self.fmt == "kto":
+            _need(self.names, "instruction", *(["response"] if self.labels else ["chosen", "rejected"]), fmt="kto")
+        if rows and self.fmt == "sft" and "messages" not in self.names:
+            _need(self.names, "instruction", "response", fmt="sft")
+        if not self.keep_asked:
+            return
+        if self.fmt == "kto":
+            raise RunError("--keep-columns works with the sft and preference formats (a KTO row is half a pair)")
+        missing = [c for c in self.keep if rows and c not in self.names]
+        if missing:
+            raise RunError(
+                f"--keep-columns: the run has no column(s) {', '.join(missing)}; it has: {', '.join(self.names)}"
+            )
+
+    def output_rows(self, rows: int) -> int:
+        return 2 * rows if self.fmt == "kto" and not self.labels else rows
+
+    def records(self, rows: list[dict]) -> list[dict]:
+        if self.fmt == "sft":
+            out = [self._sft(row) for row in rows]
+        elif self.fmt == "preference":
+            out = [self._preference(row) for row in rows]
+        elif self.labels:
+            out = [
+                {
+                    "prompt": _prompt(r, "instruction"),
+                    "completion": _assistant(r["response"]),
+                    "label": bool(r["label"]),
+                }
+                for r in rows
+            ]
+        else:
+            out = []
+            for row in rows:
+                if len(self._first) < 2:
+                    self._first.append(row)
+                self._pending.append(row)
+                self._pairs += 1
+                if len(self._pending) == 3:
+                    out += _kto_pair(self._pending.popleft(), row)
+            return out
+        if not self.keep_asked:
+            return out
+        return [
+            {**{c: row.get(c) for c in self.keep if c not in made}, **made} for row, made in zip(rows, out, strict=True)
+        ]
+
+    def finish(self) -> list[dict]:
+        """A split's last rows: the KTO pairs whose partner is one of the split's first two."""
+        if self.fmt != "kto" or self.labels:
+            return []
+        out, n = [], self._pairs
+        for k, row in enumerate(self._pending):  # pairs n-2 and n-1 (or only 0): partners 0 and 1
+            out += _kto_pair(row, self._first[(n - len(self._pending) + k + 2) % n])
+        return out
+
+    def table(self, part: pa.Table) -> pa.Table:
+        """The SFT rows of `part` in Arrow (when `self.arrow`): the kept columns, then messages."""
+        kept = [part.column(f.name) for f in self.out_schema if f.name != "messages"]
+        return pa.Table.from_arrays([*kept, conversations(part, "instruction", "response")], schema=self.out_schema)
+
+    def _sft(self, row: dict) -> dict:
         if row.get("messages"):
-            out.append({"messages": row["messages"]})
-            continue
-        _need(row, instruction, response, fmt="sft")
-        out.append({"messages": conversation(row, instruction, response)})
-    return out
+            return {"messages": row["messages"]}
+        if self.sft_missing:
+            _need(self.names, "instruction", "response", fmt="sft")
+        return {"messages": conversation(row, "instruction", "response")}
 
-
-def to_preference(rows: list[dict], prompt: str = "instruction") -> list[dict]:
-    out = []
-    for row in rows:
-        _need(row, prompt, "chosen", "rejected", fmt="preference")
+    def _preference(self, row: dict) -> dict:
         record = {
-            "prompt": _prompt(row, prompt),
+            "prompt": _prompt(row, "instruction"),
             "chosen": _assistant(row["chosen"]),
             "rejected": _assistant(row["rejected"]),
         }
         for column in PREFERENCE_EXTRAS:
             if column in row:
                 record[column] = row[column]
-        out.append(record)
-    return out
+        return record
 
 
-def to_kto(rows: list[dict], prompt: str = "instruction") -> list[dict]:
-    """A run's own `label` rows as they are; each pair as a desirable and an undesirable row.
-
-    The undesirable row after pair i's desirable one is pair i+2's: TRL's KTOTrainer estimates its
-    KL term from each row's prompt with the previous row's completion (rotated within a batch),
-    and a pair's two rows side by side would make half of those the same prompt's own answers."""
-    out, pairs = [], []
-    for row in rows:
-        if "label" in row:
-            _need(row, prompt, "response", fmt="kto")
-            out.append(
-                {"prompt": _prompt(row, prompt), "completion": _assistant(row["response"]), "label": bool(row["label"])}
-            )
-            continue
-        _need(row, prompt, "chosen", "rejected", fmt="kto")
-        pairs.append(row)
-    for i, row in enumerate(pairs):
-        other = pairs[(i + 2) % len(pairs)]
-        out.append({"prompt": _prompt(row, prompt), "completion": _assistant(row["chosen"]), "label": True})
-        out.append({"prompt": _prompt(other, prompt), "completion": _assistant(other["rejected"]), "label": False})
-    return out
+def _kto_pair(row: dict, other: dict) -> list[dict]:
+    """Pair i's desirable row, then pair i+2's undesirable one: TRL's KTOTrainer estimates its KL
+    term from each row's prompt with the previous row's completion (rotated within a batch), and
+    a pair's two rows side by side would make half of those the same prompt's own answers."""
+    return [
+        {"prompt": _prompt(row, "instruction"), "completion": _assistant(row["chosen"]), "label": True},
+        {"prompt": _prompt(other, "instruction"), "completion": _assistant(other["rejected"]), "label": False},
+    ]
 
 
-def convert(rows: list[dict], fmt: Format, keep: list[str] | None = None) -> list[dict]:
-    """Rows in `fmt`; `keep` names columns of the run to carry beside the format's own (tags, ids,
-    scores for filtering later: TRL ignores extra columns), `["all"]` every one but provenance."""
-    if fmt == "raw":
-        return rows
-    out = {"sft": to_sft, "preference": to_preference, "kto": to_kto}[fmt](rows)
-    if not keep:
-        return out
-    if fmt == "kto":
-        raise RunError("--keep-columns works with the sft and preference formats (a KTO row is half a pair)")
-    columns = [c for c in (rows[0] if rows else {}) if c != "provenance"] if keep == ["all"] else keep
-    missing = [c for c in columns if rows and c not in rows[0]]
-    if missing:
-        raise RunError(f"--keep-columns: the run has no column(s) {', '.join(missing)}; it has: {', '.join(rows[0])}")
-    return [{**{c: row.get(c) for c in columns if c not in made}, **made} for row, made in zip(rows, out, strict=True)]
+def _is_messages(t: pa.DataType | None) -> bool:
+    if t is None or not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+        return False
+    fields = {t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+    return {"role", "content"} <= fields
+
+
+# ---- the train/test split ----
 
 
 def _prompt_key(row: dict, index: int) -> str:
@@ -138,28 +264,151 @@ def _prompt_key(row: dict, index: int) -> str:
     return f"\0row {index}"  # no prompt to group by: a group of its own
 
 
+def _digests(keys) -> np.ndarray:
+    """Each prompt key as 16 bytes of blake2b, as two uint64 columns (a collision is a 2^-128 event)."""
+    data = b"".join(hashlib.blake2b(k.encode("utf-8", "surrogatepass"), digest_size=16).digest() for k in keys)
+    return np.frombuffer(data, dtype=np.uint64).reshape(-1, 2)
+
+
+def prompt_digests(files: list[Path], schema: pa.Schema, total: int, chunk_rows: int) -> np.ndarray:
+    """The hashed prompt key of every row of the files, read a chunk of rows at a time."""
+    out = np.empty((total, 2), dtype=np.uint64)
+    columns = [c for c in ("instruction", "messages") if c in schema.names]
+    if not columns:  # every row a group of its own
+        for start in range(0, total, chunk_rows):
+            stop = min(start + chunk_rows, total)
+            out[start:stop] = _digests(f"\0row {i}" for i in range(start, stop))
+        return out
+    start = 0
+    for chunk in iter_chunks(files, schema, chunk_rows, columns=columns):
+        n = chunk.num_rows
+        instructions = chunk.column("instruction").to_pylist() if "instruction" in columns else [None] * n
+        messages = None
+        if not all(isinstance(v, str) for v in instructions):
+            messages = chunk.column("messages").to_pylist() if "messages" in columns else [None] * n
+        keys = (
+            v if isinstance(v, str) else _prompt_key({"messages": messages[j]}, start + j)
+            for j, v in enumerate(instructions)
+        )
+        out[start : start + n] = _digests(keys)
+        start += n
+    return out
+
+
+def test_rows(keys: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+    """Which rows go to the test split: the rows' prompts (groups of equal keys, numbered in order
+    of first appearance) in a seeded order, whole prompts taken until the test split holds at
+    least test_size of the rows. The order is `random.Random(seed).shuffle` of the list of group
+    numbers: shuffle swaps positions by draws that depend only on the list's length, so this is
+    the permutation it gives a list of the groups themselves."""
+    n = len(keys)
+    mask = np.zeros(n, dtype=bool)
+    if not n:
+        return mask
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    hi, lo = keys[order, 0], keys[order, 1]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    starts = np.flatnonzero(new)
+    groups = len(starts)
+    rank = np.empty(groups, dtype=np.int64)  # sorted-key group -> number by first appearance
+    rank[np.argsort(np.minimum.reduceat(order, starts))] = np.arange(groups)
+    group = np.empty(n, dtype=np.int64)
+    group[order] = rank[np.cumsum(new) - 1]
+    del order, hi, lo, new, starts, rank
+    shuffled = array("q", range(groups))
+    random.Random(seed).shuffle(shuffled)
+    perm = np.frombuffer(shuffled, dtype=np.int64)
+    n_test = max(1, round(n * test_size))
+    taken = np.cumsum(np.bincount(group, minlength=groups)[perm])
+    k = min(int(np.searchsorted(taken, n_test, side="left")) + 1, groups)
+    chosen = np.zeros(groups, dtype=bool)
+    chosen[perm[:k]] = True
+    return chosen[group]
+
+
+def test_mask(files: list[Path], schema: pa.Schema, total: int, test_size: float, seed: int, chunk_rows: int):
+    """`test_rows` of the rows in the files."""
+    return test_rows(prompt_digests(files, schema, total, chunk_rows), test_size, seed)
+
+
 def split(rows: list[dict], test_size: float, seed: int) -> dict[str, list[dict]]:
-    """A seeded train/test split that keeps every row of one prompt in the same split (a pair's
-    two relabeled rows, the pairs `all_pairs` makes of one prompt, several samples of it), so the
-    test split holds no prompt the model trained on. The test split takes whole prompts, in a
-    seeded order, until it holds at least test_size of the rows."""
+    """A seeded train/test split of a list of rows that keeps every row of one prompt in the same
+    split (a pair's two relabeled rows, the pairs `all_pairs` makes of one prompt, several
+    samples of it), so the test split holds no prompt the model trained on; export_run splits a
+    run's files the same way without holding its rows."""
     if not test_size:
         return {"train": rows}
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(_prompt_key(row, i), []).append(i)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(rows) * test_size)) if rows else 0
-    test: set[int] = set()
-    for group in order:
-        if len(test) >= n_test:
-            break
-        test.update(group)
+    mask = test_rows(_digests(_prompt_key(row, i) for i, row in enumerate(rows)), test_size, seed)
     return {
-        "train": [r for i, r in enumerate(rows) if i not in test],
-        "test": [r for i, r in enumerate(rows) if i in test],
+        "train": [r for r, t in zip(rows, mask, strict=True) if not t],
+        "test": [r for r, t in zip(rows, mask, strict=True) if t],
     }
+
+
+class SplitWriter:
+    """One split's file(s): JSONL line by line, or Parquet through ParquetParts."""
+
+    def __init__(self, folder: Path, name: str, file_format: str, conv: Converter, rows: int, bytes_per_row: float):
+        self.conv, self.file_format, self.count = conv, file_format, 0
+        out_rows = conv.output_rows(rows)
+        if file_format == "jsonl":
+            self.path = folder / f"{name}.jsonl"
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            return
+        files = max(1, math.ceil(out_rows * bytes_per_row / MAX_FILE_BYTES))
+        per_file = max(1, math.ceil(out_rows / files))
+        schema = conv.out_schema if out_rows else pa.schema([])  # an empty split: a file of no column
+        self._parts = ParquetParts(
+            folder, lambda k, n: f"{name}-{k:05d}-of-{n:05d}.parquet", out_rows, per_file, schema
+        )
+
+    def write(self, part: pa.Table) -> None:
+        if not part.num_rows:
+            return
+        conv = self.conv
+        if conv.arrow and self.file_format != "jsonl":
+            self._parts.write(conv.table(part))
+            self.count += part.num_rows
+            return
+        if conv.fmt == "raw":
+            if self.file_format == "jsonl":
+                self._lines(part.to_pylist())
+            else:
+                self._parts.write(part)
+                self.count += part.num_rows
+            return
+        self._records(conv.records(part.select(conv.columns).to_pylist()))
+
+    def _records(self, records: list[dict]) -> None:
+        if not records:
+            return
+        if self.file_format == "jsonl":
+            self._lines(records)
+            return
+        try:
+            table = pa.Table.from_pylist(records, schema=self.conv.out_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise RunError(
+                f"the '{self.conv.fmt}' rows cannot be stored as Parquet: {exc}; export with --jsonl"
+            ) from None
+        self._parts.write(table)
+        self.count += len(records)
+
+    def _lines(self, rows: list[dict]) -> None:
+        self._fh.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
+        self.count += len(rows)
+
+    def close(self) -> list[Path]:
+        self._records(self.conv.finish())
+        if self.file_format == "jsonl":
+            self._fh.close()
+            return [self.path]
+        return self._parts.close()
+
+    def abort(self) -> None:
+        if self.file_format == "jsonl":
+            self._fh.close()
 
 
 def _decontamination_reports(run_dir: Path) -> list[Path]:
@@ -177,6 +426,7 @@ def export_run(
     seed: int = 42,
     license: str | None = None,
     keep_columns: list[str] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> dict[str, int]:
     """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -186,35 +436,61 @@ def export_run(
             f"{run_dir} is not finished (status: {manifest.get('status')}): "
             f"run 'synth run' on its pipeline again to complete it"
         )
+    files = output_files(run_dir)
+    schema, total = unified_schema(files), count_rows(files)
     # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
-    splits = {
-        name: convert(part, fmt, keep_columns)
-        for name, part in split(read_output(run_dir).to_pylist(), test_size, seed).items()
-    }
+    in_test = test_mask(files, schema, total, test_size, seed, chunk_rows) if test_size else None
+    n_test = int(in_test.sum()) if in_test is not None else 0
+    sizes = {"train": total - n_test, "test": n_test} if in_test is not None else {"train": total}
+    conv = Converter(schema, fmt, keep_columns)
+    for rows in sizes.values():
+        conv.check(rows)
+    bytes_per_row = sum(p.stat().st_size for p in files) / max(total, 1)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = set()
-    for name, part in splits.items():
-        if file_format == "jsonl":
-            path = out_dir / f"{name}.jsonl"
-            with open(path, "w", encoding="utf-8") as fh:
-                for row in part:
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        else:
-            path = out_dir / f"{name}-00000-of-00001.parquet"
-            table = pa.Table.from_pylist(part) if part else pa.table({})
-            pq.write_table(table, path, compression="zstd")
-        written.add(path.name)
+    tmp = out_dir / ".synth-export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writers: dict[str, SplitWriter] = {}
+    try:
+        for name, rows in sizes.items():  # a converter each: KTO pairs rows within a split
+            writers[name] = SplitWriter(
+                tmp, name, file_format, Converter(schema, fmt, keep_columns), rows, bytes_per_row
+            )
+        stats = StatsReader(schema)  # the card's statistics, from the same reads
+        columns = schema.names if fmt == "raw" else list(dict.fromkeys([*conv.columns, *stats.columns]))
+        start = 0
+        for chunk in iter_chunks(files, schema, chunk_rows, columns=columns):
+            stats.add(chunk)
+            if in_test is None:
+                writers["train"].write(chunk)
+            else:
+                mask = pa.array(in_test[start : start + chunk.num_rows])
+                writers["train"].write(chunk.filter(pc.invert(mask)))
+                writers["test"].write(chunk.filter(mask))
+            start += chunk.num_rows
+        written = [p for w in writers.values() for p in w.close()]
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     # An export replaces the folder's dataset: a test split left from an earlier export would be
     # loaded beside the new train split (and overlap it).
     for stale in out_dir.iterdir():
-        if stale.name not in written and _DATA_FILE.match(stale.name):
+        if _DATA_FILE.match(stale.name) and not (tmp / stale.name).exists():
             stale.unlink()
-    counts = {name: len(part) for name, part in splits.items()}
+    for path in written:
+        os.replace(path, out_dir / path.name)
+    tmp.rmdir()
+    counts = {name: w.count for name, w in writers.items()}
     reports = [p.with_suffix(".md").read_text(encoding="utf-8") for p in _decontamination_reports(run_dir)]
     write_card(
         out_dir,
         manifest,
-        read_output(run_dir),
+        stats.result(total),
         fmt=fmt,
         counts=counts,
         file_format=file_format,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import platform
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +21,8 @@ from importlib import metadata
 from itertools import islice
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
+import pyarrow as pa
 
 from .cache import RequestCache
 from .config import Pipeline, StageSpec
@@ -30,8 +31,9 @@ from .llm import make_backend
 from .llm.client import LLM, Ticker, current_counters, current_ticker
 from .scrub import scrub
 from .seeds import digest
+from .shards import Rows, Selection, dropped_table, gather
 from .stages.base import Batch, Row, Stage, StageContext
-from .store import RunStore, ShardStats, StageDir, atomic_write_json, concat, write_parquet
+from .store import RunStore, ShardStats, StageDir, atomic_write_json
 
 RECORDED_PACKAGES = (
     "synth",
@@ -94,7 +96,11 @@ class Runner:
         limit: int | None = None,
         progress: Progress | None = None,
         retry_failed: bool | None = None,
+        executor: str | None = None,
+        address: str | None = None,
     ):
+        from .executors import make_executor
+
         self.pipeline = pipeline
         self.retry_failed = retry_failed
         self.store = RunStore(root)
@@ -108,6 +114,7 @@ class Runner:
         self.cache: RequestCache | None = None
         self._spans: dict[int, tuple[float, float]] = {}  # stage -> (first start, last end), this session
         self._earlier_wall: dict[str, float] = {}  # stage label -> wall seconds of earlier sessions
+        self.executor = make_executor(pipeline, executor, address)  # where map stages run (synth/executors)
 
     # ---- set-up ----
     def _fingerprints(self, known: dict) -> list[str]:
@@ -153,12 +160,38 @@ class Runner:
                     f"recomputing it (LLM answers already cached are reused)"
                 )
             self.dirs.append(stage_dir)
+        self._forget_broken()
         retry = self.retry_failed
         if retry is None:  # by default a resume retries what failed, unless the run had completed
             retry = previous is not None and previous.get("status") != "complete"
         if retry:
             self._forget_failures()
         return manifest
+
+    def _forget_broken(self) -> None:
+        """Shards whose files went missing or were cut short (a copy of the run stopped halfway, a
+        power cut before the disk caught up) are forgotten with the rest of their batch's segment,
+        and so are batches a later stage finished but an earlier one has no marker for: computed
+        again, their requests from the cache."""
+        from .integrity import forget_broken
+
+        redone: list[str] = []
+        for segment in self._segments():
+            before: set[int] | None = None  # batches the previous stage of the segment has done
+            for p, i in enumerate(segment):
+                broken = set(forget_broken(self.dirs[i]))
+                done = set(self.dirs[i].done_indices())
+                if before is not None:  # done here but not in the stage before: redo it from there
+                    broken |= done - before
+                    done &= before
+                for index in sorted(broken):
+                    redone.append(f"{self.dirs[i].path.name}/shard-{index:05d}")
+                    for j in segment[p:]:
+                        self.dirs[j].forget(index)
+                before = done
+        if redone:
+            shown = ", ".join(redone[:3]) + (f" and {len(redone) - 3} more" if len(redone) > 3 else "")
+            self.progress.note(f"recomputing {len(redone)} shard(s) whose files are missing or damaged: {shown}")
 
     def _forget_failures(self) -> None:
         """Make rows that failed (a request that ran out of retries, an empty or unparseable
@@ -254,9 +287,11 @@ class Runner:
                 ctx.llms[backend] = self._llm(backend)
             stage = spec.cls(spec.params, ctx)
             self.stages.append(stage)
-        for stage in self.stages:
-            await stage.open()
-            self.opened.append(stage)
+        await self.executor.start(self)
+        for i, stage in enumerate(self.stages):
+            if self.executor.runs_here(i):  # on Ray, map stages open in their actors instead
+                await stage.open()
+                self.opened.append(stage)
 
     # ---- running ----
     async def run(self) -> RunResult:
@@ -287,12 +322,14 @@ class Runner:
                 await stage.close()
             for llm in self.llms.values():
                 await llm.backend.close()
+            await self.executor.stop()
             stats = [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]
             too_many = self._failure_rate_error(stats) if status == "complete" else None
             if too_many is not None:
                 status, error = "failed", too_many
             session = manifest["sessions"][-1]
             session.update(status=status, finished=dt.datetime.now(dt.timezone.utc).isoformat())
+            self.executor.record(session)
             session["seconds"] = round(time.perf_counter() - started, 3)
             if error is not None:
                 session["error"] = scrub(str(error))[:500]
@@ -335,9 +372,9 @@ class Runner:
 
     def _batches(self, head: int) -> Iterator[tuple[int, list[Row] | None]]:
         stage = self.stages[head]
-        if stage.kind == "source":
+        if stage.kind == "source" and not self.dirs[head].complete_marker.exists():
             yield from enumerate(chunks(iter(stage.iter_rows(self.limit)), self.pipeline.run.batch_size))
-        else:
+        else:  # a source read to its end before needs no reading again (millions of rows)
             for index in self.dirs[head].done_indices():
                 yield index, None
 
@@ -376,6 +413,9 @@ class Runner:
                 task.cancel()
         if failure:
             raise failure[0]
+        await asyncio.to_thread(os.sync)  # the segment's shards on disk before anything builds on them
+        if self.stages[head].kind == "source" and not self.dirs[head].complete_marker.exists():
+            atomic_write_json(self.dirs[head].complete_marker, {"shards": len(self.dirs[head].done_indices())})
 
     def batches_in_flight(self, segment: list[int]) -> int:
         """`run.max_batches_in_flight`, or enough batches to hold three times the rows the
@@ -396,11 +436,38 @@ class Runner:
         for position, i in enumerate(segment):
             if self.dirs[i].done(index):
                 start = position
-        if start >= 0:
-            rows = self.dirs[segment[start]].read(index)
-        assert rows is not None
+        data: list[Row] | pa.Table | None = rows
+        if start >= 0:  # from disk as Arrow: a stage with process_table never makes a dict per row
+            data = await asyncio.to_thread(self.dirs[segment[start]].read_table, index)
+        assert data is not None
         for i in segment[start + 1 :]:
-            rows = await self._process(i, index, rows)
+            if isinstance(data, pa.Table):
+                if self.stages[i].vectorized():
+                    data = await self._process_table(i, index, data)
+                    continue
+                data = data.to_pylist()
+            data = await self._process(i, index, data)
+
+    async def _process_table(self, i: int, index: int, table: pa.Table) -> pa.Table:
+        """_process for a stage with process_table, on an Arrow batch (filters after a global stage)."""
+        stage, spec = self.stages[i], self.pipeline.stages[i]
+        started = time.perf_counter()
+        batch = Batch(rows=[], index=index)
+        out = await stage.process_table(table, batch) if table.num_rows else table
+        stats = ShardStats(
+            rows_in=table.num_rows, rows_out=out.num_rows, counters=dict(batch.counters),
+            seconds=round(time.perf_counter() - started, 4),
+        )  # fmt: skip
+        dropped = pa.concat_tables(batch.dropped_rows) if batch.dropped_rows else None
+        if dropped is not None:
+            for reason, failed in zip(dropped.column("reason").to_pylist(), dropped.column("failed").to_pylist(),
+                                      strict=True):  # fmt: skip
+                bucket = stats.failed if failed else stats.filtered
+                bucket[reason] = bucket.get(reason, 0) + 1
+        await asyncio.to_thread(self.dirs[i].write, index, out, dropped, stats)
+        self._span(i, started)
+        self.progress.advance(spec.label, table.num_rows)
+        return out
 
     async def _process(self, i: int, index: int, rows: list[Row]) -> list[Row]:
         stage, spec = self.stages[i], self.pipeline.stages[i]
@@ -410,7 +477,7 @@ class Runner:
         ticker = Ticker(self.progress, spec.label, len(rows))
         token, tick = current_counters.set(counters), current_ticker.set(ticker)
         try:
-            out = await stage.process(batch) if rows else []
+            out = await self.executor.process(i, stage, batch) if rows else []
         finally:
             current_counters.reset(token)
             current_ticker.reset(tick)
@@ -441,49 +508,75 @@ class Runner:
             return
         stage_dir.clear()  # a killed earlier attempt: global stages redo their whole output
         started = time.perf_counter()
-        table = self.dirs[i - 1].table()
         batch = Batch(rows=[], index=0)
         counters: dict[str, int] = {}
         token = current_counters.set(counters)
         try:
-            out = await stage.process_all(table, batch) if table.num_rows else table
+            if stage.selects():  # out of core: the stage reads the columns it needs, the runner gathers
+                rows = await asyncio.to_thread(Rows.from_files, self.dirs[i - 1].files())
+                selection = await stage.select(rows, batch) if rows.num_rows else Selection(np.zeros(0, np.int64))
+            else:
+                table = self.dirs[i - 1].table()
+                out = await stage.process_all(table, batch) if table.num_rows else table
         finally:
             current_counters.reset(token)
-        size = self.pipeline.run.batch_size
-        offsets = list(range(0, out.num_rows, size)) or [0]
-        for n, offset in enumerate(offsets):
-            part = out.slice(offset, size).to_pylist()
-            stats = ShardStats(rows_out=len(part))
-            if n == 0:
-                stats.rows_in = table.num_rows
-                stats.counters = {**counters, **batch.counters}
-                stats.seconds = round(time.perf_counter() - started, 4)
-                for d in batch.dropped:
-                    bucket = stats.failed if d.failed else stats.filtered
-                    bucket[d.reason] = bucket.get(d.reason, 0) + 1
-            stage_dir.write(n, part, batch.dropped if n == 0 else [], stats)
-            self.progress.advance(self.pipeline.stages[i].label, len(part))
-        atomic_write_json(stage_dir.complete_marker, {"rows_in": table.num_rows, "rows_out": out.num_rows})
+        first = ShardStats(rows_in=rows.num_rows if stage.selects() else table.num_rows)
+        first.counters = {**counters, **batch.counters}
+        label = self.pipeline.stages[i].label
+        if not stage.selects():
+            for d in batch.dropped:
+                bucket = first.failed if d.failed else first.filtered
+                bucket[d.reason] = bucket.get(d.reason, 0) + 1
+        if stage.selects():  # its drops are in the selection (a selecting stage never calls batch.drop)
+            filtered, failed = selection.reasons()
+            for mine, theirs in ((first.filtered, filtered), (first.failed, failed)):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            loop = asyncio.get_running_loop()
+            rows_out = await asyncio.to_thread(self._write_selection, i, rows, selection, first, started, loop)
+        else:
+            rows_out = out.num_rows
+            size = self.pipeline.run.batch_size
+            offsets = list(range(0, out.num_rows, size)) or [0]
+            for n, offset in enumerate(offsets):
+                part = out.slice(offset, size)
+                stats = first if n == 0 else ShardStats()
+                stats.rows_out = part.num_rows
+                stats.seconds = round(time.perf_counter() - started, 4) if n == 0 else 0.0
+                stage_dir.write(n, part, batch.dropped if n == 0 else [], stats)
+                self.progress.advance(label, part.num_rows)
+        await asyncio.to_thread(os.sync)
+        atomic_write_json(stage_dir.complete_marker, {"rows_in": first.rows_in, "rows_out": rows_out})
         self._span(i, started)
+
+    def _write_selection(
+        self, i: int, rows: Rows, selection: Selection, first: ShardStats, started: float, loop
+    ) -> int:
+        """Gather a global stage's rows into shards of the batch size (in a thread: the rows of a
+        big run take a while to move)."""
+        stage_dir, label = self.dirs[i], self.pipeline.stages[i].label
+        written = [0, 0]  # shards, rows
+
+        def emit(table: pa.Table) -> None:
+            n = written[0]
+            stats = first if n == 0 else ShardStats()
+            stats.rows_out = table.num_rows
+            if n == 0:
+                stats.seconds = round(time.perf_counter() - started, 4)
+            stage_dir.write(n, table, dropped_table(selection) if n == 0 else None, stats)
+            written[0] += 1
+            written[1] += table.num_rows
+            loop.call_soon_threadsafe(self.progress.advance, label, table.num_rows)
+
+        gather(rows, selection, emit, self.pipeline.run.batch_size, tmp_dir=stage_dir.meta)
+        return written[1]
 
     # ---- output ----
     def _write_output(self) -> int:
-        from .records import format_output
+        from .records import write_output
 
-        table = format_output(self.dirs[-1].table(), self.pipeline.output)
-        out_dir = self.store.root / "output"
-        tmp = self.store.root / ".output.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
         size = max(self.pipeline.run.batch_size, 10_000)
-        parts = list(range(0, table.num_rows, size)) or [0]
-        for n, offset in enumerate(parts):
-            write_parquet(tmp / f"data-{n:05d}-of-{len(parts):05d}.parquet", table.slice(offset, size))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        return table.num_rows
+        return write_output(self.dirs[-1].files(), self.pipeline.output, self.store.root / "output", size)
 
 
 def _disk_error(exc: OSError, root: Path) -> RunError:
@@ -506,7 +599,6 @@ def run_pipeline(pipeline: Pipeline, root: str | Path, **kwargs) -> RunResult:
 
 def read_output(root: str | Path):
     """The final dataset of a finished run as an Arrow table."""
-    out = Path(root) / "output"
-    if not out.is_dir():
-        raise RunError(f"{root} has no output yet: finish the run with 'synth run' first")
-    return concat([pq.read_table(p) for p in sorted(out.glob("*.parquet"))])
+    from . import records
+
+    return records.read_output(root)

@@ -219,3 +219,21 @@ def test_split_keeps_every_row_of_a_prompt_together():
         assert not train & test and len(parts["train"]) + len(parts["test"]) == 30
         assert len(parts["test"]) == 6  # two whole prompts of three rows: 20%
     assert split(rows, 0.2, 1)["test"] != split(rows, 0.2, 2)["test"]
+
+
+@pytest.mark.parametrize("fmt", ["sft", "preference", "kto", "raw"])
+def test_an_export_read_in_small_chunks_is_the_same_export(run_dir, tmp_path, fmt):
+    """The export reads the run a chunk of rows at a time: chunks of 3 rows give the files one
+    chunk of every row gives (the split, KTO's pairing across chunks, the card's statistics)."""
+    import pyarrow.parquet as pq
+
+    whole = export_run(run_dir, tmp_path / "whole", fmt, test_size=0.3, seed=7)
+    small = export_run(run_dir, tmp_path / "small", fmt, test_size=0.3, seed=7, chunk_rows=3)
+    assert whole == small and whole["test"] >= 5
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "small").iterdir())
+    for name in names:
+        if name.endswith(".parquet"):
+            assert pq.read_table(tmp_path / "small" / name).equals(pq.read_table(tmp_path / "whole" / name))
+        else:
+            assert (tmp_path / "small" / name).read_text() == (tmp_path / "whole" / name).read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -100,3 +101,32 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # A rendered page with plots has many colours; a blank or error page has a handful.
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
     assert len(colours) > 50
+
+
+def test_sample_rows_are_picked_at_seeded_positions(report):
+    import numpy as np
+
+    from synth.pipeline import read_output
+
+    page = report.read_text()
+    seed = json.loads((report.parent.parent / "manifest.json").read_text())["seed"]  # the pipeline's
+    assert f"3 of 25 rows, picked at random (seed {seed})" in page
+    rows = read_output(report.parent.parent).to_pylist()
+    positions = np.sort(np.random.default_rng(seed).choice(25, size=3, replace=False))
+    sample = page.split("<h2>Sample rows</h2>")[1].split("</pre>")[0]
+    for position in positions:
+        assert html.escape(json.dumps(rows[position]["response"])) in sample
+    shown = [i for i, row in enumerate(rows) if html.escape(json.dumps(row["response"])) in sample]
+    assert shown == positions.tolist()
+
+
+def test_a_truncated_output_file_is_named_with_the_command(report):
+    from synth import RunError
+
+    run = report.parent.parent
+    (data,) = (run / "output").glob("*.parquet")
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(RunError) as info:
+        build_report(run)
+    assert str(info.value).startswith(f"{run} is damaged: output/{data.name} is truncated or corrupt")
+    assert str(info.value).endswith(f"recompute it with: synth run {run.parent / 'p.yaml'} -o {run}")
