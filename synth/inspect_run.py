@@ -20,6 +20,7 @@ from rich.markup import escape
 from .console import console, stage_table
 from .errors import RunError
 from .integrity import Part, require_intact, stage_dirs
+from .shards import unify
 from .store import RunStore, StageDir, concat
 
 
@@ -31,22 +32,6 @@ def number_type(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
-def _unified(schemas: list[pa.Schema]) -> pa.Schema:
-    """The schema of the shards read as one table, as `store.concat` promotes them."""
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        types: dict[str, set[str]] = {}
-        for schema in schemas:
-            for f in schema:
-                types.setdefault(f.name, set()).add(str(f.type))
-        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in types.items() if len(k) > 1)
-        raise RunError(
-            f"a column holds values of different types in different batches ({shown}); make the input column one "
-            "type (e.g. quote numbers in a text column)"
-        ) from None
-
-
 class RowFiles:
     """The rows of a stage or of the output, spread over Parquet files, read lazily."""
 
@@ -55,7 +40,7 @@ class RowFiles:
         self.offsets = np.cumsum([0, *(p.rows for p in parts)], dtype=np.int64)
         self.num_rows = int(self.offsets[-1])
         with_columns = list(dict.fromkeys(p.schema for p in parts if len(p.schema)))
-        self.schema = _unified(with_columns)
+        self.schema = unify(with_columns)
 
     def scan(self, columns: Sequence[str]) -> pl.LazyFrame:
         """One lazy frame of these columns over every file: scalar columns cast to their common
