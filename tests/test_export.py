@@ -209,7 +209,7 @@ def test_sft_export_starts_with_the_rows_system_text(write, tmp_path):
 
 def test_split_keeps_every_row_of_a_prompt_together():
     """Two relabeled rows of one pair (or all_pairs rows of one prompt) never straddle the split."""
-    from synth.export import split
+    from synth.splits import split
 
     rows = [{"instruction": f"q{i // 3}", "chosen": f"c{i}", "system": f"target {i % 2}"} for i in range(30)]
     for seed in range(5):
