@@ -199,7 +199,8 @@ def _print_row(row: dict) -> None:
 
 def show_dropped(root: Path, dirs: list[StageDir], parts: dict[str, list[Part]], n: int, hint: str) -> None:
     """Dropped rows with their reasons, read file by file until n are shown. A dropped row stored by
-    its position (global stages) is read from the previous stage's rows."""
+    its position (global stages) is read from the previous stage's rows; one stored by input_row
+    (filters on their Arrow path) from the same shard of the stage before."""
     every = stage_dirs(root)
     before = {d.path.name: (every[i - 1] if i else None) for i, d in enumerate(every)}
     previous: dict[str, RowFiles] = {}
@@ -233,6 +234,13 @@ def show_dropped(root: Path, dirs: list[StageDir], parts: dict[str, list[Part]],
                                 f"which holds {rows.num_rows:,} rows; recompute it with: {hint}"
                             )
                         _print_row(rows.rows_at([record["position"]])[0])
+                    elif record.get("input_row") is not None:  # a filter's Arrow path: same shard, stage before
+                        source = before[d.path.name]
+                        shard = source.shard(int(path.name[6:11])) if source is not None else None
+                        if shard is None or not shard.exists():
+                            raise RunError(f"{path.relative_to(root)} names rows of a shard that is gone; recompute "
+                                           f"it with: {hint}")  # fmt: skip
+                        _print_row(pq.read_table(shard).slice(record["input_row"], 1).to_pylist()[0])
                     shown += 1
                 if shown >= n:
                     return

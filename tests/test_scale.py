@@ -327,3 +327,34 @@ def test_a_resume_recomputes_shards_that_went_missing_or_were_cut_short(write, t
     assert "00-load/shard-00005" in note and "01-filter/shard-00003" in note
     assert pq.read_table(cut).num_rows == json.loads(first.marker(3).read_text())["rows_out"]
     assert store.stage(3, "good").done(1)
+
+
+def test_inspect_shows_rows_dropped_by_position_and_by_input_row(write, tmp_path):
+    """Global stages and filters on their Arrow path keep no copy of a dropped row: inspect reads it
+    from the stage before."""
+    from click.testing import CliRunner
+
+    from synth.cli import main
+
+    rows = make_table(200, seed=8).to_pylist()
+    with open(tmp_path / "in.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    path = write(
+        "p.yaml",
+        """
+        run: {batch_size: 16}
+        stages:
+          - stage: load
+            path: in.jsonl
+          - {stage: limit, n: 150}
+          - {stage: filter, where: ["quality == excellent"]}
+        output: {format: raw}
+        """,
+    )
+    run_pipeline(load_pipeline(path), tmp_path / "run")
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--dropped", "-n", "200"])
+    assert shown.exit_code == 0, shown.output
+    assert "beyond_first_150" in shown.output and "quality == excellent" in shown.output
+    assert rows[199]["id"] in shown.output  # a row the limit dropped, read from the load stage
+    poor = next(r for r in rows[:150] if r["quality"] == "poor")
+    assert poor["id"] in shown.output  # a row the filter dropped, read from the limit stage
