@@ -60,9 +60,12 @@ def scrub_many(texts: list[str]) -> list[str]:
     environment for all of them, not one each."""
     if not texts:
         return texts
-    joined = "\x1e".join(texts)
-    parts = scrub(joined).split("\x1e")
-    return parts if len(parts) == len(texts) else [scrub(t) for t in texts]
+    distinct = list(dict.fromkeys(texts))  # a filter's reasons and details repeat a lot
+    parts = scrub("\x1e".join(distinct)).split("\x1e")
+    if len(parts) != len(distinct):
+        parts = [scrub(t) for t in distinct]
+    clean = dict(zip(distinct, parts, strict=True))
+    return [clean[t] for t in texts]
 
 
 def without_yaml_comments(text: str) -> str:

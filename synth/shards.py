@@ -98,8 +98,9 @@ class Rows:
         if isinstance(part, pa.Table):
             table = part
         else:
-            present = None if columns is None else [c for c in columns if c in pq.read_schema(part).names]
-            table = pq.read_table(part, columns=present)
+            file = pq.ParquetFile(part)  # not pq.read_table: its dataset layer doubles a shard's read time
+            present = None if columns is None else [c for c in columns if c in file.schema_arrow.names]
+            table = file.read(columns=present)
         return conform(table, self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns]))
 
     def tables(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
