@@ -22,6 +22,7 @@ same cluster id.
 from __future__ import annotations
 
 import ast
+import gzip
 import random
 import re
 import site
@@ -511,6 +512,126 @@ def _core(values: dict) -> tuple:
     return tuple(sorted(v for k, v in values.items() if not k.startswith("n")))
 
 
+def _sentences_in(text: str) -> list[str]:
+    return [
+        s
+        for para in re.split(r"\n\s*\n", text)
+        for s in re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(para.split()))
+        if _usable(s)
+    ]
+
+
+def _python_text(file: Path) -> list[str]:
+    """Docstrings, comment blocks and long string literals of a Python file."""
+    source = file.read_text(encoding="utf-8", errors="ignore")
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            parts.append(ast.get_docstring(node) or "")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and 40 <= len(node.value) <= 400:
+            parts.append(node.value)
+    block: list[str] = []
+    for line in source.splitlines() + [""]:
+        line = line.strip()
+        if line.startswith("#") and not line.startswith("#!"):
+            block.append(line.lstrip("#").strip())
+        elif block:
+            parts.append(" ".join(block))
+            block = []
+    return [s for part in parts for s in _sentences_in(part)]
+
+
+def _gunzip(file: Path) -> str:
+    with gzip.open(file, "rt", errors="ignore") as f:
+        return f.read()
+
+
+def _man_text(file: Path) -> list[str]:
+    """The running text of a roff manual page."""
+    lines = []
+    for line in _gunzip(file).splitlines():
+        if line.startswith((".", "'")):
+            lines.append("\n" if line.startswith((".PP", ".SH", ".SS", ".TP", ".IP", ".P ", ".LP", ".sp")) else "")
+            continue
+        lines.append(re.sub(r"\\f[BIRP]|\\f\(..|\\\(..|\\[-e&|^]|\\s[-+]?\d", "", line).replace("\\-", "-"))
+    return _sentences_in("\n".join(lines))
+
+
+def more_sentences() -> list[str]:
+    """For corpora beyond the docstring pool (about 100k rows): real English sentences from every
+    installed Python package (docstrings, comments, messages), the standard library, the English
+    manual pages and /usr/share/doc (cached; about 650k, a few minutes once)."""
+    from synth.filters.embed import cache_dir
+
+    path = cache_dir() / "bench" / "more-sentences.txt"
+    if path.exists():
+        return path.read_text(encoding="utf-8").splitlines()
+    found: dict[str, None] = dict.fromkeys(docstring_sentences())
+    roots = [Path(site.getsitepackages()[0]), Path("/usr/lib/python3"), *Path("/usr/lib").glob("python3.*")]
+    for root in roots:
+        for file in sorted(root.rglob("*")):
+            try:
+                if file.suffix == ".py":
+                    found.update(dict.fromkeys(_python_text(file)))
+                elif file.name in ("METADATA", "PKG-INFO") or file.suffix in (".md", ".rst", ".txt"):
+                    found.update(dict.fromkeys(_sentences_in(file.read_text(encoding="utf-8", errors="ignore"))))
+            except OSError:
+                continue
+    for file in sorted(Path("/usr/share/man").glob("man*/*.gz")) + sorted(Path("/usr/share/doc").rglob("*.gz")):
+        try:
+            if file.parts[3] == "man":
+                found.update(dict.fromkeys(_man_text(file)))
+            elif not file.name.endswith(".tar.gz"):
+                found.update(dict.fromkeys(_sentences_in(_gunzip(file))))
+        except (OSError, EOFError, ValueError):
+            continue
+    path.write_text("\n".join(found), encoding="utf-8")
+    return list(found)
+
+
+def _large_pool(seed: int) -> list[str]:
+    """more_sentences() without near-duplicates among them (as _clean_pool), cached."""
+    from synth.filters.dedup import dedup_minhash
+    from synth.filters.embed import cache_dir
+
+    path = cache_dir() / "bench" / f"large-pool-{seed}.txt"
+    if path.exists():
+        return path.read_text(encoding="utf-8").splitlines()
+    sentences = more_sentences()
+    random.Random(seed).shuffle(sentences)
+    keep = dedup_minhash(sentences, threshold=0.5).keep.tolist()
+    cleaned = [s for s, k in zip(sentences, keep, strict=True) if k]
+    path.write_text("\n".join(cleaned), encoding="utf-8")
+    return cleaned
+
+
+def _pairs_of(rng: random.Random, sentences: list[str], n: int) -> list[str]:
+    """n distinct rows of two sentences each, for corpora larger than the sentences: sentences of
+    close lengths are paired (so no row is mostly one shared sentence), each sentence in about the
+    same number of rows, and no two rows share more than one sentence."""
+    by_length = sorted(sentences, key=len)
+    rows: dict[tuple[int, int], None] = {}
+    window = 64
+    while len(rows) < n:
+        for i in range(len(by_length)):
+            step = rng.randrange(1, window)
+            j = i + step if i + step < len(by_length) else i - step
+            if 0 <= j != i:
+                rows.setdefault((min(i, j), max(i, j)))
+            if len(rows) >= n:
+                break
+        window *= 2
+    picked = list(rows)
+    rng.shuffle(picked)
+    return [
+        f"{by_length[i]} {by_length[j]}" if rng.random() < 0.5 else f"{by_length[j]} {by_length[i]}" for i, j in picked
+    ]
+
+
 def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed: int = 0):
     """n texts and their cluster ids; see the module docstring."""
     rng = random.Random(seed)
@@ -519,8 +640,15 @@ def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed
     chat = [item for item in pool if item[1] is not None]
     docs = [item for item in pool if item[1] is None]
     n_chat = min(len(chat), n_base // 4)
-    if n_base - n_chat > len(docs):
-        raise SystemExit(f"the pool has {len(docs)} + {len(chat)} distinct rows; ask for fewer")
+    spare: list[str] = []  # large corpora: distinct rows that stand in for look-alikes the templates cannot make
+    if n_base - n_chat > len(docs):  # beyond the docstring pool: more sentences, then pairs of them
+        known = {text for text, _ in pool}
+        docs += [(s, None) for s in _large_pool(seed) if s not in known]
+        if n_base - n_chat + int(n * lookalike_rate) > len(docs):
+            wanted = n_base - n_chat + int(n * lookalike_rate)
+            docs = [(s, None) for s in _pairs_of(rng, [text for text, _ in docs], wanted)]
+        spare = [text for text, _ in docs[n_base - n_chat :]]
+        docs = docs[: n_base - n_chat]
     picked = rng.sample(chat, n_chat) + rng.sample(docs, n_base - n_chat)
     base = [(text, cluster, info) for cluster, (text, info) in enumerate(picked)]
     seen = {text for text, _, _ in base}
@@ -532,7 +660,7 @@ def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed
     looks, attempts = 0, 0
     # The templates' content slots allow only so many distinct look-alikes: stop trying after a
     # while rather than loop forever, and say how many there are.
-    while looks < int(n * lookalike_rate) and attempts < 200 * max(1, int(n * lookalike_rate)):
+    while looks < int(n * lookalike_rate) and attempts < 200 * max(1, min(int(n * lookalike_rate), 20_000)):
         attempts += 1
         _, _, (t, values, prefix, suffix) = rng.choice(templated)
         template, slots = TEMPLATES[t]
@@ -546,6 +674,10 @@ def make_corpus(n: int, dup_rate: float = 0.1, lookalike_rate: float = 0.1, seed
             looks += 1
     if looks < int(n * lookalike_rate):
         print(f"  (only {looks} distinct look-alikes exist for {n} rows)", flush=True)
+    fill = spare[: int(n * lookalike_rate) - looks]
+    rows += [(text, len(base) + looks + i) for i, text in enumerate(fill)]
+    if fill:
+        print(f"  ({len(fill)} more distinct rows in their place)", flush=True)
     rng.shuffle(rows)
     keyed = [(float(i), text, cluster) for i, (text, cluster) in enumerate(rows)]
     where = {cluster: float(i) for i, (_, cluster) in enumerate(rows)}

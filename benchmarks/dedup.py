@@ -2,6 +2,10 @@
 
     python benchmarks/dedup.py                       # 10k rows, every method
     python benchmarks/dedup.py --sizes 10000 100000 --methods exact minhash cascade faiss
+    python benchmarks/dedup.py --sizes 1000000 --methods cascade --child   # 1M rows, as the stage runs it
+
+With --child each method runs in its own process on the text column read from Parquet as an Arrow
+array (as the dedup stage passes it), and its peak RSS (getrusage) is reported with its seconds.
 
 The corpus (benchmarks/corpus.py) has 10% planted near-duplicates (case, punctuation, typos,
 swapped words, paraphrase-style rewording, appended sentence) and 10% distinct look-alikes (same
@@ -20,8 +24,12 @@ HNSW with measured recall).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +60,10 @@ def score(dropped: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     return precision, recall
 
 
-def run_method(name: str, texts: list[str], threshold: float | None):
+CANDIDATE_THRESHOLD: float | None = None  # --candidate-threshold: instead of the stage's default
+
+
+def run_method(name: str, texts, threshold: float | None):
     if name == "exact":
         return dedup.dedup_exact(texts)
     if name == "minhash":
@@ -64,7 +75,7 @@ def run_method(name: str, texts: list[str], threshold: float | None):
             embed.sentence_encoder(),
             threshold or defaults.effective_threshold(),
             candidates=embed.static_encoder(),
-            candidate_threshold=defaults.candidate_threshold,
+            candidate_threshold=CANDIDATE_THRESHOLD or defaults.candidate_threshold,
             near_copies=defaults.near_copies,
         )
     if name == "minilm":
@@ -94,12 +105,80 @@ def faiss_step(texts: list[str]) -> None:
         )
 
 
+def child(path: str, name: str, threshold: float | None) -> None:
+    """One method on the column of a Parquet corpus, in this process: JSON on stdout, progress on stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="    %(asctime)s %(message)s", stream=sys.stderr)
+    import pyarrow.parquet as pq
+
+    if name in {"cascade", "minilm", "static"}:
+        embed.static_encoder()(["warm up"])
+        embed.sentence_encoder()(["warm up"])
+    table = pq.read_table(path)
+    texts, expected = table.column("text"), truth(table.column("cluster").to_numpy().tolist())
+    del table
+    started = time.perf_counter()
+    result = run_method(name, texts, threshold)
+    seconds = time.perf_counter() - started
+    precision, recall = score(~result.keep, expected)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"precision": precision, "recall": recall, "dropped": int((~result.keep).sum()), "seconds": seconds}
+    print(json.dumps(out | {"peak_rss_mb": round(peak), "info": result.info}))
+
+
+def run_children(n: int, methods: list[str], threshold: float | None, keep_dir: str | None) -> None:
+    import pyarrow as pa
+    import pyarrow.compute
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp:
+        path = Path(keep_dir or tmp) / f"corpus-{n}.parquet"
+        if not path.exists():
+            started = time.perf_counter()
+            texts, clusters = make_corpus(n)
+            pq.write_table(pa.table({"text": texts, "cluster": clusters}), path)
+            print(f"  (corpus made in {time.perf_counter() - started:.0f} s)", flush=True)
+            del texts, clusters
+        table = pq.read_table(path)
+        expected = truth(table.column("cluster").to_numpy().tolist())
+        median = int(np.median(pa.compute.utf8_length(table.column("text")).to_numpy()))
+        print(f"\n{table.num_rows} rows, {int(expected.sum())} planted duplicates, median {median} chars", flush=True)
+        del table
+        for name in methods:
+            cmd = [sys.executable, __file__, "--child", str(path), name]
+            cmd += ["--threshold", str(threshold)] if threshold else []
+            cmd += ["--candidate-threshold", str(CANDIDATE_THRESHOLD)] if CANDIDATE_THRESHOLD else []
+            done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)  # progress: stderr
+            out = json.loads(done.stdout.splitlines()[-1])
+            extra = {k: v for k, v in out["info"].items() if k not in ("method", "cascade", "k")}
+            print(
+                f"  {name:<8} precision {out['precision']:.4f}  recall {out['recall']:.4f}  dropped {out['dropped']:>7}"
+                f"  {out['seconds']:8.1f} s  {n / out['seconds']:9.0f} rows/s  peak RSS {out['peak_rss_mb']} MB"
+                f"  {extra}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     parser.add_argument("--methods", nargs="+", default=["exact", "minhash", "cascade", "static", "minilm", "faiss"])
     parser.add_argument("--threshold", type=float, help="override each method's default threshold")
+    parser.add_argument(
+        "--candidate-threshold", type=float, help="cascade: static cos sent to MiniLM (default: the stage's)"
+    )
+    parser.add_argument("--corpus-dir", help="with --child: keep the corpus Parquet here and reuse it")
+    parser.add_argument("--child", nargs="*", help="each method in its own process on an Arrow column (peak RSS)")
     args = parser.parse_args()
+    global CANDIDATE_THRESHOLD
+    CANDIDATE_THRESHOLD = args.candidate_threshold
+    if args.child:  # internal: --child CORPUS.parquet METHOD
+        return child(args.child[0], args.child[1], args.threshold)
+    if args.child is not None:
+        for n in args.sizes:
+            run_children(n, args.methods, args.threshold, args.corpus_dir)
+        return
     if {"cascade", "minilm", "static", "faiss"} & set(args.methods):
         embed.static_encoder()(["warm up"])
         embed.sentence_encoder()(["warm up"])

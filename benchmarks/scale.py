@@ -160,7 +160,8 @@ def one(rows: int, workdir: Path, source: Path | None) -> dict:
     made = round(time.perf_counter() - started, 1)
     run = measure([*synth, "run", str(folder / "scale.yaml"), "-o", str(folder / "run"), "-q"], env)
     export = measure(
-        [*synth, "export", str(folder / "run"), "-o", str(folder / "sft"), "--format", "sft", "--test-size", "0.02"], env
+        [*synth, "export", str(folder / "run"), "-o", str(folder / "sft"), "--format", "sft", "--test-size", "0.02"],
+        env,
     )
     manifest = json.loads((folder / "run" / "manifest.json").read_text())
     card = (folder / "sft" / "README.md").read_text()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.dedup_cli import dedup as dedup_command
-from synth.filters import dedup, embed, neighbors
+from synth.filters import dedup, embed, nearcopy, neighbors
 from synth.store import RunStore
 
 pytest.importorskip("faiss")
@@ -140,6 +140,82 @@ def test_reference_matches_across_datasets(minilm, static):
     assert dedup.exact_matches(PROMPTS, ["WHAT IS THE CAPITAL OF FRANCE"]).tolist()[2:4] == [0, -1]
     match, _ = dedup.minhash_matches(LONG, [LONG[0]], threshold=0.7)
     assert match.tolist() == [0, 0, 0, -1, -1, -1]
+
+
+def test_arrow_input_and_memory_maps_give_the_same_result(minilm, static, tmp_path):
+    """The dedup stage hands the text column over as Arrow: chunked or not, with None, with
+    float16 memory maps in a work directory that is emptied afterwards, the verdicts are the list's."""
+    import pyarrow as pa
+
+    texts = PROMPTS + LONG + [PROMPTS[0], None, ""]
+    listed = neighbors.dedup_embedding(
+        [t or "" for t in texts], minilm, 0.9, candidates=static, candidate_threshold=0.5, near_copies=True
+    )
+    for column in (pa.array(texts), pa.chunked_array([texts[:7], texts[7:]], pa.large_string())):
+        arrow = neighbors.dedup_embedding(
+            column, minilm, 0.9, candidates=static, candidate_threshold=0.5, near_copies=True, work_dir=tmp_path
+        )
+        assert arrow.representative.tolist() == listed.representative.tolist()
+        assert arrow.repeat_count.tolist() == listed.repeat_count.tolist()
+        assert np.allclose(arrow.min_neighbor_distance, listed.min_neighbor_distance, equal_nan=True, atol=1e-5)
+    assert listed.representative[len(PROMPTS) + len(LONG)] == 0 and listed.representative[-1] == len(texts) - 2
+    half = neighbors.dedup_embedding(
+        pa.array(texts), minilm, 0.9, candidates=static, dtype="float16", work_dir=tmp_path
+    )
+    assert dropped(half) == dropped(neighbors.dedup_embedding([t or "" for t in texts], minilm, 0.9, candidates=static))
+    assert list(tmp_path.iterdir()) == []  # the memory maps are gone
+    match, score = neighbors.embedding_matches(
+        pa.array(PROMPTS), pa.array(["What's the capital city of France?"]), minilm, 0.9
+    )
+    assert np.flatnonzero(match >= 0).tolist() == [2] and score[2] >= 0.9
+
+
+def test_vectorized_near_copy_check_gives_near_copy_verdicts(monkeypatch):
+    """nearcopy.near_copies rules pairs out by character counts before running near_copy: the
+    verdicts must be near_copy's on every pair, while most unrelated pairs never reach it."""
+    import random
+
+    rng = random.Random(0)
+    base = (
+        PROMPTS
+        + LONG
+        + [
+            "Explain DNS resolution to a journalist.",
+            "Expllain DN Sresollution to a journalist.",
+            "Explain how gravity bends light. Thanks!",
+            "Explain how gravity bends light.",
+            "Plan a trip to Paris.",
+            "Plan a trip to Parma.",
+            "¿Qué es la fotosíntesis? Explícalo, por favor…",
+            "",
+        ]
+    )
+    texts = list(base)
+    for text in base:  # typos, swapped words, dropped or added words, case
+        words = text.split()
+        for _ in range(3):
+            w = list(words)
+            if len(w) > 2:
+                i = rng.randrange(len(w) - 1)
+                kind = rng.randrange(4)
+                if kind == 0:
+                    w[i] = w[i][::-1]
+                elif kind == 1:
+                    w[i], w[i + 1] = w[i + 1], w[i]
+                elif kind == 2:
+                    del w[i]
+                else:
+                    w.append(rng.choice(["Thanks!", "Please hurry.", "It is for school, and I need it today."]))
+            texts.append(" ".join(w).upper() if rng.random() < 0.2 else " ".join(w))
+    a, b = np.meshgrid(np.arange(len(texts)), np.arange(len(texts)), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    verdict, checked = nearcopy.near_copies(lambda ids: [texts[i] for i in ids], a, b)
+    expected = [dedup.near_copy(texts[i], texts[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    assert verdict.tolist() == expected
+    assert 0 < sum(expected) < checked < len(a)  # short-vs-long pairs pass the count test; unrelated ones do not
+    assert all(nearcopy.normalized(t) == dedup.normalize_text(t) for t in texts)
+    monkeypatch.setattr(nearcopy, "PARALLEL_ABOVE", 100)  # the same in worker processes
+    assert nearcopy.near_copies(lambda ids: [texts[i] for i in ids], a, b, workers=2)[0].tolist() == expected
 
 
 def run_method(method: str, texts: list[str], minilm, static):

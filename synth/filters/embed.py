@@ -10,7 +10,9 @@ a fast static (model2vec) model distilled from it.
   `~/.cache/synth/static/` (or `$SYNTH_CACHE_DIR/static/`). It encodes about 13k texts/s on 2 cores,
   against 60-360/s for MiniLM, which is why embedding dedup uses it to find candidates.
 
-Every encoder returns float32 unit vectors, so inner product is cosine similarity.
+Every encoder returns float32 unit vectors, so inner product is cosine similarity. For millions of
+rows, `TextColumn` reads texts by position from a list or an Arrow string array in chunks, and
+`encode_rows` encodes them chunk by chunk into a numpy memory map (float32 or float16) on disk.
 """
 
 from __future__ import annotations
@@ -18,17 +20,59 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import InputError, MissingDependency
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2"}
 Encoder = Callable[[Sequence[str]], np.ndarray]
+Texts = Sequence[str] | pa.Array | pa.ChunkedArray
+CHUNK = 16_384  # texts read, hashed or encoded at a time
+
+
+class TextColumn:
+    """Texts by position, from a list or an Arrow string array (read in chunks, None as "")."""
+
+    def __init__(self, texts: Texts):
+        self.texts = texts
+        self.arrow = isinstance(texts, (pa.Array, pa.ChunkedArray))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, positions: np.ndarray) -> list[str]:
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.arrow:
+            values = self.texts.take(pa.array(positions, pa.int64())).to_pylist()
+        else:
+            values = [self.texts[i] for i in positions.tolist()]
+        return ["" if v is None else v for v in values]
+
+    def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, list[str]]]:
+        for start in range(0, len(self), size):
+            values = self.texts.slice(start, size).to_pylist() if self.arrow else self.texts[start : start + size]
+            yield start, ["" if v is None else v for v in values]
+
+
+def encode_rows(
+    column: TextColumn, positions: np.ndarray, encode: Encoder, path: Path, dtype: str = "float32", chunk: int = CHUNK
+) -> np.ndarray:
+    """The vectors of the texts at `positions`, encoded `chunk` texts at a time into a memory map at
+    `path` (.npy); a (0, 0) array when there are none."""
+    out: np.ndarray | None = None
+    for start in range(0, len(positions), chunk):
+        vectors = encode(column.take(positions[start : start + chunk]))
+        if out is None:
+            shape = (len(positions), vectors.shape[1])
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        out[start : start + len(vectors)] = vectors
+    return out if out is not None else np.zeros((0, 0), dtype=np.dtype(dtype))
 
 
 def cache_dir() -> Path:
