@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,15 @@ def write_shards(table: pa.Table, folder: Path, seed: int = 0) -> list[Path]:
         files.append(path)
         offset, k = offset + size, k + 1
     return files
+
+
+def pipeline_on(write, tmp_path: Path, rows: list[dict], batch_size: int, stages: str) -> Path:
+    """A pipeline file that loads `rows` (written as in.jsonl) and runs `stages` (YAML list items)."""
+    with open(tmp_path / "in.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    head = f"run: {{batch_size: {batch_size}}}\nstages:\n  - stage: load\n    path: in.jsonl\n"
+    items = textwrap.indent(textwrap.dedent(stages).strip("\n"), "  ")
+    return write("p.yaml", head + items + "\noutput: {format: raw}\n")
 
 
 def ctx(tmp_path: Path, label: str = "stage") -> StageContext:
@@ -239,24 +249,14 @@ def test_a_pipeline_of_global_stages_gives_the_in_memory_rows(write, tmp_path):
     Arrow path: their batches come from the dedup's shards), top-k by length, seeded shuffle."""
     table = make_table(1000, seed=5)
     rows = table.to_pylist()
-    with open(tmp_path / "in.jsonl", "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    path = write(
-        "p.yaml",
+    stages = """
+        - {stage: dedup, method: exact, column: instruction, id_column: id}
+        - {stage: filter, where: ["quality in [good, excellent, average]"]}
+        - {stage: regex, column: instruction, patterns: ['mu\\s*$'], ignore_case: false, reason: ends_with_mu}
+        - {stage: sort, by: response, key: length, descending: true, top: 150}
+        - {stage: sample, fraction: 1.0, shuffle: true, seed: 42}
         """
-        run: {batch_size: 16}
-        stages:
-          - stage: load
-            path: in.jsonl
-          - {stage: dedup, method: exact, column: instruction, id_column: id}
-          - {stage: filter, where: ["quality in [good, excellent, average]"]}
-          - {stage: regex, column: instruction, patterns: ['mu\\s*$'], ignore_case: false, reason: ends_with_mu}
-          - {stage: sort, by: response, key: length, descending: true, top: 150}
-          - {stage: sample, fraction: 1.0, shuffle: true, seed: 42}
-        output: {format: raw}
-        """,
-    )
+    path = pipeline_on(write, tmp_path, rows, 16, stages)
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     table = pa.Table.from_pylist(rows)
     rep, repeat = ref.dedup_exact(table.column("instruction").to_pylist())
@@ -288,21 +288,12 @@ def test_a_resume_recomputes_shards_that_went_missing_or_were_cut_short(write, t
     footers and row counts, says so, recomputes them (and what depended on them), and the output is
     the same as before."""
     rows = make_table(300, seed=6).to_pylist()
-    with open(tmp_path / "in.jsonl", "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    path = write(
-        "p.yaml",
+    stages = """
+        - {stage: filter, where: ["quality is not null"]}
+        - {stage: sort, by: score, descending: true, top: 100}
+        - {stage: filter, name: good, where: ["quality != poor"]}
         """
-        run: {batch_size: 32}
-        stages:
-          - stage: load
-            path: in.jsonl
-          - {stage: filter, where: ["quality is not null"]}
-          - {stage: sort, by: score, descending: true, top: 100}
-          - {stage: filter, name: good, where: ["quality != poor"]}
-        output: {format: raw}
-        """,
-    )
+    path = pipeline_on(write, tmp_path, rows, 32, stages)
     run_pipeline(load_pipeline(path), tmp_path / "run")
     expected = read_output(tmp_path / "run").to_pylist()
     store = RunStore(tmp_path / "run")
@@ -337,20 +328,11 @@ def test_inspect_shows_rows_dropped_by_position_and_by_input_row(write, tmp_path
     from synth.cli import main
 
     rows = make_table(200, seed=8).to_pylist()
-    with open(tmp_path / "in.jsonl", "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    path = write(
-        "p.yaml",
+    stages = """
+        - {stage: limit, n: 150}
+        - {stage: filter, where: ["quality == excellent"]}
         """
-        run: {batch_size: 16}
-        stages:
-          - stage: load
-            path: in.jsonl
-          - {stage: limit, n: 150}
-          - {stage: filter, where: ["quality == excellent"]}
-        output: {format: raw}
-        """,
-    )
+    path = pipeline_on(write, tmp_path, rows, 16, stages)
     run_pipeline(load_pipeline(path), tmp_path / "run")
     shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--dropped", "-n", "200"])
     assert shown.exit_code == 0, shown.output
