@@ -462,8 +462,7 @@ class Runner:
         if dropped is not None:
             for reason, failed in zip(dropped.column("reason").to_pylist(), dropped.column("failed").to_pylist(),
                                       strict=True):  # fmt: skip
-                bucket = stats.failed if failed else stats.filtered
-                bucket[reason] = bucket.get(reason, 0) + 1
+                stats.count_drop(reason, failed)
         await asyncio.to_thread(self.dirs[i].write, index, out, dropped, stats)
         self._span(i, started)
         self.progress.advance(spec.label, table.num_rows)
@@ -487,8 +486,7 @@ class Runner:
             rows_in=len(rows), rows_out=len(out), counters=counters, seconds=round(time.perf_counter() - started, 4)
         )
         for d in batch.dropped:
-            bucket = stats.failed if d.failed else stats.filtered
-            bucket[d.reason] = bucket.get(d.reason, 0) + 1
+            stats.count_drop(d.reason, d.failed)
         # Parquet encoding and the fsyncs happen in a thread: the event loop keeps feeding the
         # backends meanwhile. The marker is still written after the data, in the same call.
         await asyncio.to_thread(self.dirs[i].write, index, out, batch.dropped, stats)
@@ -523,18 +521,14 @@ class Runner:
         first = ShardStats(rows_in=rows.num_rows if stage.selects() else table.num_rows)
         first.counters = {**counters, **batch.counters}
         label = self.pipeline.stages[i].label
-        if not stage.selects():
-            for d in batch.dropped:
-                bucket = first.failed if d.failed else first.filtered
-                bucket[d.reason] = bucket.get(d.reason, 0) + 1
         if stage.selects():  # its drops are in the selection (a selecting stage never calls batch.drop)
-            filtered, failed = selection.reasons()
-            for mine, theirs in ((first.filtered, filtered), (first.failed, failed)):
-                for k, v in theirs.items():
-                    mine[k] = mine.get(k, 0) + v
+            for d in selection.drops:
+                first.count_drop(d.reason, d.failed, len(d.positions))
             loop = asyncio.get_running_loop()
             rows_out = await asyncio.to_thread(self._write_selection, i, rows, selection, first, started, loop)
         else:
+            for d in batch.dropped:
+                first.count_drop(d.reason, d.failed)
             rows_out = out.num_rows
             size = self.pipeline.run.batch_size
             offsets = list(range(0, out.num_rows, size)) or [0]

@@ -46,16 +46,6 @@ class Selection:
     columns: dict[str, pa.Array | pa.ChunkedArray] = field(default_factory=dict)  # one value per input row
     drops: list[Drop] = field(default_factory=list)
 
-    def reasons(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Counts per reason: (filtered, failed)."""
-        filtered: dict[str, int] = {}
-        failed: dict[str, int] = {}
-        for d in self.drops:
-            bucket = failed if d.failed else filtered
-            if len(d.positions):
-                bucket[d.reason] = bucket.get(d.reason, 0) + len(d.positions)
-        return filtered, failed
-
 
 class Rows:
     """The rows a global stage reads: Parquet shards in index order, or one table in memory

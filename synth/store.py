@@ -138,6 +138,12 @@ class ShardStats:
     counters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def count_drop(self, reason: str, failed: bool, n: int = 1) -> None:
+        """n rows dropped for `reason`: failures and filter decisions are counted apart."""
+        if n:
+            bucket = self.failed if failed else self.filtered
+            bucket[reason] = bucket.get(reason, 0) + n
+
     def add(self, other: ShardStats) -> None:
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
