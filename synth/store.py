@@ -277,23 +277,22 @@ class StageDir:
         stage before: their rows are read from there, as needed."""
         from .shards import Rows, take
 
+        previous = self.previous()
         source: Rows | None = None
         for path in sorted(self.meta.glob("shard-*.dropped.parquet")):
-            table = pq.read_table(path)
+            table = read_parquet(path)
             if "input_row" in table.column_names:  # process_table's drops: rows of the same shard before
-                previous = self.previous()
                 shard = previous.shard(int(path.name[6:11])) if previous is not None else None
-                rows = pq.read_table(shard) if shard is not None and shard.exists() else None
-                for record in table.to_pylist():
-                    if rows is not None:
-                        row = rows.slice(record["input_row"], 1).to_pylist()[0]
+                records = table.to_pylist()
+                if shard is not None and shard.exists():
+                    found = read_parquet(shard).take(table.column("input_row")).to_pylist()
+                    for record, row in zip(records, found, strict=True):
                         record["row"] = json.dumps(row, ensure_ascii=False, default=str)
-                    yield record
+                yield from records
                 continue
             if "position" not in table.column_names:
                 yield from table.to_pylist()
                 continue
-            previous = self.previous()
             if source is None and previous is not None:
                 source = Rows.from_files(previous.files())
             for part in table.to_batches(max_chunksize=4096):
