@@ -102,27 +102,6 @@ class Batch:
         """This row could not be processed (detail: the error and raw answer)."""
         self.dropped.append(Dropped(row, reason, detail, failed=True))
 
-    def drop_where(
-        self,
-        table: pa.Table,
-        mask: np.ndarray,
-        reasons: list[str],
-        details: list[str],
-        failed: np.ndarray | None = None,
-    ) -> None:
-        """Drop the rows of `table` where `mask` holds, each with its reason and detail (given for
-        those rows only): only the dropped rows become Python dicts."""
-        import numpy as np
-        import pyarrow as pa
-
-        positions = np.flatnonzero(mask)
-        if not len(positions):
-            return
-        rows = table.take(pa.array(positions, pa.int64())).to_pylist()
-        flags = failed[positions].tolist() if failed is not None else [False] * len(rows)
-        for row, reason, detail, bad in zip(rows, reasons, details, flags, strict=True):
-            self.dropped.append(Dropped(row, reason, detail, failed=bad))
-
     def count(self, name: str, n: int = 1) -> None:
         """Count an event (a retried parse, a truncated answer) into the run stats."""
         self.counters[name] = self.counters.get(name, 0) + n
@@ -255,7 +234,7 @@ class Stage:
         its dropped rows as rows."""
         if not self.selects():
             raise NotImplementedError
-        import numpy as np
+        import pyarrow as pa
 
         from ..shards import Rows, gather
 
@@ -265,10 +244,8 @@ class Stage:
         parts: list[pa.Table] = []
         gather(Rows.from_table(table), selection, parts.append, max(table.num_rows, 1))
         for d in selection.drops:
-            details = d.details if d.details is not None else [""] * len(d.positions)
-            mask = np.zeros(table.num_rows, dtype=bool)
-            mask[d.positions] = True
-            order = np.argsort(d.positions, kind="stable")  # drop_where takes details in position order
-            reasons, ordered = [d.reason] * len(d.positions), [details[i] for i in order.tolist()]
-            batch.drop_where(table, mask, reasons, ordered, np.full(table.num_rows, d.failed))
+            rows = table.take(pa.array(d.positions, pa.int64())).to_pylist()
+            details = d.details if d.details is not None else [""] * len(rows)
+            for row, detail in zip(rows, details, strict=True):
+                batch.dropped.append(Dropped(row, d.reason, detail, d.failed))
         return parts[0]
