@@ -441,7 +441,7 @@ PACKAGES = ["sklearn", "torch", "transformers", "pandas", "sympy", "scipy", "num
 
 def docstring_sentences() -> list[str]:
     """Real sentences from installed packages' docstrings (cached)."""
-    from synth.filters.embed import cache_dir
+    from synth.similarity.embed import cache_dir
 
     path = cache_dir() / "bench" / "docstring-sentences.txt"
     if path.exists():
@@ -478,8 +478,8 @@ def _usable(s: str) -> bool:
 
 def _clean_pool(seed: int) -> list[tuple[str, tuple | None]]:
     """Docstring sentences plus template prompts, with no near-duplicate pairs among them."""
-    from synth.filters.dedup import dedup_minhash
-    from synth.filters.embed import cache_dir
+    from synth.similarity.duplicates import dedup_minhash
+    from synth.similarity.embed import cache_dir
 
     rng = random.Random(seed)
     path = cache_dir() / "bench" / f"pool-{seed}.txt"
@@ -565,7 +565,7 @@ def more_sentences() -> list[str]:
     """For corpora beyond the docstring pool (about 100k rows): real English sentences from every
     installed Python package (docstrings, comments, messages), the standard library, the English
     manual pages and /usr/share/doc (cached; about 650k, a few minutes once)."""
-    from synth.filters.embed import cache_dir
+    from synth.similarity.embed import cache_dir
 
     path = cache_dir() / "bench" / "more-sentences.txt"
     if path.exists():
@@ -595,8 +595,8 @@ def more_sentences() -> list[str]:
 
 def _large_pool(seed: int) -> list[str]:
     """more_sentences() without near-duplicates among them (as _clean_pool), cached."""
-    from synth.filters.dedup import dedup_minhash
-    from synth.filters.embed import cache_dir
+    from synth.similarity.duplicates import dedup_minhash
+    from synth.similarity.embed import cache_dir
 
     path = cache_dir() / "bench" / f"large-pool-{seed}.txt"
     if path.exists():

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus
 
-from synth.filters import decontam, embed, neighbors
-from synth.stages.decontaminate import DecontaminateParams
+from synth.similarity import decontam, embed, neighbors
+from synth.stages.dedup.decontaminate import DecontaminateParams
 
 ANSWER_PREFIXES = ["Please answer: ", "Question: ", "Answer the following question. ", "Q: ", "Please help: "]
 EDIT_KINDS = ["typo", "case", "prefix", "punct", "swap", "synonym", "append"]

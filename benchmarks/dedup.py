@@ -40,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from corpus import make_corpus
 
-from synth.filters import dedup, embed, neighbors
-from synth.stages.dedup import DedupParams
+from synth.similarity import duplicates as dedup
+from synth.similarity import embed, neighbors
+from synth.stages.dedup.dedup import DedupParams
 
 
 def truth(clusters: list[int]) -> np.ndarray:

@@ -85,7 +85,7 @@ def generate(run_dir: Path, rows: int, seed: int = 0) -> None:
     import pyarrow.parquet as pq
 
     from synth.config import load_pipeline
-    from synth.pipeline import Runner
+    from synth.run import Runner
     from synth.store import atomic_write_json
 
     pipeline = load_pipeline(run_dir.parent / "scale.yaml")

@@ -164,7 +164,7 @@ def run(
       synth run my.yaml --executor ray --address auto   # map stages on a Ray cluster
     """
     from .config import load_pipeline
-    from .pipeline import run_pipeline
+    from .run import run_pipeline
 
     _apply_trust(allow_read, allow_key)
     pipeline = load_pipeline(pipeline_file)

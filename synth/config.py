@@ -443,9 +443,7 @@ def _check_resources(run: RunSettings | None, specs: list[StageSpec], doc: YamlD
     """`run: resources:` names map stages by label: a typo would leave a stage on Ray's defaults."""
     if run is None:
         return []
-    from .executors import on_ray
-
-    maps = [s.label for s in specs if on_ray(s.cls)]
+    maps = [s.label for s in specs if not s.cls.driver_only()]
     problems = []
     for label in run.resources:
         if label not in maps:

@@ -10,7 +10,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
 
-from .pipeline import Progress, RunResult
+from .progress import Progress, RunResult
 from .store import events_text, stage_events
 
 console = Console(stderr=True)

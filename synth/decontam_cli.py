@@ -11,14 +11,14 @@ import click
 from .dedup_cli import _trust_named_files, _write
 from .errors import InputError
 from .stages.base import Batch, StageContext
-from .stages.decontaminate import Decontaminate, DecontaminateParams, parse_reference
-from .stages.load import Load, LoadParams
+from .stages.dedup.decontaminate import Decontaminate, DecontaminateParams, parse_reference
+from .stages.generate.load import Load, LoadParams
 from .store import rows_to_table
 
 
 def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batch_size: int = 1024) -> dict:
     """Run the stage over SOURCE into OUT; write OUT's report beside it (.decontamination.json/.md)."""
-    from .filters import decontam
+    from .similarity import decontam
 
     names: set[str] = set()
     for spec in params.references:

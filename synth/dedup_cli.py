@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .records import text_of
 from .stages.base import Batch, StageContext
-from .stages.dedup import Dedup, DedupParams, text_of
-from .stages.load import Load, LoadParams
+from .stages.dedup.dedup import Dedup, DedupParams
+from .stages.generate.load import Load, LoadParams
 from .store import rows_to_table
 
 

@@ -46,10 +46,10 @@ from .records import (
     count_rows,
     iter_chunks,
     messages_type,
-    output_files,
     turn_columns,
     unified_schema,
 )
+from .runs import output_files
 from .splits import held_out_mask
 from .store import RunStore
 

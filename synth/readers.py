@@ -338,6 +338,16 @@ def read_rows(path: Path, fmt: str, split: str = "train", peek: bool = False) ->
 COUNT_BYTES = 256 * 2**20  # count the lines of inputs up to this size for the progress total
 
 
+def read_checked(path: Path, base_dir: Path, fmt: str = "auto", split: str = "train", who: str = "") -> Iterator[Row]:
+    """Rows of a file a pipeline names, read only where inputs.read_problem allows and only from a
+    regular file (or a folder of them): one InputError naming the file and the fix otherwise."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    problem = read_problem(path, base_dir) or file_problem(path, fmt, base_dir)
+    if problem:
+        raise InputError(f"{who}: {problem}" if who else problem)
+    yield from read_rows(path, fmt, split)
+
+
 def count_rows(path: Path, fmt: str) -> int | None:
     """Rows in an input, where that is cheap: Parquet's metadata, or the lines of a text file up
     to COUNT_BYTES (a CSV's header and quoted line breaks make that an estimate). None otherwise."""

@@ -18,7 +18,9 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +34,50 @@ DEFAULT_CHUNK_ROWS = 4096
 # Rows of a written Parquet row group (the output's files hold 10,000 rows: one group each).
 DEFAULT_GROUP_ROWS = 10_000
 _LATER_TURN = re.compile(r"^(instruction|response)_\d+$")
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Dropped:
+    """A row a stage left out, with why: a filter's decision, or a failure (`failed`: an
+    unparseable answer, a request that ran out of retries)."""
+
+    row: Row
+    reason: str
+    detail: str = ""
+    failed: bool = False
+
+
+def text_of(value: Any) -> str:
+    """The text to compare: a string, or the user turns of a messages list."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        users = [m for m in value if m.get("role", m.get("from")) in ("user", "human")] or value
+        return "\n".join(str(m.get("content", m.get("value", ""))) for m in users)
+    return str(value)
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_columns]
+    if not tables:
+        return pa.table({})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        types: dict[str, set[str]] = {}
+        for table in tables:
+            for f in table.schema:
+                types.setdefault(f.name, set()).add(str(f.type))
+        mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
+        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items()) or str(exc)
+        raise RunError(
+            f"a column holds values of different types in different batches ({shown}); make the input column one "
+            "type (e.g. quote numbers in a text column)"
+        ) from None
 
 
 # ---- reading Parquet files in chunks ----
@@ -288,22 +334,6 @@ def write_output(
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return total
-
-
-def output_files(root: str | Path) -> list[Path]:
-    """The files of a finished run's final dataset, in order."""
-    out = Path(root) / "output"
-    if not out.is_dir():
-        raise RunError(f"{root} has no output yet: finish the run with 'synth run' first")
-    return sorted(out.glob("*.parquet"))
-
-
-def read_output(root: str | Path) -> pa.Table:
-    """The final dataset of a finished run as one Arrow table (for runs that fit in memory; the
-    export streams over `output_files`)."""
-    from .store import concat
-
-    return concat([pq.read_table(p) for p in output_files(root)])
 
 
 def turn_columns(names: list[str]) -> list[str]:

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import RunError
+from .records import Dropped, Row, concat
 from .scrub import scrub
-from .stages.base import Dropped, Row
 
 # Everything synth writes in a run directory. `--overwrite` deletes these names and nothing else,
 # and a directory holding anything else is refused as a run directory.
@@ -108,25 +108,6 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 def read_rows(path: Path) -> list[Row]:
     return read_parquet(path).to_pylist()
-
-
-def concat(tables: list[pa.Table]) -> pa.Table:
-    tables = [t for t in tables if t.num_columns]
-    if not tables:
-        return pa.table({})
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        types: dict[str, set[str]] = {}
-        for table in tables:
-            for f in table.schema:
-                types.setdefault(f.name, set()).add(str(f.type))
-        mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
-        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items()) or str(exc)
-        raise RunError(
-            f"a column holds values of different types in different batches ({shown}); make the input column one "
-            "type (e.g. quote numbers in a text column)"
-        ) from None
 
 
 @dataclass

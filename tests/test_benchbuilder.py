@@ -7,7 +7,7 @@ import json
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.stages.benchbuilder import parse_criteria
+from synth.stages.select.benchbuilder import parse_criteria
 from synth.store import RunStore
 
 COOKING = [
@@ -42,8 +42,8 @@ def test_parse_criteria():
 
 def test_topic_clusters_separate_topics_and_absorb_outliers():
     pytest.importorskip("sentence_transformers")
-    from synth.filters.embed import sentence_encoder
-    from synth.filters.topics import topic_clusters
+    from synth.similarity.embed import sentence_encoder
+    from synth.stages.select.topics import topic_clusters
 
     dishes = ["lasagna", "banana bread", "chicken curry", "mushroom risotto", "apple pie", "beef stew", "pad thai"]
     forms = ["How do I make {} at home?", "What goes wrong when my {} turns out dry?", "Which wine pairs with {}?",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.cli import main
-from synth.stages.best import BestParams, NoBest, best_index
+from synth.stages.preference.best import BestParams, NoBest, best_index
 from synth.store import RunStore
 
 

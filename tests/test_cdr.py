@@ -20,8 +20,8 @@ from synth.llm import make_backend
 from synth.llm.client import LLM
 from synth.llm.specs import LocalSpec
 from synth.stages.base import Batch, StageContext
-from synth.stages.reward import Reward, RewardParams
-from synth.stages.reward_cdr import DOMAINS, parse_domain
+from synth.stages.reward.cdr import DOMAINS, parse_domain
+from synth.stages.reward.reward import Reward, RewardParams
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("llama_cpp")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from synth import load_pipeline, read_output, run_pipeline
 from synth.decontam_cli import decontaminate as decontaminate_command
 from synth.errors import ConfigError
-from synth.filters import decontam, embed
+from synth.similarity import decontam, embed
 from synth.store import RunStore
 
 pytest.importorskip("faiss")

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.dedup_cli import dedup as dedup_command
-from synth.filters import dedup, embed, nearcopy, neighbors
+from synth.similarity import duplicates as dedup
+from synth.similarity import embed, nearcopy, neighbors
 from synth.store import RunStore
 
 pytest.importorskip("faiss")

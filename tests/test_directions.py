@@ -19,8 +19,8 @@ from synth import load_pipeline, read_output, run_pipeline
 from synth.resources import resource_dir
 from synth.stages import directions_geometry as geo
 from synth.stages.base import StageContext
-from synth.stages.direction_select import DirectionSelectParams, candidate_vectors
-from synth.stages.directions import Directions, DirectionsParams
+from synth.stages.directions.direction_select import DirectionSelectParams, candidate_vectors
+from synth.stages.directions.directions import Directions, DirectionsParams
 from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, reference_rows, synth_cli

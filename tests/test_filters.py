@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
-from synth.filters.conditions import Condition
+from synth.stages.select.conditions import Condition
 from synth.store import RunStore
 
 MAGPIE_ROWS = [

@@ -25,7 +25,7 @@ from synth import BackendError, ConfigError, InputError, load_pipeline, run_pipe
 from synth.cli import main
 from synth.llm.templates import ChatTemplate
 from synth.stages.base import StageContext
-from synth.stages.load import Load, LoadParams
+from synth.stages.generate.load import Load, LoadParams
 from synth.store import RunStore
 from synth.templating import MissingValue, TemplateRefused, render, template_problem
 from synth.yamlfile import load_yaml, load_yaml_file

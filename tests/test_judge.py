@@ -12,8 +12,8 @@ import pytest
 from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
 from synth.seeds import derive_seed
-from synth.stages.judge_rubric import ULTRAFEEDBACK, Criterion, absolute_columns, parse_absolute
-from synth.stages.judge_verdicts import (
+from synth.stages.judge.rubric import ULTRAFEEDBACK, Criterion, absolute_columns, parse_absolute
+from synth.stages.judge.verdicts import (
     REWARD,
     VERDICTS,
     coin,

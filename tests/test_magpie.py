@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
-from synth.stages.magpie_text import sanitize_instruction
+from synth.stages.magpie.text import sanitize_instruction
 
 pytest.importorskip("llama_cpp")
 

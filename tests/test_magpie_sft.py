@@ -15,7 +15,7 @@ import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.resources import resource_dir
-from synth.stages.tag import CATEGORIES, LEVELS
+from synth.stages.magpie.tag import CATEGORIES, LEVELS
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("faiss")

@@ -19,8 +19,8 @@ from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.cli import main
 from synth.errors import InputError
 from synth.resources import resource_dir
-from synth.stages.pika import parse_instruction
-from synth.stages.tag import LEVELS
+from synth.stages.magpie.tag import LEVELS
+from synth.stages.pika.pika import parse_instruction
 from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, reference_rows, synth_cli

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
-from synth.stages.rationale import clean, problem
+from synth.stages.augment.rationale import clean, problem
 from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, synth_cli

@@ -16,7 +16,7 @@ import pytest
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.export import export_run
 from synth.resources import resource_dir
-from synth.stages.relabel import partner, score_text, swap
+from synth.stages.augment.relabel import partner, score_text, swap
 from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, synth_cli

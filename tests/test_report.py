@@ -106,7 +106,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_sample_rows_are_picked_at_seeded_positions(report):
     import numpy as np
 
-    from synth.pipeline import read_output
+    from synth.runs import read_output
 
     page = report.read_text()
     seed = json.loads((report.parent.parent / "manifest.json").read_text())["seed"]  # the pipeline's

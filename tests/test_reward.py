@@ -97,7 +97,7 @@ def test_reward_counts_truncation_and_fails_rows_without_response(write, tmp_pat
 
 
 def test_reward_model_that_is_not_there_names_the_fix(tmp_path):
-    from synth.stages.reward import load_reward_model
+    from synth.stages.reward.reward import load_reward_model
 
     with pytest.raises(InputError, match="give a local folder of a transformers sequence-classification model"):
         load_reward_model(str(tmp_path / "no-such-model"))

@@ -26,7 +26,7 @@ from synth.llm.client import LLM
 from synth.llm.pooling import PoolingClient
 from synth.llm.specs import OpenAISpec
 from synth.stages.base import Batch, StageContext
-from synth.stages.reward import Reward, RewardParams
+from synth.stages.reward.reward import Reward, RewardParams
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(

@@ -358,7 +358,7 @@ def test_llama_cpp_log_lines_show_only_with_verbose(write, tmp_path):
 
 def test_progress_knows_the_total_and_moves_with_each_answer(write, tmp_path):
     pytest.importorskip("llama_cpp")
-    from synth.pipeline import Progress
+    from synth.progress import Progress
 
     class Recorder(Progress):
         def __init__(self):

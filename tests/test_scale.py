@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.config import load_pipeline
-from synth.pipeline import read_output, run_pipeline
+from synth.run import run_pipeline
+from synth.runs import read_output
 from synth.shards import Rows, gather, take
 from synth.stages.base import Batch, StageContext
-from synth.stages.dedup import Dedup, DedupParams
-from synth.stages.filters import Filter, FilterParams, Length, LengthParams, Regex, RegexParams
-from synth.stages.select import Limit, LimitParams, Sample, SampleParams
-from synth.stages.sort import Sort, SortParams
+from synth.stages.dedup.dedup import Dedup, DedupParams
+from synth.stages.select.filter import Filter, FilterParams, Length, LengthParams, Regex, RegexParams
+from synth.stages.select.sort import Sort, SortParams
+from synth.stages.select.subset import Limit, LimitParams, Sample, SampleParams
 from synth.store import RunStore
 
 from . import inmemory_reference as ref
@@ -170,7 +171,7 @@ def test_dedup_matches_the_in_memory_dedup(method, id_column, data, tmp_path):
 def test_minhash_bands_propose_the_pairs_datasketch_proposes():
     from datasketch import MinHashLSH
 
-    from synth.filters.dedup import band_pairs, minhash_signatures
+    from synth.similarity.duplicates import band_pairs, minhash_signatures
 
     rng = random.Random(3)
     texts = [" ".join(rng.choices(WORDS[:6], k=rng.randint(3, 9))) for _ in range(400)]

@@ -15,7 +15,7 @@ import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
-from synth.stages.reward_shaping import (
+from synth.stages.reward.shaping import (
     BatchStats,
     length_penalty,
     log_sigmoid,
@@ -218,8 +218,8 @@ def test_references_sampled_from_a_reference_backend(tmp_path, reward_model):
     from synth.llm.specs import LocalSpec
     from synth.seeds import derive_seed
     from synth.stages.base import Batch, StageContext
-    from synth.stages.reward import Reward, RewardParams
-    from synth.stages.reward_local import load_reward_model, render_conversation, score_texts
+    from synth.stages.reward.local_model import load_reward_model, render_conversation, score_texts
+    from synth.stages.reward.reward import Reward, RewardParams
 
     params = RewardParams(
         model=reward_model, shaping="par", reference_backend="ref", refs_per_prompt=2, reference_max_tokens=16

@@ -13,7 +13,7 @@ import pytest
 from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
 from synth.resources import resource_dir
-from synth.stages.skillmix_parse import clean, draft_pair, final_pair, instruction_of, response_of
+from synth.stages.skillmix.parse import clean, draft_pair, final_pair, instruction_of, response_of
 
 from .pipeline_runs import kill_and_resume, reference_rows, synth_cli
 

@@ -22,8 +22,8 @@ from synth.skillfiles import (
     write_queries,
     write_skills,
 )
-from synth.stages.skill_draw import draw
-from synth.stages.skills_common import merge, parse_query_list, parse_skill_list
+from synth.stages.skillmix.draw import draw
+from synth.stages.skillmix.extraction import merge, parse_query_list, parse_skill_list
 
 AUTHORS_QUERIES = """### 1. **Information-Seeking**
 The user wants facts or explanations. For example:

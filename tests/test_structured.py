@@ -13,8 +13,8 @@ import pytest
 from synth.llm.base import Request, RequestFailed, Sampling
 from synth.llm.openai import schema_fields
 from synth.seeds import digest
-from synth.stages.judge_rubric import Criterion, absolute_schema, parse_absolute
-from synth.stages.judge_verdicts import pairwise_schema, parse_pairwise
+from synth.stages.judge.rubric import Criterion, absolute_schema, parse_absolute
+from synth.stages.judge.verdicts import pairwise_schema, parse_pairwise
 
 PAIRWISE = pairwise_schema(40)
 # A schema no model follows by chance: one verdict allowed, rationales cut at 10 characters.

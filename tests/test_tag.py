@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.stages.tag import CATEGORIES, LEVELS, QUALITY, _parse, find_json
+from synth.stages.magpie.tag import CATEGORIES, LEVELS, QUALITY, _parse, find_json
 
 
 @pytest.mark.parametrize(

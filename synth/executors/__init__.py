@@ -15,7 +15,7 @@ from ..errors import SynthError
 
 if TYPE_CHECKING:
     from ..config import Pipeline
-    from ..pipeline import Runner
+    from ..run.runner import Runner
     from ..stages.base import Batch, Row, Stage
 
 
@@ -64,8 +64,7 @@ class LocalExecutor:
 def on_ray(cls: type[Stage]) -> bool:
     """Map stages run in actors, except those with an Arrow fast path (cheap filters the runner
     applies to whole tables in the driver, where a round trip through Ray would cost more)."""
-    vectorized = getattr(cls, "vectorized", None)
-    return cls.kind == "map" and not (vectorized is not None and vectorized())
+    return not cls.driver_only()
 
 
 def make_executor(pipeline: Pipeline, name: str | None = None, address: str | None = None) -> Executor:

@@ -27,7 +27,7 @@ from . import on_ray
 
 if TYPE_CHECKING:
     from ..config import Pipeline
-    from ..pipeline import Runner
+    from ..run.runner import Runner
     from ..stages.base import Batch, Row, Stage
 
 NAMESPACE = "synth"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..records import Dropped, Row
 from ..seeds import derive_seed
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
     from ..llm.client import LLM
     from ..shards import Rows, Selection
-
-Row = dict[str, Any]
 
 
 class StageParams(BaseModel):
@@ -53,14 +52,6 @@ class StageParams(BaseModel):
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
         max_length=64,
     )
-
-
-@dataclass
-class Dropped:
-    row: Row
-    reason: str
-    detail: str = ""
-    failed: bool = False  # a failure (unparseable answer, failed request), not a filter decision
 
 
 @dataclass
@@ -221,6 +212,13 @@ class Stage:
     @classmethod
     def selects(cls) -> bool:
         return cls.select is not Stage.select
+
+    @classmethod
+    def driver_only(cls) -> bool:
+        """Whether this stage always runs in the driver process: source and global stages, and map
+        stages with an Arrow path (cheap filters the runner applies to whole tables, where a round
+        trip to a worker would cost more than the work). An executor may run the others anywhere."""
+        return cls.kind != "map" or cls.vectorized()
 
     @classmethod
     def vectorized(cls) -> bool:

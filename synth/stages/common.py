@@ -4,6 +4,7 @@ and the provenance every generated row carries."""
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
 
@@ -167,3 +168,22 @@ def retry_sampling(sampling: Sampling, attempt: int, retry_temperature: float) -
     if not attempt:
         return sampling
     return sampling.model_copy(update={"temperature": max(sampling.temperature, retry_temperature)})
+
+
+# Magpie's difficulty levels (unitag.py); PiKa's prompts are tagged on the same scale.
+LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
+
+
+def find_json(text: str) -> dict | None:
+    """The first JSON object in a model's answer (models wrap it in prose or code fences)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text[start:])
+            if isinstance(value, dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+        start = text.find("{", start + 1)
+    return None
