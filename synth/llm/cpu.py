@@ -209,6 +209,11 @@ def _model_params(**fields):
             bindings.llama_model_default_params = original
 
 
+def without_extra_buffer_types():
+    """Every model loaded inside this block gets use_extra_bufts=False (no AMX, no CPU_REPACK)."""
+    return _model_params(use_extra_bufts=False)
+
+
 def load_llama(*, extra_bufts: bool = True, environ: Mapping[str, str] | None = None, **kwargs):
     """`llama_cpp.Llama(**kwargs)`, with the AMX mitigation applied first when `plan()` says so.
 
@@ -220,5 +225,5 @@ def load_llama(*, extra_bufts: bool = True, environ: Mapping[str, str] | None = 
         extra_bufts = False
     if extra_bufts:
         return llama_cpp.Llama(**kwargs)
-    with _model_params(use_extra_bufts=False):
+    with without_extra_buffer_types():
         return llama_cpp.Llama(**kwargs)
