@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import registry
 from .errors import ConfigError, Problem, SynthError
-from .llm.specs import BackendSpec, LocalSpec
-from .registry import closest, get_stage, stage_names
+from .llm.specs import BackendSpecBase, LocalSpec
+from .registry import closest, get_backend_spec, get_stage, stage_names, unknown
 from .seeds import digest
 from .stages.base import CheckEnv, Stage, StageParams
 from .yamlfile import YamlDoc, format_path, load_yaml_file
@@ -81,8 +82,10 @@ class RunSettings(BaseModel):
         "that ran out of retries, empty or unparseable answers); filters do not count",
     )
     # Where map stages run (docs/ray.md); like the two above, never part of the fingerprint.
-    executor: Literal["local", "ray"] = Field(
-        "local", description="'local' (this process) or 'ray': map stages' batches run in Ray actors, a pool per stage"
+    executor: str = Field(
+        "local",
+        description="a registered executor: 'local' (this process) or 'ray' (map stages' batches run in Ray actors, a "
+        "pool per stage), or one a plugin adds",
     )
     address: str | None = Field(
         None,
@@ -130,7 +133,9 @@ class PipelineFile(BaseModel):
     )
     description: str = ""
     seed: int = 0
-    backends: dict[str, BackendSpec] = Field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> settings, each with a registered `type:` (local, openai, vllm...)"
+    )
     stages: list[dict[str, Any]] = Field(min_length=1)
     output: OutputSettings = Field(default_factory=OutputSettings)
     run: RunSettings = Field(default_factory=RunSettings)
@@ -238,17 +243,6 @@ def _pydantic_problems(exc: ValidationError, doc: YamlDoc, prefix: tuple, model=
             msg = "unknown field" + (f"; did you mean '{hint}'?" if hint else "")
             if allowed and not hint:
                 msg += f" (valid: {allowed})"
-        elif err["type"] == "union_tag_invalid":
-            tags = [t.strip(" '") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
-            tag = str(err.get("ctx", {}).get("tag", ""))
-            hint = closest(tag, tags)
-            msg = (
-                f"unknown type '{tag}'" + (f"; did you mean '{hint}'?" if hint else "") + f" (types: {', '.join(tags)})"
-            )
-            loc = (*loc, "type")
-            field = _field(loc, doc)
-        elif err["type"] == "union_tag_not_found":
-            msg = "give a 'type:' (local, openai or vllm)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
@@ -367,8 +361,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except ValidationError as exc:
         problems += _pydantic_problems(exc, doc, ())
         top = None
-    backends: dict[str, Any] = dict(top.backends) if top else {}
-    if top is not None and "default" not in backends:
+    backends: dict[str, Any] = _parse_backends(top.backends, doc, problems) if top else {}
+    if top is not None and "default" not in top.backends:
         backends["default"] = LocalSpec()
     raw_stages = doc.data.get("stages") if isinstance(doc.data.get("stages"), list) else []
     entries = _expand_includes(raw_stages, doc, path.parent, problems)
@@ -421,6 +415,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     problems += _check_flow(parsed, path.parent, names, backends)
     problems += _check_access(specs, backends if top else {}, doc, path.parent)
     problems += _check_resources(top.run if top else None, specs, doc)
+    if top is not None and top.run.executor not in registry.names("executors"):
+        loc = ("run", "executor")
+        problems.append(Problem(doc.file, doc.line_of(loc), format_path(loc), unknown("executors", top.run.executor)))
     problems.sort(key=lambda p: p.line or 0)
 
     if problems:
@@ -437,6 +434,39 @@ def load_pipeline(path: str | Path) -> Pipeline:
         run=top.run,
         text=path.read_text(encoding="utf-8"),
     )
+
+
+def _parse_backends(raw: dict[str, dict], doc: YamlDoc, problems: list[Problem]) -> dict[str, BackendSpecBase]:
+    """Each backend through the settings class its `type:` registers (a plugin's too); the ones
+    that do not parse are left out, their problems named by file, line and field."""
+    parsed = {}
+    for name, body in raw.items():
+        where = ("backends", name)
+        kind = body.get("type")
+        if not isinstance(kind, str):
+            types = ", ".join(registry.names("backends"))
+            problems.append(Problem(doc.file, doc.line_of(where), format_path(where), f"give a 'type:' ({types})"))
+            continue
+        try:
+            cls = get_backend_spec(kind)
+        except SynthError:
+            hint = closest(kind, registry.names("backends"))
+            message = f"unknown type '{kind}'" + (f"; did you mean '{hint}'?" if hint else "")
+            loc = (*where, "type")
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(loc),
+                    format_path(loc),
+                    f"{message} (types: {', '.join(registry.names('backends'))})",
+                )
+            )
+            continue
+        try:
+            parsed[name] = cls.model_validate(body)
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, doc, where, model=cls)
+    return parsed
 
 
 def _check_resources(run: RunSettings | None, specs: list[StageSpec], doc: YamlDoc) -> list[Problem]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .records import text_of
+from .shards import Rows, in_memory
 from .stages.base import Batch, StageContext
 from .stages.dedup.dedup import Dedup, DedupParams
 from .stages.generate.load import Load, LoadParams
@@ -54,7 +55,10 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
 
     async def go() -> pa.Table:
         await stage.open()
-        return await stage.process_all(table, batch) if table.num_rows else table
+        if not table.num_rows:
+            return table
+        rows = Rows.from_table(table)
+        return in_memory(rows, await stage.process_all(rows, batch))
 
     kept = asyncio.run(go())
     _write(kept, out)

@@ -55,3 +55,11 @@ class MissingDependency(SynthError):
 
 class BackendError(SynthError):
     pass
+
+
+def closest(name: str, options: list[str]) -> str | None:
+    """The option a typo most likely meant, for "did you mean" in a message; None if none is near."""
+    import difflib
+
+    found = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return found[0] if found else None

@@ -43,10 +43,11 @@ class Dropped:
     """A row a stage left out, with why: a filter's decision, or a failure (`failed`: an
     unparseable answer, a request that ran out of retries)."""
 
-    row: Row
+    row: Row | None  # None for a row dropped by position (Arrow and global stages)
     reason: str
     detail: str = ""
     failed: bool = False
+    position: int | None = None  # where such a row is in the stage's input
 
 
 def text_of(value: Any) -> str:

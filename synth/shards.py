@@ -6,10 +6,10 @@ the previous stage's Parquet shards and are gathered file by file into the outpu
 follows the size of a shard and of those arrays, not the size of the run: Magpie's recipe filters
 4M generated rows, several GB of text, on one machine.
 
-A `Selection` says what to write: input positions in output order, columns to add (one value per
-input row), and the dropped positions with their reasons. `gather` writes it in chunks of the run's
-batch size; when the order is not increasing (a sort, a shuffle) rows go through bucket files on
-disk, each small enough to sort in memory.
+A `Selection` says what to write: input positions in output order and columns to add (one value
+per input row); the stage names what it dropped through its batch (synth/stages/batch.py). `gather`
+writes a selection in chunks of the run's batch size; when the order is not increasing (a sort, a
+shuffle) rows go through bucket files on disk, each small enough to sort in memory.
 """
 
 from __future__ import annotations
@@ -31,20 +31,9 @@ BUCKET_BYTES = 256 * 2**20  # rows of one sort bucket held in memory at once (as
 
 
 @dataclass
-class Drop:
-    """Rows a global stage dropped: input positions, one reason, a detail per row (or none)."""
-
-    positions: np.ndarray
-    reason: str
-    details: list[str] | None = None
-    failed: bool = False
-
-
-@dataclass
 class Selection:
     order: np.ndarray  # int64 input positions, in output order
     columns: dict[str, pa.Array | pa.ChunkedArray] = field(default_factory=dict)  # one value per input row
-    drops: list[Drop] = field(default_factory=list)
 
 
 class Rows:
@@ -92,6 +81,12 @@ class Rows:
             present = None if columns is None else [c for c in columns if c in file.schema_arrow.names]
             table = file.read(columns=present)
         return conform(table, self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns]))
+
+    def table(self) -> pa.Table:
+        """Every row in memory: for global stages whose input is small (skill lists, a few
+        thousand instructions), never for a big run's texts."""
+        parts = [t for _, t in self.tables()]
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
 
     def tables(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(first position, rows) per part, reading only `columns` when given."""
@@ -315,24 +310,13 @@ def take(rows: Rows, positions: np.ndarray) -> pa.Table:
     return table.take(pa.array(back, pa.int64()))
 
 
-def dropped_table(selection: Selection) -> pa.Table | None:
-    """The dropped rows of a global stage, by position in its input: the rows themselves stay in
-    the previous stage's shards (`synth inspect --dropped` reads them there)."""
-    parts = []
-    for d in selection.drops:
-        n = len(d.positions)
-        if not n:
-            continue
-        details = d.details if d.details is not None else [""] * n
-        parts.append(
-            pa.table(
-                {
-                    "reason": pa.array([d.reason] * n, pa.string()),
-                    "detail": pa.array(details, pa.string()),
-                    "failed": pa.array(np.full(n, d.failed)),
-                    "row": pa.nulls(n, pa.string()),
-                    "position": pa.array(np.asarray(d.positions, dtype=np.int64)),
-                }
-            )
-        )
-    return pa.concat_tables(parts) if parts else None
+def in_memory(rows: Rows, result: Selection | pa.Table) -> pa.Table:
+    """A global stage's result as one table (`synth dedup` and `synth decontaminate` on a file):
+    a selection gathered in memory, a table as it is."""
+    if isinstance(result, pa.Table):
+        return result
+    if not len(result.order):
+        return rows.schema.empty_table()
+    parts: list[pa.Table] = []
+    gather(rows, result, parts.append, max(rows.num_rows, 1))
+    return parts[0]

@@ -30,8 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import RunError
-from .records import Dropped, Row, concat
-from .scrub import scrub
+from .records import Row, concat
 
 # Everything synth writes in a run directory. `--overwrite` deletes these names and nothing else,
 # and a directory holding anything else is refused as a run directory.
@@ -175,31 +174,17 @@ class StageDir:
     def done_indices(self) -> list[int]:
         return sorted(int(p.name[6:11]) for p in self.meta.glob("shard-*.json"))
 
-    def write(
-        self, index: int, rows: list[Row] | pa.Table, dropped: list[Dropped] | pa.Table | None, stats: ShardStats
-    ) -> None:
-        """Shard `index`: its rows, its dropped rows (Dropped records, or a global stage's table of
-        reasons and input positions), then its completion marker.
+    def write(self, index: int, rows: list[Row] | pa.Table, dropped: pa.Table | None, stats: ShardStats) -> None:
+        """Shard `index`: its rows, its dropped rows (a batch's `Drops.table()`: reasons, and each row
+        as JSON or as its position in the input), then its completion marker.
 
         Each file is renamed into place once complete, so a killed process leaves no marker
         without its data. They are not synced one by one (two fsyncs per shard took longer than
         filtering it, at millions of rows): the runner syncs when a segment ends, and a resume
         checks every shard's footer and row count, so a shard a power cut truncated is redone."""
         write_parquet(self.shard(index), rows if isinstance(rows, pa.Table) else rows_to_table(rows), sync=False)
-        dropped_path = self.dropped_path(index)
-        if isinstance(dropped, pa.Table):
-            write_parquet(dropped_path, dropped, sync=False)
-        elif dropped:
-            records = [
-                {
-                    "reason": scrub(d.reason),
-                    "detail": scrub(d.detail),
-                    "failed": d.failed,
-                    "row": json.dumps(d.row, ensure_ascii=False, default=str),
-                }
-                for d in dropped
-            ]
-            write_parquet(dropped_path, rows_to_table(records), sync=False)
+        if dropped is not None and dropped.num_rows:
+            write_parquet(self.dropped_path(index), dropped, sync=False)
         atomic_write_json(self.marker(index), stats.__dict__, sync=False)
 
     def failed_rows(self, index: int) -> int:

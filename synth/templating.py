@@ -117,7 +117,7 @@ def template_problem(name: str, base_dir: Path) -> str | None:
     except TemplateRefused as exc:
         return f"template '{name}' {exc.message}"
     except jinja2.TemplateNotFound:
-        from .registry import closest
+        from .errors import closest
 
         hint = closest(name, _known_templates(base_dir))
         tail = f"; did you mean '{hint}'?" if hint else " (run 'synth templates' to list the shipped ones)"

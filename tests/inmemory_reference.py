@@ -113,3 +113,66 @@ def dedup(table: pa.Table, column: str, representative, repeat, method: str, id_
     keep = representative == np.arange(len(representative))
     dropped = [(row, f"duplicate_{method}") for row in out.filter(pa.array(~keep)).to_pylist()]
     return out.filter(pa.array(keep)), dropped
+
+
+# ---- the row filters as they were on dicts, before their Arrow path became their only one ----
+
+
+def filter_rows(stage, rows: list[dict]):
+    """`filter`: the first condition a row fails is its reason, its value the detail."""
+    out, dropped = [], []
+    for row in rows:
+        failed = next((c for c in stage.params.where if not c.holds(row)), None)
+        if failed is None:
+            out.append(row)
+        else:
+            dropped.append((row, str(failed), f"{failed.column} = {row.get(failed.column)!r}", False))
+    return out, dropped
+
+
+def length_rows(stage, rows: list[dict]):
+    """`length`: characters and tokens against the bounds, the first one broken is the reason."""
+    from synth.records import text_of
+
+    p = stage.params
+    texts = [text_of(r.get(p.column)) for r in rows]
+    out, dropped = [], []
+    for row, text, tokens in zip(rows, texts, stage._tokens(texts), strict=True):
+        chars = len(text)
+        checks = (
+            ("too_short_chars", p.min_chars is not None and chars < p.min_chars, f"{chars} chars"),
+            ("too_long_chars", p.max_chars is not None and chars > p.max_chars, f"{chars} chars"),
+            ("too_short_tokens", p.min_tokens is not None and tokens < p.min_tokens, f"{tokens} tokens"),
+            ("too_long_tokens", p.max_tokens is not None and tokens > p.max_tokens, f"{tokens} tokens"),
+        )
+        failed = next((c for c in checks if c[1]), None)
+        if failed:
+            dropped.append((row, failed[0], failed[2], False))
+        else:
+            out.append({**row, p.output: chars} if p.output else row)
+    return out, dropped
+
+
+def regex_rows(stage, rows: list[dict]):
+    """`regex`: the first rule that matches (or none, with keep_matching); a timeout fails the row."""
+    from synth.records import text_of
+
+    p = stage.params
+    out, dropped = [], []
+    for row in rows:
+        text = text_of(row.get(p.column))
+        try:
+            hit = next(((m, r) for rx, r in stage._rules if (m := rx.search(text, timeout=p.timeout))), None)
+        except TimeoutError:
+            dropped.append((row, "regex_timeout", f"a pattern took over {p.timeout:g} s on this row", True))
+            continue
+        if p.keep_matching:
+            if hit:
+                out.append(row)
+            else:
+                dropped.append((row, p.reason or "no_pattern_matched", "", False))
+        elif hit:
+            dropped.append((row, hit[1], f"matched {hit[0].group(0)!r}", False))
+        else:
+            out.append(row)
+    return out, dropped

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.resources import resource_dir
-from synth.stages.directions import geometry as geo
 from synth.stages.base import StageContext
+from synth.stages.directions import geometry as geo
 from synth.stages.directions.direction_select import DirectionSelectParams, candidate_vectors
 from synth.stages.directions.directions import Directions, DirectionsParams
 from synth.store import RunStore

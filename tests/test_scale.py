@@ -86,12 +86,13 @@ def ctx(tmp_path: Path, label: str = "stage") -> StageContext:
 def run_select(stage, files: list[Path], chunk: int = 13, bucket_bytes: int = 2_000):
     """The runner's path: select over the shards, then gather in chunks; (rows, dropped positions+reasons)."""
     rows = Rows.from_files(files)
-    selection = asyncio.run(stage.select(rows, Batch(rows=[])))
+    batch = Batch()
+    selection = asyncio.run(stage.process_all(rows, batch))
     parts: list[pa.Table] = []
     gather(rows, selection, parts.append, chunk, bucket_bytes=bucket_bytes)
     assert all(p.num_rows == chunk for p in parts[:-1])
     out = [r for p in parts for r in p.to_pylist()]
-    dropped = sorted((int(p), d.reason) for d in selection.drops for p in d.positions.tolist())
+    dropped = sorted((d.position, d.reason) for d in batch.dropped)
     return out, dropped
 
 
@@ -186,17 +187,18 @@ def test_minhash_bands_propose_the_pairs_datasketch_proposes():
         assert expected  # these texts share bands
 
 
-def _by_rows(stage, table: pa.Table):
-    """process (a dict per row) against process_table (Arrow) on the same batch."""
+def _by_rows(stage, table: pa.Table, oracle):
+    """The stage (on Arrow, its only path) against the same rules applied a dict per row."""
     asyncio.run(stage.open())
-    slow, fast = Batch(rows=table.to_pylist()), Batch(rows=[])
-    rows = asyncio.run(stage.process(slow))
-    out = asyncio.run(stage.process_table(table, fast))
+    rows, slow = oracle(stage, table.to_pylist())
+    fast = Batch(table)
+    out = asyncio.run(stage.process(fast))
     assert out.to_pylist() == rows
-    drops = pa.concat_tables(fast.dropped_rows).to_pylist() if fast.dropped_rows else []
+    drops = fast.dropped.table("input_row")
+    drops = drops.to_pylist() if drops is not None else []
     found = [(table.slice(d["input_row"], 1).to_pylist()[0], d["reason"], d["detail"], d["failed"]) for d in drops]
-    assert found == [(d.row, d.reason, d.detail, d.failed) for d in slow.dropped]
-    return rows, slow.dropped
+    assert found == slow
+    return rows, slow
 
 
 @pytest.mark.parametrize(
@@ -210,7 +212,7 @@ def _by_rows(stage, table: pa.Table):
     ],
 )
 def test_filter_on_arrow_matches_the_row_path(where, tmp_path):
-    rows, dropped = _by_rows(Filter(FilterParams(where=where), ctx(tmp_path)), make_table(300, seed=2))
+    rows, dropped = _by_rows(Filter(FilterParams(where=where), ctx(tmp_path)), make_table(300, seed=2), ref.filter_rows)
     assert (dropped and rows) or where[1] == "turns is null"
 
 
@@ -223,7 +225,7 @@ def test_filter_on_arrow_matches_the_row_path(where, tmp_path):
     ],
 )
 def test_length_on_arrow_matches_the_row_path(params, tmp_path):
-    _by_rows(Length(LengthParams(**params), ctx(tmp_path)), make_table(300, seed=3))
+    _by_rows(Length(LengthParams(**params), ctx(tmp_path)), make_table(300, seed=3), ref.length_rows)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +237,7 @@ def test_length_on_arrow_matches_the_row_path(params, tmp_path):
     ],
 )
 def test_regex_on_arrow_matches_the_row_path(params, tmp_path):
-    rows, dropped = _by_rows(Regex(RegexParams(**params), ctx(tmp_path)), make_table(300, seed=4))
+    rows, dropped = _by_rows(Regex(RegexParams(**params), ctx(tmp_path)), make_table(300, seed=4), ref.regex_rows)
     assert rows and dropped
 
 

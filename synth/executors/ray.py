@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDependency, RunError
 from ..llm.client import current_counters, current_ticker
-from ..stages.base import Dropped
-from . import on_ray
 
 if TYPE_CHECKING:
     from ..config import Pipeline
-    from ..run.runner import Runner
     from ..stages.base import Batch, Row, Stage
+    from . import Plan
 
 NAMESPACE = "synth"
 CLOSE_SECONDS = 60.0  # how long stop() waits for actors to close their stages before killing them
@@ -74,10 +72,9 @@ class Pool:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, pipeline: Pipeline, address: str | None):
-        self.pipeline = pipeline
+    def __init__(self, address: str | None = None):
         self.address = address
-        self.runner: Runner | None = None
+        self.plan: Plan | None = None
         self.pools: dict[int, Pool] = {}
         self._starting: dict[int, asyncio.Lock] = {}
         self.cache_server = None
@@ -87,13 +84,18 @@ class RayExecutor:
         self.cache_name = ""
 
     # ---- life cycle ----
-    async def start(self, runner: Runner) -> None:
+    @property
+    def pipeline(self):
+        assert self.plan is not None, "start() first"
+        return self.plan.pipeline
+
+    async def start(self, plan: Plan) -> None:
         ray = _ray()
-        self.runner = runner
+        self.plan = plan
         started = time.perf_counter()
         if not ray.is_initialized():
             where = self.address or os.environ.get("RAY_ADDRESS") or "a cluster on this machine, else a new one"
-            runner.progress.note(f"connecting to Ray ({where})")
+            plan.note(f"connecting to Ray ({where})")
             kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
             if self.address == "local":
                 kwargs["include_dashboard"] = False
@@ -122,12 +124,11 @@ class RayExecutor:
             max_concurrency=8,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
-        assert runner.cache is not None
-        self.cache_server = server.remote(str(runner.cache.path))
+        self.cache_server = server.remote(str(plan.cache_path))
         self.started_seconds = time.perf_counter() - started
 
     def runs_here(self, index: int) -> bool:
-        return not on_ray(self.pipeline.stages[index].cls)
+        return self.pipeline.stages[index].cls.driver_only()
 
     def _check_resources(self, ray) -> None:
         """A stage asking for what no node has would wait forever: refuse it, named."""
@@ -181,13 +182,12 @@ class RayExecutor:
         from .ray_actors import StageActor
 
         ray = _ray()
-        runner = self.runner
-        assert runner is not None
+        plan = self.plan
+        assert plan is not None
         spec = self.pipeline.stages[index]
         res = self.pipeline.run.resources.get(spec.label)
         actors_wanted = res.actors if res else 1
-        segment = next(s for s in runner._segments() if index in s)
-        per_actor = -(-runner.batches_in_flight(segment) // actors_wanted) + 1
+        per_actor = -(-plan.batches_in_flight[plan.segment_of(index)] // actors_wanted) + 1
         # A class of its own per stage: the actor's process is then named ray::SynthStage_<label>.
         cls = type(f"SynthStage_{re.sub(r'[^A-Za-z0-9_]', '_', spec.label)}", (StageActor,), {})
         options: dict[str, Any] = {
@@ -209,13 +209,13 @@ class RayExecutor:
             "index": spec.index,
             "seed": self.pipeline.seed,
             "base_dir": str(self.pipeline.base_dir),
-            "stage_dir": str(runner.dirs[index].path),
-            "limit": runner.limit,
+            "stage_dir": str(plan.stage_dirs[index]),
+            "limit": plan.limit,
             "backends": {n: self.pipeline.backends[n] for n in names if n in self.pipeline.backends},
             "env": _forwarded_env(self.pipeline, names),
             "cache": (self.cache_name, NAMESPACE),
         }
-        runner.progress.note(f"starting {actors_wanted} Ray actor(s) for stage '{spec.label}'")
+        plan.note(f"starting {actors_wanted} Ray actor(s) for stage '{spec.label}'")
         started = time.perf_counter()
         actor_cls = ray.remote(cls)
         actors = [
@@ -231,7 +231,7 @@ class RayExecutor:
                     pool.placed = list(waiting.result())
                     break
                 wants = {**(options.get("resources") or {}), **({"GPU": res.num_gpus} if res and res.num_gpus else {})}
-                runner.progress.note(
+                plan.note(
                     f"stage '{spec.label}': its Ray actors are not running yet (waiting for a node with "
                     f"{wants or 'a free slot'}, or still opening the stage)"
                 )
@@ -292,8 +292,8 @@ class RayExecutor:
                 await asyncio.sleep(min(0.5 * 2**attempts, 10.0))
             finally:
                 pool.give(n)
-        for row, reason, detail, failed in result["dropped"]:
-            batch.dropped.append(Dropped(row, reason, detail, failed))
+        for row, reason, detail, failed, position in result["dropped"]:
+            batch.dropped.add(row if row is not None else position, reason, detail, failed)
         for k, v in result["counters"].items():
             batch.counters[k] = batch.counters.get(k, 0) + v
         counters = current_counters.get()

@@ -129,7 +129,7 @@ async def _process(stage, index: int, rows: list[dict]) -> dict[str, Any]:
     out = await stage.process(batch)
     return {
         "rows": out,
-        "dropped": [(d.row, d.reason, d.detail, d.failed) for d in batch.dropped],
+        "dropped": [(d.row, d.reason, d.detail, d.failed, d.position) for d in batch.dropped],
         "counters": batch.counters,
         "traffic": counters,
     }

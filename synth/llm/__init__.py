@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Backend, Generation, Request, RequestFailed, Sampling, Scored, ScoreRequest
-from .specs import LocalSpec, OpenAISpec, VLLMSpec
+from .specs import BackendSpecBase
 
 __all__ = [
     "Backend",
@@ -17,17 +17,9 @@ __all__ = [
 ]
 
 
-def make_backend(spec) -> Backend:
-    if isinstance(spec, LocalSpec):
-        from .local import LocalBackend
+def make_backend(spec: BackendSpecBase) -> Backend:
+    """The backend that runs these settings: the class its type names (a plugin's included)."""
+    import importlib
 
-        return LocalBackend(spec)
-    if isinstance(spec, OpenAISpec):
-        from .openai import OpenAIBackend
-
-        return OpenAIBackend(spec)
-    if isinstance(spec, VLLMSpec):
-        from .vllm import VLLMBackend
-
-        return VLLMBackend(spec)
-    raise TypeError(f"unknown backend spec {spec!r}")
+    module, _, name = spec.backend.partition(":")
+    return getattr(importlib.import_module(module), name)(spec)

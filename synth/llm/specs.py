@@ -7,7 +7,7 @@ the run fingerprint so that, say, raising `max_concurrency` does not invalidate 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,8 +18,25 @@ def _speed_only(**kw):
     return Field(json_schema_extra={"fingerprint": False}, **kw)
 
 
-class _Spec(BaseModel):
+class BackendSpecBase(BaseModel):
+    """A backend type's settings: the base of every `type:` registered (synth/registry.py), the
+    built-in three below and a plugin's. `backend` names the class that runs it ("module:Class",
+    imported only when a run starts, so validating a file needs no engine); that class is built
+    as `cls(spec)` and follows synth.llm.base.Backend."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: ClassVar[str]
+    type: str
+
+    def concurrency(self) -> int:
+        """How many requests the backend takes at once (the runner keeps that many in flight)."""
+        return 1
+
+    def model_name(self) -> str:
+        """The model it serves, by file or repo id, for the manifest and the dataset card."""
+        model = getattr(self, "model", None)
+        return f"{model} ({self.type})" if model else self.type
 
     def identity(self) -> dict:
         """The fields that decide the rows this backend produces (the fingerprint's view)."""
@@ -32,9 +49,10 @@ class _Spec(BaseModel):
         return out
 
 
-class LocalSpec(_Spec):
+class LocalSpec(BackendSpecBase):
     """llama.cpp in-process (llama-cpp-python). With no model_path: the shipped Gemma 3 270M GGUF."""
 
+    backend: ClassVar[str] = "synth.llm.local:LocalBackend"
     type: Literal["local"] = "local"
     model_path: str | None = None
     n_ctx: int = Field(2048, ge=128)
@@ -44,11 +62,15 @@ class LocalSpec(_Spec):
     def concurrency(self) -> int:
         return 1  # one model instance answers one request at a time
 
+    def model_name(self) -> str:
+        return self.model_path or "gemma-3-270m-q4_k_m.gguf (embedded default, llama.cpp)"
 
-class OpenAISpec(_Spec):
+
+class OpenAISpec(BackendSpecBase):
     """Any OpenAI-compatible server: `vllm serve`, `python -m llama_cpp.server`, OpenAI itself.
     The API key is read from the environment variable named by `api_key_env`, never from the file."""
 
+    backend: ClassVar[str] = "synth.llm.openai:OpenAIBackend"
     type: Literal["openai"] = "openai"
     model: str
     base_url: str | None = _speed_only(default=None)
@@ -102,9 +124,10 @@ class OpenAISpec(_Spec):
         return self.max_concurrency
 
 
-class VLLMSpec(_Spec):
+class VLLMSpec(BackendSpecBase):
     """The in-process `vllm.LLM` engine (extra: synth[vllm])."""
 
+    backend: ClassVar[str] = "synth.llm.vllm:VLLMBackend"
     type: Literal["vllm"] = "vllm"
     model: str
     chat_template: str | None = None
@@ -114,13 +137,3 @@ class VLLMSpec(_Spec):
 
     def concurrency(self) -> int:
         return int(self.engine_args.get("max_num_seqs") or 256)  # the engine batches this many sequences
-
-
-def model_name(spec) -> str:
-    """The model a backend serves, by file or repo id (the embedded default by its GGUF's name)."""
-    if isinstance(spec, LocalSpec):
-        return spec.model_path or "gemma-3-270m-q4_k_m.gguf (embedded default, llama.cpp)"
-    return f"{spec.model} ({spec.type})"
-
-
-BackendSpec = Annotated[LocalSpec | OpenAISpec | VLLMSpec, Field(discriminator="type")]

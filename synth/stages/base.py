@@ -2,23 +2,28 @@
 
 The runner owns batching, concurrency across batches, checkpoints, resume and stats; backends own
 request concurrency, retries and the cache. A stage is one class with a pydantic `Params` model,
-the columns it reads and writes, and one method:
+the columns it reads and writes, its `kind`, and the entry point of that kind:
 
-- `map` stages (the default) implement `process(batch) -> rows`, called on each batch,
-  possibly concurrently for different batches;
-- `source` stages implement `iter_rows(limit)`, a cheap deterministic row stream; they may also
-  implement `process` (a generator source like Magpie does its LLM work there);
-- `global` stages see every row at once (dedup, sort, sample); the pipeline streams between
-  global stages and waits at them. They implement `select(rows, batch) -> Selection`: from the
-  few columns they need, read out of core from the previous stage's shards, the positions to keep
-  in output order, new columns and the dropped positions with reasons (synth/shards.py); the runner
-  gathers the rows. Stages whose output is small and new (skill lists) implement
-  `process_all(table, batch) -> table` instead, with the whole input in memory.
-- a map stage may also implement `process_table(table, batch) -> table`, the same work on an Arrow
-  table, without a Python dict per row: the runner uses it when the batch comes from disk.
+- `kind = "source"`: `iter_rows(limit)`, a cheap deterministic row stream, cut into batches by
+  the runner. A source may also implement `process(batch)` (Magpie does its LLM work there).
+- `kind = "map"`: `process(batch)`, called on each batch, possibly concurrently for different
+  batches, possibly in another process (synth/executors). It returns the rows it keeps, as dicts
+  or as one Arrow table. The batch hands the stage its rows either way: `batch.rows` (dicts) or
+  `batch.table` (Arrow, no dict per row). A stage that works on `batch.table` sets
+  `columnar = True`: the runner then gives it Arrow as read from disk, and runs it in the driver
+  (cheap filters over millions of rows, where a round trip to a worker would cost more).
+- `kind = "global"`: `process_all(rows, batch)`, once, over the whole output of the stage before
+  (dedup, sort, sample, skill lists). `rows` (synth/shards.py `Rows`) reads that output out of
+  core, a few columns or parts at a time. The stage returns either a `Selection` (input positions
+  to keep in output order and new columns, gathered by the runner shard by shard: memory follows
+  the arrays, not the run) or, when its output is new and small, an Arrow table.
 
-A filter is a stage that calls `batch.drop(row, reason)`: the row is kept in the stage's dropped
-file with its reason, and the reason is counted in the run's stats. Failures are rows, never None.
+One way to leave a row out, in every kind: `batch.drop(row, reason, detail)`, or `batch.fail(...)`
+for a row that could not be processed (a request that ran out of retries, an unparseable answer).
+`row` is a dict of `batch.rows`, or positions (an int or an array) in the stage's input, as Arrow
+and global stages name rows. Dropped rows go to the stage's dropped file with their reason, which
+is counted in the run's stats; failures are rows, never None. `batch.count(name)` counts any other
+event. Writing a stage, step by step: docs/design.md ("Extending synth").
 """
 
 from __future__ import annotations
@@ -30,15 +35,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import SynthError
 from ..records import Dropped, Row
 from ..seeds import derive_seed
+from .batch import Batch
 
 if TYPE_CHECKING:
-    import numpy as np
     import pyarrow as pa
 
     from ..llm.client import LLM
     from ..shards import Rows, Selection
+
+__all__ = ["Batch", "CheckEnv", "Dropped", "Row", "Stage", "StageContext", "StageParams", "check_stage_class"]
+
+KINDS = ("source", "map", "global")
 
 
 class StageParams(BaseModel):
@@ -52,50 +62,6 @@ class StageParams(BaseModel):
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
         max_length=64,
     )
-
-
-@dataclass
-class Batch:
-    """Rows on their way through one stage, plus what the stage dropped from them."""
-
-    rows: list[Row]
-    index: int = 0
-    dropped: list[Dropped] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    dropped_rows: list[pa.Table] = field(default_factory=list)  # process_table's drops, by input row
-
-    def drop_rows(self, positions: np.ndarray, reasons: list[str], details: list[str], failed: np.ndarray) -> None:
-        """process_table's drops: rows of the input batch by position, each with its reason and
-        detail; the rows stay in the stage before (a copy of each would double a big run's disk)."""
-        import numpy as np
-        import pyarrow as pa
-
-        from ..scrub import scrub_many
-
-        n = len(positions)
-        self.dropped_rows.append(
-            pa.table(
-                {
-                    "reason": pa.array(scrub_many(reasons), pa.string()),
-                    "detail": pa.array(scrub_many(details), pa.string()),
-                    "failed": pa.array(np.asarray(failed, dtype=bool)),
-                    "row": pa.nulls(n, pa.string()),
-                    "input_row": pa.array(np.asarray(positions, dtype=np.int64)),
-                }
-            )
-        )
-
-    def drop(self, row: Row, reason: str, detail: str = "") -> None:
-        """A filter decided against this row."""
-        self.dropped.append(Dropped(row, reason, detail))
-
-    def fail(self, row: Row, reason: str, detail: str = "") -> None:
-        """This row could not be processed (detail: the error and raw answer)."""
-        self.dropped.append(Dropped(row, reason, detail, failed=True))
-
-    def count(self, name: str, n: int = 1) -> None:
-        """Count an event (a retried parse, a truncated answer) into the run stats."""
-        self.counters[name] = self.counters.get(name, 0) + n
 
 
 @dataclass
@@ -136,7 +102,8 @@ class StageContext:
 class Stage:
     key: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
-    kind: ClassVar[Literal["source", "map", "global"]] = "map"
+    kind: ClassVar[Literal["source", "map", "global"]]  # declared by every stage: no default
+    columnar: ClassVar[bool] = False  # a map stage that works on batch.table (see the module docstring)
     uses_llm: ClassVar[bool] = False  # whether params carry a `backend` that must exist
 
     def __init__(self, params: StageParams, ctx: StageContext):
@@ -178,6 +145,12 @@ class Stage:
         """Problems found without running anything: (field path within the stage, message)."""
         return []
 
+    @classmethod
+    def driver_only(cls) -> bool:
+        """Whether this stage always runs in the driver process: source and global stages, and
+        columnar map stages. An executor may run the others anywhere."""
+        return cls.kind != "map" or cls.columnar
+
     # ---- running ----
     async def open(self) -> None:
         """Load what the stage needs (models, templates) once, before the first batch."""
@@ -185,7 +158,6 @@ class Stage:
     def check_again(self) -> None:
         """The static checks once more as the stage opens, for a pipeline built in code that never
         went through `synth validate`: the first problem stops the run, named."""
-        from ..errors import SynthError
         from ..yamlfile import format_path
 
         problems = self.check(self.params, CheckEnv(self.ctx.base_dir, set(self.ctx.llms), None))
@@ -203,47 +175,22 @@ class Stage:
         """How many rows iter_rows will give, when that is cheap to know; None otherwise."""
         return None
 
-    async def process(self, batch: Batch) -> list[Row]:  # map stages (and generator sources)
+    async def process(self, batch: Batch) -> list[Row] | pa.Table:  # map stages (and generator sources)
         return batch.rows
 
-    async def select(self, rows: Rows, batch: Batch) -> Selection:  # global stages, out of core
+    async def process_all(self, rows: Rows, batch: Batch) -> Selection | pa.Table:  # global stages
         raise NotImplementedError
 
-    @classmethod
-    def selects(cls) -> bool:
-        return cls.select is not Stage.select
 
-    @classmethod
-    def driver_only(cls) -> bool:
-        """Whether this stage always runs in the driver process: source and global stages, and map
-        stages with an Arrow path (cheap filters the runner applies to whole tables, where a round
-        trip to a worker would cost more than the work). An executor may run the others anywhere."""
-        return cls.kind != "map" or cls.vectorized()
-
-    @classmethod
-    def vectorized(cls) -> bool:
-        return cls.process_table is not Stage.process_table
-
-    async def process_table(self, table: pa.Table, batch: Batch) -> pa.Table:  # map stages, optional
-        raise NotImplementedError
-
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:  # global stages, in memory
-        """A selecting stage on a table in memory (`synth dedup` on a file): its selection gathered,
-        its dropped rows as rows."""
-        if not self.selects():
-            raise NotImplementedError
-        import pyarrow as pa
-
-        from ..shards import Rows, gather
-
-        selection = await self.select(Rows.from_table(table), batch)
-        if not len(selection.order):
-            return table.slice(0, 0)
-        parts: list[pa.Table] = []
-        gather(Rows.from_table(table), selection, parts.append, max(table.num_rows, 1))
-        for d in selection.drops:
-            rows = table.take(pa.array(d.positions, pa.int64())).to_pylist()
-            details = d.details if d.details is not None else [""] * len(rows)
-            for row, detail in zip(rows, details, strict=True):
-                batch.dropped.append(Dropped(row, d.reason, detail, d.failed))
-        return parts[0]
+def check_stage_class(cls: type) -> None:
+    """A registered stage must subclass Stage, declare its kind and implement that kind's entry
+    point: said when the pipeline loads, not halfway through a run."""
+    where = f"stage '{getattr(cls, 'key', cls.__name__)}' ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise SynthError(f"{where} is not a synth.stages.base.Stage subclass")
+    kind = getattr(cls, "kind", None)
+    if kind not in KINDS:
+        raise SynthError(f"{where} declares no kind: set kind = 'source', 'map' or 'global' on the class")
+    needs = {"source": "iter_rows", "map": "process", "global": "process_all"}[kind]
+    if getattr(cls, needs) is getattr(Stage, needs):
+        raise SynthError(f"{where} is a {kind} stage but does not implement {needs}()")

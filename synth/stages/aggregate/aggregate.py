@@ -65,6 +65,7 @@ class Chain:
 class Aggregate(Stage):
     """Synthesize one answer from several candidates with an aggregator model (MoA, Self-MoA)."""
 
+    kind = "map"
     Params = AggregateParams
     uses_llm = True
     params: AggregateParams

@@ -125,6 +125,7 @@ class RationaleParams(LLMParams):
 class Rationale(Stage):
     """Explain why each pair's chosen response beats the rejected one (general or specific rationales)."""
 
+    kind = "map"
     Params = RationaleParams
     uses_llm = True
     params: RationaleParams

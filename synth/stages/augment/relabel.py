@@ -134,6 +134,7 @@ class NoRelabel(Exception):
 class Relabel(Stage):
     """Reward-augmented relabeling: each pair twice, conditioned on each response's score (Zhang et al.)."""
 
+    kind = "map"
     Params = RelabelParams
     params: RelabelParams
 

@@ -40,7 +40,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from ...records import text_of
-from ...shards import Drop, Rows, Selection
+from ...shards import Rows, Selection
 from ...similarity.duplicates import DedupResult
 from ..base import Batch, CheckEnv, Stage, StageParams
 
@@ -189,11 +189,10 @@ class Dedup(Stage):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    async def select(self, rows: Rows, batch: Batch) -> Selection:
+    async def process_all(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
         n = rows.num_rows
         alive = np.ones(n, dtype=bool)
-        drops: list[Drop] = []
         if p.reference:
             reference = await asyncio.to_thread(self._reference_texts)
             match, score = await asyncio.to_thread(self._match_all, rows, reference)
@@ -202,11 +201,11 @@ class Dedup(Stage):
                 f"reference row {int(match[i])} ({float(score[i]):.3f}): {_short(reference[int(match[i])])}"
                 for i in hit.tolist()
             ]
-            drops.append(Drop(hit, "matches_reference", details))
+            batch.drop(hit, "matches_reference", details)
             alive[hit] = False
         kept = np.flatnonzero(alive)
         if not p.within or not len(kept):
-            return Selection(kept, drops=drops)
+            return Selection(kept)
         result = await asyncio.to_thread(self.find, _texts(rows, p.column, alive), len(kept))
         self.result, self.kept = result, kept  # for `synth dedup`'s cluster report
         for name in ("recall_pairs", "recall_found", "confirm_encoded"):
@@ -221,14 +220,14 @@ class Dedup(Stage):
         if result.min_neighbor_distance is not None:
             columns["min_neighbor_distance"] = _spread(_rounded(result.min_neighbor_distance), kept, n)
         if p.keep == "all":
-            return Selection(kept, columns, drops)
+            return Selection(kept, columns)
         duplicate = ~result.keep
         dup_rows, dup_reps = kept[duplicate], rep[duplicate]
         shown = await asyncio.to_thread(_texts_at, rows, p.column, np.unique(dup_reps))
         names = ids.take(pa.array(dup_reps)).to_pylist() if ids is not None else dup_reps.tolist()
         details = [f"of row {name}: {shown[r]}" for name, r in zip(names, dup_reps.tolist(), strict=True)]
-        drops.append(Drop(dup_rows, f"duplicate_{p.method}", details))
-        return Selection(kept[result.keep], columns, drops)
+        batch.drop(dup_rows, f"duplicate_{p.method}", details)
+        return Selection(kept[result.keep], columns)
 
     def _match_all(self, rows: Rows, reference: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """match_reference over the rows in groups of about 50,000 texts."""

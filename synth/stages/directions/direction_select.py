@@ -96,6 +96,7 @@ def candidate_vectors(p: DirectionSelectParams, row: Row, attributes: list[str],
 class DirectionSelect(Stage):
     """Keep the candidate whose attribute scores best fit the target direction (argmax v·r, RPS)."""
 
+    kind = "map"
     Params = DirectionSelectParams
     params: DirectionSelectParams
 

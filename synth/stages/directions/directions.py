@@ -107,6 +107,7 @@ class DirectionsParams(LLMParams):
 class Directions(Stage):
     """Responses at the directions around a target preference direction (RPS over a DPA model)."""
 
+    kind = "map"
     Params = DirectionsParams
     uses_llm = True
     params: DirectionsParams

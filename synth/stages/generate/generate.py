@@ -36,6 +36,7 @@ class GenerateParams(LLMParams):
 class Generate(Stage):
     """Ask the LLM once per row (a prompt template or prompt column) and store the answer."""
 
+    kind = "map"
     Params = GenerateParams
     uses_llm = True
     params: GenerateParams

@@ -37,6 +37,7 @@ class RespondParams(LLMParams):
 class Respond(Stage):
     """Answer each instruction with the model (chat template, or a few-shot template for base models)."""
 
+    kind = "map"
     Params = RespondParams
     uses_llm = True
     params: RespondParams

@@ -20,6 +20,7 @@ class TemplateParams(StageParams):
 class Template(Stage):
     """Render a sandboxed Jinja template per row into a column."""
 
+    kind = "map"
     Params = TemplateParams
     params: TemplateParams
 

@@ -101,6 +101,7 @@ class Unjudgeable(Exception):
 class Judge(Stage):
     """Score responses on a rubric (UltraFeedback) or compare two of them (WildBench) with an LLM judge."""
 
+    kind = "map"
     Params = JudgeParams
     uses_llm = True
     params: JudgeParams

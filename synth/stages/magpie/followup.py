@@ -70,6 +70,7 @@ def turns_of(row: Row, upto: int) -> list[dict]:
 class Followup(Stage):
     """Add a follow-up turn to Magpie conversations (instruction_N and response_N)."""
 
+    kind = "map"
     Params = FollowupParams
     uses_llm = True
     params: FollowupParams

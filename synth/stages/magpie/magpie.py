@@ -90,7 +90,7 @@ class Magpie(Stage):
             from ...llm import prequery
 
             if params.family not in prequery.family_names():
-                from ...registry import closest
+                from ...errors import closest
 
                 hint = closest(params.family, prequery.family_names())
                 problems.append(

@@ -92,6 +92,7 @@ class TagParams(LLMParams):
 class Tag(Stage):
     """Tag instructions with an LLM judge: difficulty, input quality, task category (Magpie)."""
 
+    kind = "map"
     Params = TagParams
     uses_llm = True
     params: TagParams

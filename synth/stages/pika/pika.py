@@ -91,6 +91,7 @@ class PikaParams(LLMParams):
 class Pika(Stage):
     """Write one expert-level, knowledge-intensive instruction per persona (PiKa)."""
 
+    kind = "map"
     Params = PikaParams
     uses_llm = True
     params: PikaParams

@@ -81,6 +81,7 @@ def best_index(responses: Any, scores: Any, p: BestParams) -> tuple[int, int]:
 class Best(Stage):
     """Keep the highest-scored response of a list (best-of-n; PiKa SFT), ties to the lower index."""
 
+    kind = "map"
     Params = BestParams
     params: BestParams
 

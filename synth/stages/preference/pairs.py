@@ -209,6 +209,7 @@ def choose(pairs: list[tuple[int, int]], scores: list, strategy: str, rng: rando
 class Pairs(Stage):
     """Chosen/rejected pairs from scored responses: best vs worst, best vs random, or all pairs."""
 
+    kind = "map"
     Params = PairsParams
     params: PairsParams
 

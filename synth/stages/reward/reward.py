@@ -60,6 +60,7 @@ class Pending:
 class Reward(Stage):
     """Score (instruction, response) pairs: a reward model (local or vLLM) or CDR, optionally PAR-shaped."""
 
+    kind = "map"
     Params = RewardParams
     params: RewardParams
 

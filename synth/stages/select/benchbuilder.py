@@ -26,6 +26,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
 from ...records import text_of
+from ...shards import Rows
 from ...templating import render
 from ..base import Batch, Stage
 from ..common import LLMParams
@@ -107,10 +108,11 @@ class BenchBuilder(Stage):
             pending = still
         return found, raw
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def process_all(self, rows: Rows, batch: Batch) -> pa.Table:
         from ...similarity import embed
         from .topics import topic_clusters
 
+        table = rows.table()  # the whole input in memory: a few thousand instructions at most
         p = self.params
         texts = [text_of(v) for v in table.column(p.column).to_pylist()]
         found, raw = await self._judge(texts, batch)

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import InputError, MissingDependency
 from ...records import text_of
-from ..base import Batch, Row, Stage, StageParams
+from ..base import Batch, Stage, StageParams
 from .conditions import Condition
 
 
@@ -75,6 +75,8 @@ class Filter(Stage):
           where: [{column: representative_id, "null": false}, {column: repeat_count, le: 2}]
     """
 
+    kind = "map"
+    columnar = True
     Params = FilterParams
     params: FilterParams
 
@@ -82,18 +84,9 @@ class Filter(Stage):
     def reads(cls, params: FilterParams) -> list[str]:
         return list(dict.fromkeys(c.column for c in params.where))
 
-    async def process(self, batch: Batch) -> list[Row]:
-        out = []
-        for row in batch.rows:
-            failed = next((c for c in self.params.where if not c.holds(row)), None)
-            if failed is None:
-                out.append(row)
-            else:
-                batch.drop(row, str(failed), f"{failed.column} = {row.get(failed.column)!r}")
-        return out
-
-    async def process_table(self, table: pa.Table, batch: Batch) -> pa.Table:
-        # The same conditions on the column values alone: no dict per row, on millions of rows.
+    async def process(self, batch: Batch) -> pa.Table:
+        # The conditions on the column values alone: no dict per row, on millions of rows.
+        table = batch.table
         n = table.num_rows
         first = np.full(n, -1, dtype=np.int64)  # the first condition each row fails
         values: dict[str, list] = {}
@@ -154,6 +147,8 @@ def load_tokenizer(name: str):
 class Length(Stage):
     """Drop rows whose text is too short or too long, in characters and/or tokens."""
 
+    kind = "map"
+    columnar = True
     Params = LengthParams
     params: LengthParams
 
@@ -174,27 +169,8 @@ class Length(Stage):
         tokenizer = load_tokenizer(p.tokenizer)
         return [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    async def process(self, batch: Batch) -> list[Row]:
-        p = self.params
-        texts = [text_of(r.get(p.column)) for r in batch.rows]
-        out = []
-        for row, text, tokens in zip(batch.rows, texts, self._tokens(texts), strict=True):
-            chars = len(text)
-            checks = (
-                ("too_short_chars", p.min_chars is not None and chars < p.min_chars, f"{chars} chars"),
-                ("too_long_chars", p.max_chars is not None and chars > p.max_chars, f"{chars} chars"),
-                ("too_short_tokens", p.min_tokens is not None and tokens < p.min_tokens, f"{tokens} tokens"),
-                ("too_long_tokens", p.max_tokens is not None and tokens > p.max_tokens, f"{tokens} tokens"),
-            )
-            failed = next((c for c in checks if c[1]), None)
-            if failed:
-                batch.drop(row, failed[0], failed[2])
-            else:
-                out.append({**row, p.output: chars} if p.output else row)
-        return out
-
-    async def process_table(self, table: pa.Table, batch: Batch) -> pa.Table:
-        p = self.params
+    async def process(self, batch: Batch) -> pa.Table:
+        p, table = self.params, batch.table
         texts = _texts(table, p.column)
         chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         tokens = np.asarray(self._tokens(texts), dtype=np.int64)
@@ -264,6 +240,8 @@ class RegexParams(StageParams):
 class Regex(Stage):
     """Drop rows matching regular expressions or blocklisted words (or keep only those)."""
 
+    kind = "map"
+    columnar = True
     Params = RegexParams
     params: RegexParams
 
@@ -285,31 +263,10 @@ class Regex(Stage):
             alternatives = "|".join(regex.escape(w) for w in sorted(set(words), key=len, reverse=True))
             self._rules.append((regex.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", flags), p.reason or "blocklisted"))
 
-    async def process(self, batch: Batch) -> list[Row]:
+    async def process(self, batch: Batch) -> pa.Table:
         # The `regex` module, not `re`: its searches take a timeout, so a pattern from a stranger's
         # pipeline that backtracks for hours on one row costs that row, not the run.
-        p = self.params
-        out = []
-        for row in batch.rows:
-            text = text_of(row.get(p.column))
-            try:
-                hit = next(((m, r) for rx, r in self._rules if (m := rx.search(text, timeout=p.timeout))), None)
-            except TimeoutError:
-                batch.fail(row, "regex_timeout", f"a pattern took over {p.timeout:g} s on this row")
-                continue
-            if p.keep_matching:
-                if hit:
-                    out.append(row)
-                else:
-                    batch.drop(row, p.reason or "no_pattern_matched")
-            elif hit:
-                batch.drop(row, hit[1], f"matched {hit[0].group(0)!r}")
-            else:
-                out.append(row)
-        return out
-
-    async def process_table(self, table: pa.Table, batch: Batch) -> pa.Table:
-        p = self.params
+        p, table = self.params, batch.table
         texts = _texts(table, p.column)
         status = np.zeros(len(texts), dtype=np.int8)  # 0 kept, 1 dropped, 2 failed
         reasons, details = [], []
@@ -343,5 +300,5 @@ def _finish(
 ) -> pa.Table:
     """The rows of `table` not dropped; the dropped ones (reasons and details in row order) go to batch."""
     positions = np.flatnonzero(dropped)
-    batch.drop_rows(positions, reasons, details, failed[positions] if failed is not None else np.zeros(len(positions)))
+    batch.dropped.add(positions, reasons, details, failed[positions] if failed is not None else False)
     return table.filter(pa.array(~dropped)) if dropped.any() else table

@@ -58,6 +58,7 @@ def detect(texts: list[str], languages: tuple[str, ...] | None = None, min_confi
 class Language(Stage):
     """Detect each row's language (lingua) into a column; optionally keep only some languages."""
 
+    kind = "map"
     Params = LanguageParams
     params: LanguageParams
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from ...shards import Drop, Rows, Selection
+from ...shards import Rows, Selection
 from ..base import Batch, Stage, StageParams
 
 
@@ -42,7 +42,7 @@ class Sort(Stage):
     def reads(cls, params: SortParams) -> list[str]:
         return [params.by]
 
-    async def select(self, rows: Rows, batch: Batch) -> Selection:
+    async def process_all(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
         if p.by not in rows.column_names:
             column = pa.chunked_array([pa.nulls(rows.num_rows)])
@@ -62,4 +62,5 @@ class Sort(Stage):
         ).to_numpy()
         if p.top is None:
             return Selection(order)
-        return Selection(order[: p.top], drops=[Drop(order[p.top :], f"not_in_top_{p.top}")])
+        batch.drop(order[p.top :], f"not_in_top_{p.top}")
+        return Selection(order[: p.top])

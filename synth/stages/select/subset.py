@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ...seeds import derive_seed
-from ...shards import Drop, Rows, Selection
+from ...shards import Rows, Selection
 from ..base import Batch, Stage, StageParams
 
 
@@ -21,10 +21,11 @@ class Limit(Stage):
     kind = "global"
     params: LimitParams
 
-    async def select(self, rows: Rows, batch: Batch) -> Selection:
+    async def process_all(self, rows: Rows, batch: Batch) -> Selection:
         n, total = self.params.n, rows.num_rows
         kept = np.arange(min(n, total), dtype=np.int64)
-        return Selection(kept, drops=[Drop(np.arange(len(kept), total, dtype=np.int64), f"beyond_first_{n}")])
+        batch.drop(np.arange(len(kept), total, dtype=np.int64), f"beyond_first_{n}")
+        return Selection(kept)
 
 
 class SampleParams(StageParams):
@@ -47,7 +48,7 @@ class Sample(Stage):
     kind = "global"
     params: SampleParams
 
-    async def select(self, rows: Rows, batch: Batch) -> Selection:
+    async def process_all(self, rows: Rows, batch: Batch) -> Selection:
         p = self.params
         total = rows.num_rows
         k = min(total, p.n) if p.n is not None else round(total * p.fraction)  # type: ignore[operator]
@@ -57,4 +58,5 @@ class Sample(Stage):
             chosen = np.sort(chosen)
         kept = np.zeros(total, dtype=bool)
         kept[chosen] = True
-        return Selection(chosen.astype(np.int64), drops=[Drop(np.flatnonzero(~kept), "not_sampled")])
+        batch.drop(np.flatnonzero(~kept), "not_sampled")
+        return Selection(chosen.astype(np.int64))

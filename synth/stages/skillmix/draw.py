@@ -23,6 +23,7 @@ from pydantic import Field
 from ...errors import SynthError
 from ...inputs import data_path
 from ...seeds import derive_seed
+from ...shards import Rows
 from ...skillfiles import QueryType, read_queries, read_skills
 from ..base import Batch, CheckEnv, Stage, StageParams
 from ..common import add_provenance
@@ -136,9 +137,10 @@ class SkillDraw(Stage):
             queries = read_queries(data_path(p.queries_file, self.ctx.base_dir))
         return skills, queries, where
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def process_all(self, rows: Rows, batch: Batch) -> pa.Table:
         import pyarrow as pa
 
+        table = rows.table()  # the whole input in memory: a few thousand instructions at most
         p = self.params
         skills, queries, where = self._lists(table)
         seed = p.seed if p.seed is not None else derive_seed(self.ctx.seed, self.ctx.label)

@@ -74,6 +74,7 @@ class SkillmixParams(LLMParams):
 class Skillmix(Stage):
     """Generate an instruction and response exhibiting the row's skills (Instruct-SkillMix)."""
 
+    kind = "map"
     Params = SkillmixParams
     uses_llm = True
     params: SkillmixParams

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
+from ...shards import Rows
 from ...templating import render
 from ..base import Batch, CheckEnv, Stage
 from ..common import add_provenance, auto_mode, check_template, retry_sampling, template_sha
@@ -71,9 +72,10 @@ class SkillsFromData(Stage):
         self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
         self.template = f"{p.template_dir}/from_data{'_few_shot' if self.mode == 'complete' else ''}.jinja"
 
-    async def process_all(self, table: pa.Table, batch: Batch) -> pa.Table:
+    async def process_all(self, rows: Rows, batch: Batch) -> pa.Table:
         import pyarrow as pa
 
+        table = rows.table()  # the whole input in memory: a few thousand instructions at most
         p = self.params
         llm = self.ctx.llm(p.backend)
         call = llm.complete if self.mode == "complete" else llm.chat
