@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.decontam_cli import decontaminate as decontaminate_command
+from synth.cli.decontaminate import decontaminate as decontaminate_command
 from synth.errors import ConfigError
 from synth.similarity import decontam, embed
 from synth.store import RunStore

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from synth import load_pipeline, read_output, run_pipeline
-from synth.dedup_cli import dedup as dedup_command
+from synth.cli.dedup import dedup as dedup_command
 from synth.similarity import duplicates as dedup
 from synth.similarity import embed, nearcopy, neighbors
 from synth.store import RunStore

@@ -67,6 +67,6 @@ def test_shipped_pipelines_validate():
 
 
 def test_docs_cli_md_matches_help():
-    from synth.cli_docs import render
+    from synth.cli.docs import render
 
-    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m synth.cli_docs > docs/cli.md"
+    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m synth.cli.docs > docs/cli.md"

@@ -52,7 +52,7 @@ def collect(iterator) -> list:
 
 
 def test_models_cli_help_has_examples():
-    from synth.models_cli import models
+    from synth.cli.models import models
 
     runner = CliRunner()
     for args in ([], ["prepare"]):

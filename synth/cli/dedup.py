@@ -2,53 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .errors import InputError
-from .records import text_of
-from .shards import Rows, in_memory
-from .stages.base import Batch, StageContext
-from .stages.dedup.dedup import Dedup, DedupParams
-from .stages.generate.load import Load, LoadParams
-from .store import rows_to_table
+from .common import CONTEXT_SETTINGS, build_params, friendly, read_rows, trust_named_files, write_table
 
-
-def _write(table: pa.Table, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        pq.write_table(table, out)
-    elif out.suffix in (".jsonl", ".ndjson"):
-        with open(out, "w", encoding="utf-8") as fh:
-            for row in table.to_pylist():
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    else:
-        raise InputError(f"cannot write {out}: name the output .jsonl or .parquet")
-
-
-def _trust_named_files(*paths: Path | str | None) -> None:
-    """Files the user names on the command line may be read wherever they are: the read policy
-    guards against pipeline files from strangers, not against the user."""
-    from .inputs import ALLOW_READ_ENV
-
-    folders = [str(Path(p).expanduser().resolve().parent) for p in paths if p]
-    known = [f for f in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if f]
-    os.environ[ALLOW_READ_ENV] = os.pathsep.join(dict.fromkeys([*known, *folders]))
+if TYPE_CHECKING:
+    from ..stages.dedup.dedup import DedupParams
 
 
 def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None, show: int) -> dict:
-    _trust_named_files(source, params.reference)
-    ctx = StageContext(seed=0, label="dedup", index=0, base_dir=Path.cwd())
-    rows = list(Load(LoadParams(path=str(source)), ctx).iter_rows(None))
-    if rows and params.column not in rows[0]:
-        raise InputError(f"{source} has no column '{params.column}' (it has: {', '.join(rows[0])}); set --column")
+    import asyncio
+
+    import pyarrow as pa
+
+    from ..records import text_of
+    from ..shards import Rows, in_memory
+    from ..stages.base import Batch
+    from ..stages.dedup.dedup import Dedup
+    from ..store import rows_to_table
+
+    trust_named_files(source, params.reference)
+    rows, ctx = read_rows(source, params.column, "dedup")
     table = rows_to_table(rows)
     stage = Dedup(params, ctx)
     batch = Batch(rows=[])
@@ -61,7 +40,7 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
         return in_memory(rows, await stage.process_all(rows, batch))
 
     kept = asyncio.run(go())
-    _write(kept, out)
+    write_table(kept, out)
     result, positions_left = getattr(stage, "result", None), getattr(stage, "kept", None)
     texts = [text_of(v) for v in table.column(params.column).to_pylist()] if table.num_rows else []
     clusters = []
@@ -86,7 +65,7 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
     return summary
 
 
-@click.command("dedup", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command("dedup", context_settings=CONTEXT_SETTINGS)
 @click.argument("source", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-c", "--column", default="instruction", show_default=True, help="text column to compare")
@@ -106,6 +85,7 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
 @click.option("--keep-all", is_flag=True, help="keep every row; only add representative_id, repeat_count, ...")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="write every cluster to this JSON")
 @click.option("--show", default=5, show_default=True, help="clusters of duplicates to print")
+@friendly
 def dedup(source, out, column, method, threshold, model, no_cascade, reference, reference_column, id_column,
           keep_all, report, show):  # fmt: skip
     """Deduplicate a dataset: JSONL, JSON, CSV, Parquet, or a `datasets` folder, into OUT.
@@ -121,33 +101,31 @@ def dedup(source, out, column, method, threshold, model, no_cascade, reference, 
       synth dedup data.jsonl clean.jsonl -m exact --report dups.json
       synth dedup train.jsonl clean.jsonl --reference bench.jsonl --reference-column question
     """
-    from .cli import build_params, friendly
+    from ..stages.dedup.dedup import DedupParams
 
-    @friendly
-    def go():
-        params = build_params(
-            DedupParams,
-            column=column,
-            method=method,
-            threshold=threshold,
-            model=model,
-            cascade=False if no_cascade else "auto",
-            reference=str(Path(reference).resolve()) if reference else None,
-            reference_column=reference_column,
-            id_column=id_column,
-            keep="all" if keep_all else "representatives",
-        )
-        summary = run_dedup(source, out, params, report, show)
-        dropped = ", ".join(f"{k}: {v}" for k, v in summary["dropped"].items()) or "none"
-        click.echo(
-            f"{summary['rows_in']} rows in, {summary['rows_out']} out ({dropped}); "
-            f"{summary['clusters']} clusters of duplicates -> {out}"
-        )
-        for cluster in summary["top_clusters"]:
-            click.echo(f"\n{cluster['size']} rows:")
-            for member in cluster["rows"][:5]:
-                click.echo(f"  [{member['position']}] {' '.join(member['text'].split())[:100]}")
-            if cluster["size"] > 5:
-                click.echo(f"  ... and {cluster['size'] - 5} more")
+    params = build_params(
+        DedupParams,
+        column=column,
+        method=method,
+        threshold=threshold,
+        model=model,
+        cascade=False if no_cascade else "auto",
+        reference=str(Path(reference).resolve()) if reference else None,
+        reference_column=reference_column,
+        id_column=id_column,
+        keep="all" if keep_all else "representatives",
+    )
+    summary = run_dedup(source, out, params, report, show)
+    dropped = ", ".join(f"{k}: {v}" for k, v in summary["dropped"].items()) or "none"
+    click.echo(
+        f"{summary['rows_in']} rows in, {summary['rows_out']} out ({dropped}); "
+        f"{summary['clusters']} clusters of duplicates -> {out}"
+    )
+    for cluster in summary["top_clusters"]:
+        click.echo(f"\n{cluster['size']} rows:")
+        for member in cluster["rows"][:5]:
+            click.echo(f"  [{member['position']}] {' '.join(member['text'].split())[:100]}")
+        if cluster["size"] > 5:
+            click.echo(f"  ... and {cluster['size'] - 5} more")
 
-    go()
+COMMANDS = (dedup,)  # registered on `synth` by synth/cli/__init__.py

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .dedup_cli import _trust_named_files, _write
-from .errors import InputError
-from .stages.base import Batch, StageContext
-from .stages.dedup.decontaminate import Decontaminate, DecontaminateParams, parse_reference
-from .stages.generate.load import Load, LoadParams
-from .store import rows_to_table
+from ..errors import InputError
+from .common import CONTEXT_SETTINGS, build_params, friendly, read_rows, trust_named_files, write_table
+
+if TYPE_CHECKING:
+    from ..stages.dedup.decontaminate import DecontaminateParams
 
 
 def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batch_size: int = 1024) -> dict:
     """Run the stage over SOURCE into OUT; write OUT's report beside it (.decontamination.json/.md)."""
-    from .similarity import decontam
+    import asyncio
+
+    from ..similarity import decontam
+    from ..stages.base import Batch
+    from ..stages.dedup.decontaminate import Decontaminate, parse_reference
+    from ..store import rows_to_table
 
     names: set[str] = set()
     for spec in params.references:
@@ -28,11 +32,8 @@ def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batc
         if name in names:
             raise InputError(f"two reference sets are named '{name}'; name one with --reference other={path}")
         names.add(name)
-    _trust_named_files(source, *(parse_reference(s)[1] for s in params.references))
-    ctx = StageContext(seed=0, label="decontaminate", index=0, base_dir=Path.cwd())
-    rows = list(Load(LoadParams(path=str(source)), ctx).iter_rows(None))
-    if rows and params.column not in rows[0]:
-        raise InputError(f"{source} has no column '{params.column}' (it has: {', '.join(rows[0])}); set --column")
+    trust_named_files(source, *(parse_reference(s)[1] for s in params.references))
+    rows, ctx = read_rows(source, params.column, "decontaminate")
     stage = Decontaminate(params, ctx)
     kept, details = [], []
 
@@ -44,7 +45,7 @@ def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batc
             details.extend(d.detail for d in batch.dropped)
 
     asyncio.run(go())
-    _write(rows_to_table(kept), out)
+    write_table(rows_to_table(kept), out)
     report = decontam.summarize(details, len(rows), stage.references_info())
     report.update(input=str(source), output=str(out), rows_out=len(kept))
     report["params"] = json.loads(params.model_dump_json(exclude={"name"}))
@@ -53,7 +54,7 @@ def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batc
     return report
 
 
-@click.command("decontaminate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command("decontaminate", context_settings=CONTEXT_SETTINGS)
 @click.argument("source", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -79,6 +80,7 @@ def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batc
 @click.option("-t", "--threshold", default=0.85, show_default=True, help="embedding: cosine with a reference prompt")
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True, help="sentence-transformers model folder")
 @click.option("--show", default=5, show_default=True, help="removed rows to print")
+@friendly
 def decontaminate(source, out, references, column, reference_column, methods, ngram, threshold, model, show):
     """Drop rows that copy benchmark prompts (AlpacaEval, Arena-Hard, MT-Bench, WildBench, ...).
 
@@ -96,31 +98,29 @@ def decontaminate(source, out, references, column, reference_column, methods, ng
           --reference mt_bench=question.jsonl --reference arena_hard=arena-hard-v0.1.jsonl
       synth decontaminate data.jsonl clean.jsonl -r bench.jsonl -m exact -m ngram   # no models
     """
-    from .cli import build_params, friendly
+    from ..stages.dedup.decontaminate import DecontaminateParams
 
-    @friendly
-    def go():
-        params = build_params(
-            DecontaminateParams,
-            references=list(references),
-            column=column,
-            reference_column=reference_column,
-            methods=list(methods) or ["exact", "ngram", "near_copy", "embedding"],
-            ngram=ngram,
-            threshold=threshold,
-            model=model,
-        )
-        report = run_decontaminate(source, out, params)
-        by_method = ", ".join(f"{k}: {v}" for k, v in report["by_method"].items()) or "none"
-        click.echo(
-            f"{report['rows_in']} rows in, {report['rows_out']} out ({report['rows_removed']} contaminated: "
-            f"{by_method}) -> {out}"
-        )
-        for name, s in report["sets"].items():
-            click.echo(f"  {name}: {s['removed']} rows removed ({s.get('prompts', '?')} reference prompts)")
-        for s in report["sets"].values():
-            for e in s["examples"][:show]:
-                click.echo(f"  [{e['set']} #{e['row']}, {e['method']} {e['score']}] {' '.join(e['text'].split())[:90]}")
-        click.echo(f"report: {report['report']['json']} and {report['report']['markdown']}")
+    params = build_params(
+        DecontaminateParams,
+        references=list(references),
+        column=column,
+        reference_column=reference_column,
+        methods=list(methods) or ["exact", "ngram", "near_copy", "embedding"],
+        ngram=ngram,
+        threshold=threshold,
+        model=model,
+    )
+    report = run_decontaminate(source, out, params)
+    by_method = ", ".join(f"{k}: {v}" for k, v in report["by_method"].items()) or "none"
+    click.echo(
+        f"{report['rows_in']} rows in, {report['rows_out']} out ({report['rows_removed']} contaminated: "
+        f"{by_method}) -> {out}"
+    )
+    for name, s in report["sets"].items():
+        click.echo(f"  {name}: {s['removed']} rows removed ({s.get('prompts', '?')} reference prompts)")
+    for s in report["sets"].values():
+        for e in s["examples"][:show]:
+            click.echo(f"  [{e['set']} #{e['row']}, {e['method']} {e['score']}] {' '.join(e['text'].split())[:90]}")
+    click.echo(f"report: {report['report']['json']} and {report['report']['markdown']}")
 
-    go()
+COMMANDS = (decontaminate,)  # registered on `synth` by synth/cli/__init__.py

@@ -1,28 +1,16 @@
-"""`synth models`: get local models ready for a backend (registered by synth/cli.py)."""
+"""`synth models`: get local models ready for a backend."""
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
 import click
 
-
-def _friendly(fn):
-    """synth's one-line errors (the CLI's own wrapper, looked up when the command runs, since
-    cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper
+from .common import output_folder, CONTEXT_SETTINGS, friendly
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=CONTEXT_SETTINGS)
 def models():
     """Prepare local model files for synth's backends.
 
@@ -35,14 +23,8 @@ def models():
 
 @models.command()
 @click.argument("gguf", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="folder to write (default: a cache folder under ~/.cache/synth/models, or $SYNTH_CACHE_DIR/models)",
-)
-@_friendly
+@output_folder("folder to write (default: a cache folder under ~/.cache/synth/models, or $SYNTH_CACHE_DIR/models)")
+@friendly
 def prepare(gguf: Path | None, out: Path | None):
     """Convert a GGUF file into a Hugging Face model folder that vLLM can serve, and print it.
 
@@ -60,7 +42,7 @@ def prepare(gguf: Path | None, out: Path | None):
       synth models prepare ~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf -o models/qwen
       python -m vllm.entrypoints.openai.api_server --model "$(synth models prepare)" --enforce-eager
     """
-    from .llm.prepare import prepare_gguf_for_vllm
+    from ..llm.prepare import prepare_gguf_for_vllm
 
     started = time.monotonic()
     folder = prepare_gguf_for_vllm(gguf, out)
@@ -68,3 +50,5 @@ def prepare(gguf: Path | None, out: Path | None):
     if took > 5:
         click.echo(f"converted in {took:.0f} s", err=True)
     click.echo(str(folder))
+
+COMMANDS = (models,)  # registered on `synth` by synth/cli/__init__.py

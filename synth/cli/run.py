@@ -1,0 +1,144 @@
+"""`synth run` and `synth validate`: a pipeline file, run or checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from .common import output_folder, apply_trust, friendly, trust_options
+
+
+@click.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@output_folder("run directory (default: runs/<pipeline name>)")
+@click.option(
+    "--resume/--overwrite",
+    default=True,
+    show_default=True,
+    help="continue the run in an existing run directory, or delete it and start over",
+)
+@click.option("--limit", type=click.IntRange(min=0), help="read at most N source rows (for a quick trial)")
+@click.option(
+    "--retry-failed/--keep-failed",
+    default=None,
+    help="on resume, run again the rows that failed (a request out of retries, an empty or unparseable answer); "
+    "default: retry when the last run did not complete",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="where map stages' batches run: this process, or Ray actors (docs/ray.md); default: the pipeline's "
+    "run.executor",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="the Ray cluster for --executor ray: auto, local (a private one) or HOST:PORT; default: run.address, "
+    "else RAY_ADDRESS",
+)
+@trust_options
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
+@friendly
+def run(
+    pipeline_file: Path,
+    out: Path | None,
+    resume: bool,
+    limit: int | None,
+    retry_failed: bool | None,
+    executor: str | None,
+    address: str | None,
+    allow_read: tuple[Path, ...],
+    allow_key: tuple[str, ...],
+    quiet: bool,
+    verbose: bool,
+):
+    """Run a pipeline, or resume it if its run directory exists.
+
+    Each stage's output is saved as Parquet shards in the run directory as it is produced, and
+    every LLM answer is cached, so after Ctrl-C, a crash or kill -9 the same command continues
+    where the run stopped without repeating a finished request. Changing a stage's parameters
+    recomputes that stage and the ones after it (cached answers are reused).
+
+    \b
+    Examples:
+      synth run pipelines/quickstart.yaml
+      synth run pipelines/quickstart.yaml --limit 20 -o runs/trial
+      synth run my.yaml --overwrite                # start from scratch
+      synth run my.yaml --keep-failed              # resume without retrying failed rows
+      synth run their.yaml --allow-read ~/data --allow-key VLLM_API_KEY
+      synth run my.yaml --executor ray --address auto   # map stages on a Ray cluster
+    """
+    from ..config import load_pipeline
+    from ..run import run_pipeline
+
+    apply_trust(allow_read, allow_key)
+    pipeline = load_pipeline(pipeline_file)
+    root = out or Path("runs") / pipeline.name
+    if not verbose and any(getattr(b, "type", "") == "local" for b in pipeline.backends.values()):
+        from ..llm.local import silence_llama_logs
+
+        silence_llama_logs()
+    progress = None
+    if not quiet:
+        from ..console import ConsoleProgress
+
+        progress = ConsoleProgress()
+    result = run_pipeline(
+        pipeline,
+        root,
+        overwrite=not resume,
+        limit=limit,
+        progress=progress,
+        retry_failed=retry_failed,
+        executor=executor,
+        address=address,
+    )
+    from ..console import print_summary
+
+    print_summary(result)
+    push = pipeline.output.push_to_hub
+    if push is not None and result.manifest.get("status") == "complete":
+        from ..hub import push_run
+
+        click.echo(f"pushed to {push.repo_id}: {push_run(root, push)}")
+
+
+@click.command()
+@click.argument("pipeline_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@trust_options
+@friendly
+def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], allow_key: tuple[str, ...]):
+    """Check pipeline files without running them: every problem at once, with file:line.
+
+    Checks the YAML, every field of every stage (unknown names get a suggestion), that
+    templates and input files exist, that backends are defined, and that each stage's input
+    columns are made by an earlier stage. For each valid file it then lists what the pipeline
+    reads, which hosts it contacts, which environment variables it sends to which host, and
+    where it pushes: read that before running a pipeline someone else wrote.
+
+    \b
+    Examples:
+      synth validate pipelines/quickstart.yaml
+      synth validate pipelines/*.yaml
+      synth validate their.yaml --allow-read ~/datasets --allow-key VLLM_API_KEY
+    """
+    from ..config import load_pipeline
+    from ..inputs import access_summary
+
+    apply_trust(allow_read, allow_key)
+    problems = []
+    for path in pipeline_files:
+        try:
+            pipeline = load_pipeline(path)
+            click.echo(f"{path}: ok ({len(pipeline.stages)} stages)")
+            for line in access_summary(pipeline):
+                click.echo(line)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+
+COMMANDS = (run, validate)  # registered on `synth` by synth/cli/__init__.py
