@@ -132,3 +132,11 @@ def test_docs_generator_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "synth.cli.docs"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == (REPO / "docs" / "cli.md").read_text()
+
+
+def test_the_cli_starts_without_heavy_imports():
+    code = "import sys, synth.cli; print(*[m for m in HEAVY if m in sys.modules])"
+    heavy = ("pyarrow", "pydantic", "numpy", "synth.stages", "synth.run", "synth.config")
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {heavy!r}; {code}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], "synth --help should not import these; import them inside the command"

@@ -98,4 +98,5 @@ def pipelines(name: str | None):
     for item in list_resources("pipelines", "*.yaml"):
         click.echo(item)
 
+
 COMMANDS = (stages, templates, pipelines)  # registered on `synth` by synth/cli/__init__.py

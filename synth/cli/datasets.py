@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import output_folder, build_params, dataset_options, friendly
+from .common import build_params, dataset_options, friendly, output_folder
 
 
 @click.command()
@@ -103,5 +103,6 @@ def export(
         keep_columns=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
     )
     click.echo(f"wrote {', '.join(f'{k}: {v:,} rows' for k, v in counts.items())} to {out} (card: {out / 'README.md'})")
+
 
 COMMANDS = (export, push)  # registered on `synth` by synth/cli/__init__.py

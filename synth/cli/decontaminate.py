@@ -123,4 +123,5 @@ def decontaminate(source, out, references, column, reference_column, methods, ng
             click.echo(f"  [{e['set']} #{e['row']}, {e['method']} {e['score']}] {' '.join(e['text'].split())[:90]}")
     click.echo(f"report: {report['report']['json']} and {report['report']['markdown']}")
 
+
 COMMANDS = (decontaminate,)  # registered on `synth` by synth/cli/__init__.py

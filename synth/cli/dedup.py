@@ -128,4 +128,5 @@ def dedup(source, out, column, method, threshold, model, no_cascade, reference, 
         if cluster["size"] > 5:
             click.echo(f"  ... and {cluster['size'] - 5} more")
 
+
 COMMANDS = (dedup,)  # registered on `synth` by synth/cli/__init__.py

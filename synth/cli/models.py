@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import output_folder, CONTEXT_SETTINGS, friendly
+from .common import CONTEXT_SETTINGS, friendly, output_folder
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -50,5 +50,6 @@ def prepare(gguf: Path | None, out: Path | None):
     if took > 5:
         click.echo(f"converted in {took:.0f} s", err=True)
     click.echo(str(folder))
+
 
 COMMANDS = (models,)  # registered on `synth` by synth/cli/__init__.py

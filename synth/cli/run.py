@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from .common import output_folder, apply_trust, friendly, trust_options
+from .common import apply_trust, friendly, output_folder, trust_options
 
 
 @click.command()
@@ -140,5 +140,6 @@ def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], all
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
+
 
 COMMANDS = (run, validate)  # registered on `synth` by synth/cli/__init__.py

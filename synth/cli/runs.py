@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import output_folder, friendly
+from .common import friendly, output_folder
 
 
 @click.command()
@@ -51,5 +51,6 @@ def report(run_dir: Path, out: Path | None):
     from ..report import build_report
 
     click.echo(str(build_report(run_dir, out)))
+
 
 COMMANDS = (inspect, report)  # registered on `synth` by synth/cli/__init__.py
