@@ -28,9 +28,9 @@ from .common import apply_trust, friendly, output_folder, trust_options
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
-    help="where map stages' batches run: this process, or Ray actors (docs/ray.md); default: the pipeline's "
-    "run.executor",
+    metavar="NAME",
+    help="where map stages' batches run, a registered executor: local (this process), ray (Ray actors, "
+    "docs/ray.md) or one a plugin adds; default: the pipeline's run.executor",
 )
 @click.option(
     "--address",
@@ -76,6 +76,11 @@ def run(
 
     apply_trust(allow_read, allow_key)
     pipeline = load_pipeline(pipeline_file)
+    if executor is not None:
+        from .. import registry
+
+        if executor not in registry.names("executors"):
+            raise click.BadParameter(registry.unknown("executors", executor), param_hint="--executor")
     root = out or Path("runs") / pipeline.name
     if not verbose and any(getattr(b, "type", "") == "local" for b in pipeline.backends.values()):
         from ..llm.local import silence_llama_logs
