@@ -10,10 +10,10 @@ import click
 
 from .dedup_cli import _trust_named_files, _write
 from .errors import InputError
+from .parquet import rows_to_table
 from .stages.base import Batch, StageContext
 from .stages.dedup.decontaminate import Decontaminate, DecontaminateParams, parse_reference
 from .stages.generate.load import Load, LoadParams
-from .store import rows_to_table
 
 
 def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batch_size: int = 1024) -> dict:

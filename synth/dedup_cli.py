@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .parquet import rows_to_table
 from .records import text_of
 from .stages.base import Batch, StageContext
 from .stages.dedup.dedup import Dedup, DedupParams
 from .stages.generate.load import Load, LoadParams
-from .store import rows_to_table
 
 
 def _write(table: pa.Table, out: Path) -> None:
