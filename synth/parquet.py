@@ -34,16 +34,21 @@ def concat(tables: list[pa.Table]) -> pa.Table:
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        types: dict[str, set[str]] = {}
-        for table in tables:
-            for f in table.schema:
-                types.setdefault(f.name, set()).add(str(f.type))
-        mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
-        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items()) or str(exc)
-        raise RunError(
-            f"a column holds values of different types in different batches ({shown}); make the input column one "
-            "type (e.g. quote numbers in a text column)"
-        ) from None
+        raise _mixed_types([t.schema for t in tables], str(exc)) from None
+
+
+def _mixed_types(schemas: list[pa.Schema], otherwise: str = "") -> RunError:
+    """The error for batches whose columns differ in type, naming the columns ("'n' is int64 and string")."""
+    types: dict[str, set[str]] = {}
+    for schema in schemas:
+        for f in schema:
+            types.setdefault(f.name, set()).add(str(f.type))
+    mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
+    shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items()) or otherwise
+    return RunError(
+        f"a column holds values of different types in different batches ({shown}); make the input column one "
+        "type (e.g. quote numbers in a text column)"
+    )
 
 
 # ---- one file: a shard ----
@@ -120,6 +125,16 @@ def unified_schema(files: Iterable[Path]) -> pa.Schema:
             f"a column holds values of different types in different batches ({exc}); make the input column one "
             "type (e.g. quote numbers in a text column)"
         ) from None
+
+
+def unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for rows of these schemas, as `concat` would make it; a RunError naming the mixed columns."""
+    if not schemas:
+        return pa.schema([])
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise _mixed_types(schemas) from None
 
 
 def count_rows(files: Iterable[Path]) -> int:

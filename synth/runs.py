@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 
 from .errors import RunError
 from .integrity import Part, RunCheck, require_intact, stage_dirs
-from .parquet import DEFAULT_CHUNK_ROWS, concat, footer, iter_chunks, read_parquet
-from .shards import unify
+from .parquet import DEFAULT_CHUNK_ROWS, concat, footer, iter_chunks, read_parquet, unify
 from .store import RunStore, StageDir
 
 if TYPE_CHECKING:
