@@ -34,7 +34,7 @@ BASELINE = """
 import json, sys, time
 from pathlib import Path
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
-from synth.store import concat
+from synth.parquet import concat
 root = Path(sys.argv[1])
 table = concat([pq.read_table(p) for p in sorted((root / "output").glob("*.parquet"))])
 for name in table.column_names:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .records import DEFAULT_CHUNK_ROWS, count_rows, iter_chunks
+from .parquet import DEFAULT_CHUNK_ROWS, count_rows, iter_chunks
 from .scrub import scrub, without_yaml_comments
 from .store import events_text
 

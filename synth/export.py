@@ -37,21 +37,11 @@ import pyarrow.compute as pc
 
 from .card import StatsReader, write_card
 from .errors import RunError
-from .records import (
-    DEFAULT_CHUNK_ROWS,
-    ParquetParts,
-    content_type,
-    conversation,
-    conversations,
-    count_rows,
-    iter_chunks,
-    messages_type,
-    turn_columns,
-    unified_schema,
-)
-from .runs import output_files
+from .outputs import content_type, conversation, conversations, messages_type
+from .parquet import DEFAULT_CHUNK_ROWS, ParquetParts
+from .records import turn_columns
+from .runs import Run
 from .splits import held_out_mask
-from .store import RunStore
 
 Format = Literal["sft", "preference", "kto", "raw"]
 # The files an export writes (and so replaces): a split name, a shard suffix, a data extension.
@@ -314,9 +304,10 @@ class SplitWriter:
             self._fh.close()
 
 
-def _decontamination_reports(run_dir: Path) -> list[Path]:
+def _decontamination_reports(run: Run) -> list[Path]:
     """The reports `decontaminate` stages wrote, so a published dataset says what it was checked against."""
-    return [p for p in sorted(run_dir.glob("stages/*/.synth/decontamination.json")) if p.with_suffix(".md").exists()]
+    found = [s.meta / "decontamination.json" for s in run.stages()]
+    return [p for p in found if p.exists() and p.with_suffix(".md").exists()]
 
 
 def export_run(
@@ -333,14 +324,15 @@ def export_run(
 ) -> dict[str, int]:
     """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    manifest = RunStore(run_dir).read_manifest()
+    run = Run(run_dir)
+    manifest = run.manifest
     if manifest.get("status") != "complete":
         raise RunError(
             f"{run_dir} is not finished (status: {manifest.get('status')}): "
             f"run 'synth run' on its pipeline again to complete it"
         )
-    files = output_files(run_dir)
-    schema, total = unified_schema(files), count_rows(files)
+    output = run.output()
+    files, schema, total = output.files, output.schema, output.num_rows
     # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
     in_test = held_out_mask(files, schema, total, test_size, seed, chunk_rows) if test_size else None
     n_test = int(in_test.sum()) if in_test is not None else 0
@@ -363,7 +355,7 @@ def export_run(
         stats = StatsReader(schema)  # the card's statistics, from the same reads
         columns = schema.names if fmt == "raw" else list(dict.fromkeys([*conv.columns, *stats.columns]))
         start = 0
-        for chunk in iter_chunks(files, schema, chunk_rows, columns=columns):
+        for chunk in output.chunks(chunk_rows, columns=columns):
             stats.add(chunk)
             if in_test is None:
                 writers["train"].write(chunk)
@@ -389,7 +381,7 @@ def export_run(
         os.replace(path, out_dir / path.name)
     tmp.rmdir()
     counts = {name: w.count for name, w in writers.items()}
-    reports = [p.with_suffix(".md").read_text(encoding="utf-8") for p in _decontamination_reports(run_dir)]
+    reports = [p.with_suffix(".md").read_text(encoding="utf-8") for p in _decontamination_reports(run)]
     write_card(
         out_dir,
         manifest,

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingDependency
-from .inspect_run import RowFiles, measure, measures, number_type, text_type
-from .integrity import require_intact
+from .inspect_run import measure, measures
+from .runs import RowFiles, Run, number_type, text_type
 from .scrub import scrub, without_yaml_comments
-from .store import RunStore, events_text
+from .store import events_text
 
 SCORE_HINTS = ("reward", "score")
 
@@ -209,9 +209,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    manifest = RunStore(run_dir).read_manifest()
-    checked = require_intact(run_dir, manifest)
-    rows = RowFiles(checked.output.parts if checked.output else [])
+    run = Run(run_dir)
+    manifest = run.manifest
+    rows = run.rows()
     plots = make_plots(manifest, rows)
     figures = []
     for name, (caption, png) in plots.items():
@@ -232,7 +232,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_
     sessions = manifest.get("sessions", [])
     name = html.escape(manifest["name"])
     summary = (
-        f"status: {html.escape(RunStore(run_dir).status(manifest))}, {rows.num_rows:,} rows out, "
+        f"status: {html.escape(run.status)}, {rows.num_rows:,} rows out, "
         f"{len(sessions)} session(s), {sum(s.get('seconds', 0) for s in sessions):,.1f} s"
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synth report: {name}</title>

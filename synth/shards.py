@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import RunError
+from .parquet import unify
 
 RANK = "__synth_rank"
 BUCKET_BYTES = 256 * 2**20  # rows of one sort bucket held in memory at once (as Arrow; about 3x that at peak)
@@ -105,24 +106,6 @@ class Rows:
         for start, table in self.tables([name]):
             out[start : start + table.num_rows] = fn(table.column(name))
         return out
-
-
-def unify(schemas: list[pa.Schema]) -> pa.Schema:
-    if not schemas:
-        return pa.schema([])
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        types: dict[str, set[str]] = {}
-        for schema in schemas:
-            for f in schema:
-                types.setdefault(f.name, set()).add(str(f.type))
-        mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1}
-        shown = "; ".join(f"'{n}' is {' and '.join(sorted(k))}" for n, k in mixed.items())
-        raise RunError(
-            f"a column holds values of different types in different batches ({shown}); make the input column one "
-            "type (e.g. quote numbers in a text column)"
-        ) from None
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

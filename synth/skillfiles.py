@@ -173,19 +173,14 @@ def export_run_lists(run_dir: str | Path, out_dir: str | Path) -> tuple[Path | N
     """skills.txt and queries.txt from a finished run: the rows of its last `skills` or
     `skills_from_data` stage, in the authors' formats."""
     from .errors import RunError
-    from .records import iter_chunks, unified_schema
-    from .store import RunStore
+    from .runs import RowFiles, Run
 
-    store = RunStore(run_dir)
-    stages = store.read_manifest().get("stages") or []
+    run = Run(run_dir)
+    stages = run.manifest.get("stages") or []
     found = [(i, s["label"]) for i, s in enumerate(stages) if s.get("stage") in EXTRACTION_STAGES]
     if not found:
         raise RunError(f"{run_dir} has no skills or skills_from_data stage to export a skill list from")
     index, label = found[-1]
-    stage = store.stage(index, label)
-    files = [stage.shard(i) for i in stage.done_indices()]
-    schema = unified_schema(files)
-    columns = [c for c in ("kind", "name", "definition") if c in schema.names]
-    return write_run_lists(
-        (row for chunk in iter_chunks(files, schema, columns=columns) for row in chunk.to_pylist()), out_dir
-    )
+    rows = RowFiles.of_files(run.store.stage(index, label).files())
+    columns = [c for c in ("kind", "name", "definition") if c in rows.schema.names]
+    return write_run_lists((row for chunk in rows.chunks(columns=columns) for row in chunk.to_pylist()), out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .records import iter_chunks
+from .parquet import iter_chunks
 
 
 def _prompt_key(row: dict, index: int) -> str:

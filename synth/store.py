@@ -13,6 +13,9 @@
 
 A shard counts as done only once its marker exists; data files are written to a temporary name
 and renamed into place first, so a marker never points at a half-written file.
+
+This module writes the run directory (the runner's side); synth/runs.py reads it for `inspect`,
+`report`, `export` and `push`, with the dropped rows resolved from the stage before.
 """
 
 from __future__ import annotations
@@ -21,16 +24,14 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import RunError
-from .records import Row, concat
+from .parquet import concat, read_parquet, read_rows, rows_to_table, write_parquet
+from .records import Row
 
 # Everything synth writes in a run directory. `--overwrite` deletes these names and nothing else,
 # and a directory holding anything else is refused as a run directory.
@@ -64,49 +65,6 @@ def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
 
 def atomic_write_json(path: Path, value, sync: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode(), sync)
-
-
-def rows_to_table(rows: list[Row]) -> pa.Table:
-    if not rows:
-        return pa.table({})
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise RunError(f"rows cannot be stored as Parquet: {exc} (a column holds values of mixed types)") from None
-
-
-def write_parquet(path: Path, table: pa.Table, sync: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:  # a file object: pyarrow skips resolving a filesystem for the path
-        pq.write_table(table, fh, compression="zstd", use_dictionary=_dictionary_columns(table))
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _dictionary_columns(table: pa.Table) -> list[str] | bool:
-    """Dictionary-encode every column but long texts: building a dictionary for a column of
-    distinct paragraphs costs time and then falls back to plain encoding anyway."""
-    if table.num_rows < 64:
-        return True
-    long = set()
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            data = sum(c.buffers()[2].size for c in column.chunks if c.buffers()[2] is not None)
-            if data > 64 * table.num_rows:
-                long.add(name)
-    return [n for n in table.column_names if n not in long] if long else True
-
-
-def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file (a shard), read without the dataset layer pq.read_table goes through:
-    half the time on a small file, which a big run reads tens of thousands of."""
-    return pq.ParquetFile(path).read(columns=columns)
-
-
-def read_rows(path: Path) -> list[Row]:
-    return read_parquet(path).to_pylist()
 
 
 @dataclass
@@ -236,44 +194,6 @@ class StageDir:
 
     def table(self) -> pa.Table:
         return concat([read_parquet(self.shard(i)) for i in self.done_indices()])
-
-    def iter_dropped(self) -> Iterator[dict]:
-        """Dropped records (reason, detail, failed, row as JSON). A global stage records its dropped
-        rows by `position` in its input, a stage's Arrow path by `input_row` in the same shard of the
-        stage before: their rows are read from there, as needed."""
-        from .shards import Rows, take
-
-        previous = self.previous()
-        source: Rows | None = None
-        for path in sorted(self.meta.glob("shard-*.dropped.parquet")):
-            table = read_parquet(path)
-            if "input_row" in table.column_names:  # process_table's drops: rows of the same shard before
-                shard = previous.shard(int(path.name[6:11])) if previous is not None else None
-                records = table.to_pylist()
-                if shard is not None and shard.exists():
-                    found = read_parquet(shard).take(table.column("input_row")).to_pylist()
-                    for record, row in zip(records, found, strict=True):
-                        record["row"] = json.dumps(row, ensure_ascii=False, default=str)
-                yield from records
-                continue
-            if "position" not in table.column_names:
-                yield from table.to_pylist()
-                continue
-            if source is None and previous is not None:
-                source = Rows.from_files(previous.files())
-            for part in table.to_batches(max_chunksize=4096):
-                records = part.to_pylist()
-                if source is not None:
-                    found = take(source, np.asarray([r["position"] for r in records], dtype=np.int64)).to_pylist()
-                    for record, row in zip(records, found, strict=True):
-                        record["row"] = json.dumps(row, ensure_ascii=False, default=str)
-                yield from records
-
-    def previous(self) -> StageDir | None:
-        """The stage before this one in its run (the folder numbered one lower)."""
-        index = int(self.path.name.split("-", 1)[0])
-        found = sorted(self.path.parent.glob(f"{index - 1:02d}-*")) if index else []
-        return StageDir(found[0]) if found else None
 
     @property
     def complete_marker(self) -> Path:

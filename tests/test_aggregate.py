@@ -18,9 +18,9 @@ import pytest
 from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
 from synth.resources import resource_dir
+from synth.runs import Run
 from synth.seeds import derive_seed
 from synth.stages.aggregate.refs import candidates_of, degenerate, prompt_lines, windows, with_references
-from synth.store import RunStore
 
 # ---- windows, candidates, degenerate answers (no model) ----
 
@@ -374,7 +374,7 @@ def test_malformed_answers_are_retried_then_fail_with_the_raw_answers(write, tmp
     s = stats(result)
     assert s["failed"] == {"copied_references": 2, "no_candidates": 1}
     assert s["counters"]["aggregate_retried"] == 2 and s["counters"]["requests"] == 4
-    dropped = list(RunStore(tmp_path / "copy").stage(1, "aggregate").iter_dropped())
+    dropped = list(Run(tmp_path / "copy").iter_dropped("aggregate"))
     for d in dropped:
         row = json.loads(d["row"])
         if d["reason"] == "no_candidates":
@@ -390,7 +390,7 @@ def test_malformed_answers_are_retried_then_fail_with_the_raw_answers(write, tmp
     s = stats(result)
     assert out == [] and s["failed"] == {"empty_answer": 2, "no_candidates": 1}
     assert s["counters"]["aggregate_retried"] == 2
-    for d in RunStore(tmp_path / "empty").stage(1, "aggregate").iter_dropped():
+    for d in Run(tmp_path / "empty").iter_dropped("aggregate"):
         if d["reason"] == "empty_answer":
             assert d["failed"] and d["detail"] == "layer 2, window 1/1: raw answers: ['', '']"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
+from synth.runs import Run
 from synth.stages.select.benchbuilder import parse_criteria
-from synth.store import RunStore
 
 COOKING = [
     "How long should I rest a steak after grilling it?",
@@ -80,7 +80,7 @@ def test_benchbuilder_on_the_embedded_model_scores_or_fails_every_row(write, tmp
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     stage = result.manifest["stages"][1]
     out = read_output(tmp_path / "run").to_pylist()
-    dropped = list(RunStore(tmp_path / "run").stage(1, "benchbuilder").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("benchbuilder"))
     assert len(out) + len(dropped) == 6
     for row in out:
         assert row["criteria_score"] == len(row["criteria"]) >= 2 and row["cluster_mean_score"] >= 1

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.cli import main
+from synth.runs import Run
 from synth.stages.preference.best import BestParams, NoBest, best_index
-from synth.store import RunStore
 
 
 def run_best(tmp_path: Path, name: str, rows: list[dict], **best) -> tuple[list[dict], dict, list[dict]]:
@@ -26,7 +26,7 @@ def run_best(tmp_path: Path, name: str, rows: list[dict], **best) -> tuple[list[
     )
     run_pipeline(load_pipeline(path), tmp_path / name)
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-    dropped = list(RunStore(tmp_path / name).stage(1, "best").iter_dropped())
+    dropped = list(Run(tmp_path / name).iter_dropped("best"))
     return read_output(tmp_path / name).to_pylist(), manifest["stages"][1], dropped
 
 

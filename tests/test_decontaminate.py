@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from synth import load_pipeline, read_output, run_pipeline
 from synth.cli.decontaminate import decontaminate as decontaminate_command
 from synth.errors import ConfigError
+from synth.runs import Run
 from synth.similarity import decontam, embed
 from synth.store import RunStore
 
@@ -187,7 +188,9 @@ def test_stage_in_a_pipeline_with_the_preset(write, tmp_path):
     stage = result.manifest["stages"][1]
     assert stage["filtered"] == {"contaminated:exact": 1, "contaminated:ngram": 1, "contaminated:near_copy": 1}
     stage_dir = RunStore(tmp_path / "run").stage(1, "decontaminate")
-    details = {json.loads(d["row"])["id"]: json.loads(d["detail"]) for d in stage_dir.iter_dropped()}
+    details = {
+        json.loads(d["row"])["id"]: json.loads(d["detail"]) for d in Run(tmp_path / "run").iter_dropped(stage_dir)
+    }
     assert details["r6"] == {
         "set": "alpaca_eval",
         "row": 0,
@@ -311,7 +314,7 @@ def test_the_llm_judge_asks_only_about_rows_nothing_else_matched(write, tmp_path
     assert sum(lexical.values()) == 1  # the verbatim copy is caught before the judge
     asked = stage["counters"]["llm_judged"]
     assert 0 < asked <= 2 * len(CLEAN) and stage["counters"]["requests"] == asked
-    dropped = list(RunStore(tmp_path / "run").stage(1, "decontaminate").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("decontaminate"))
     for record in dropped:
         detail = json.loads(record["detail"])
         assert record["reason"] == f"contaminated:{detail['method']}" and detail["text"] in ALPACA

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.cli.dedup import dedup as dedup_command
+from synth.runs import Run
 from synth.similarity import duplicates as dedup
 from synth.similarity import embed, nearcopy, neighbors
-from synth.store import RunStore
 
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
@@ -295,7 +295,7 @@ def test_dedup_stage_drops_duplicates_and_records_why(method, write, tmp_path):
         assert all(0 <= r["min_neighbor_distance"] <= 4 for r in rows)
     stage = result.manifest["stages"][1]
     assert stage["filtered"] == {f"duplicate_{method}": len(expected)}
-    dropped_rows = list(RunStore(tmp_path / "run").stage(1, "dedup").iter_dropped())
+    dropped_rows = list(Run(tmp_path / "run").iter_dropped("dedup"))
     assert sorted(json.loads(d["row"])["id"] for d in dropped_rows) == [f"r{i}" for i in expected]
     assert all(d["reason"] == f"duplicate_{method}" and d["detail"].startswith("of row r") for d in dropped_rows)
 
@@ -321,7 +321,7 @@ def test_dedup_stage_against_a_reference_set_and_keep_all(write, tmp_path):
     assert result.manifest["stages"][1]["filtered"] == {"matches_reference": 1}
     # keep: all annotates like Magpie's gen_dis.py; representative_id is the position after the reference step
     assert [r["repeat_count"] for r in rows][:2] == [1, 1] and rows[1]["representative_id"] == 0
-    (dropped_row,) = RunStore(tmp_path / "run").stage(1, "dedup").iter_dropped()
+    (dropped_row,) = Run(tmp_path / "run").iter_dropped("dedup")
     assert "capital city of France" in dropped_row["detail"]
 
 

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.resources import resource_dir
+from synth.runs import Run
 from synth.stages.base import StageContext
 from synth.stages.directions import geometry as geo
 from synth.stages.directions.direction_select import DirectionSelectParams, candidate_vectors
 from synth.stages.directions.directions import Directions, DirectionsParams
-from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, reference_rows, synth_cli
 
@@ -180,7 +180,7 @@ def run_select(tmp_path: Path, rows: list[dict], **options) -> tuple[list[dict],
     path.write_text(text + "run: {batch_size: 2}\n", encoding="utf-8")
     run_pipeline(load_pipeline(path), tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    dropped = list(RunStore(tmp_path / "run").stage(1, "direction_select").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("direction_select"))
     return read_output(tmp_path / "run").to_pylist(), manifest["stages"][1], dropped
 
 

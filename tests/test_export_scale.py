@@ -23,9 +23,9 @@ import pytest
 from synth import RunError
 from synth.config import OutputSettings
 from synth.export import export_run
-from synth.records import write_output
+from synth.outputs import write_output
+from synth.parquet import concat
 from synth.splits import split
-from synth.store import concat
 
 # ---- the reference: the in-memory code, as it was ----
 

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
+from synth.runs import Run
 from synth.stages.select.conditions import Condition
-from synth.store import RunStore
 
 MAGPIE_ROWS = [
     {"id": 0, "instruction": "Explain how vaccines train the immune system.", "input_quality": "good", "r": 2.5},
@@ -28,7 +28,7 @@ def run(write, tmp_path, stages: str, rows=MAGPIE_ROWS):
 
 
 def dropped(tmp_path, index: int, label: str) -> list[tuple[int, str, str]]:
-    rows = RunStore(tmp_path / "run").stage(index, label).iter_dropped()
+    rows = Run(tmp_path / "run").iter_dropped(label)
     return sorted((json.loads(d["row"])["id"], d["reason"], d["detail"]) for d in rows)
 
 

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 from synth import BackendError, ConfigError, InputError, load_pipeline, run_pipeline
 from synth.cli import main
 from synth.llm.templates import ChatTemplate
+from synth.runs import Run
 from synth.stages.base import StageContext
 from synth.stages.generate.load import Load, LoadParams
-from synth.store import RunStore
 from synth.templating import MissingValue, TemplateRefused, render, template_problem
 from synth.yamlfile import load_yaml, load_yaml_file
 
@@ -209,7 +209,7 @@ def test_a_template_bomb_in_a_run_fails_its_row_with_the_reason(write, tmp_path)
     with bounded(seconds=30, megabytes=200):
         result = run_pipeline(load_pipeline(path), tmp_path / "run")
     assert result.output_rows == 1 and result.manifest["stages"][1]["failed"] == {"template_error": 1}
-    (dropped,) = RunStore(tmp_path / "run").stage(1, "template").iter_dropped()
+    (dropped,) = Run(tmp_path / "run").iter_dropped("template")
     assert "the template makes a value of more than" in dropped["detail"]
 
 
@@ -258,7 +258,7 @@ def test_rows_with_a_missing_value_fail_instead_of_saying_none(write, tmp_path):
     )
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     assert result.output_rows == 1 and result.manifest["stages"][1]["failed"] == {"template_error": 1}
-    (dropped,) = RunStore(tmp_path / "run").stage(1, "template").iter_dropped()
+    (dropped,) = Run(tmp_path / "run").iter_dropped("template")
     assert "{{ topic }} is None" in dropped["detail"]
 
 

@@ -21,9 +21,11 @@ import pytest
 
 from synth import RunError
 from synth.console import console
-from synth.inspect_run import RowFiles, column_stats, show_run
+from synth.inspect_run import column_stats, show_run
 from synth.integrity import check_run, forget_broken, require_intact
-from synth.store import StageDir, concat
+from synth.parquet import concat
+from synth.runs import RowFiles
+from synth.store import StageDir
 
 CATEGORIES = ["Math", "Coding & Debugging", "Information seeking", "Creative writing", "Reasoning", "Planning"]
 PIPELINE = "pipelines/magpie-sft.yaml"

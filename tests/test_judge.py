@@ -11,6 +11,7 @@ import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
 from synth.errors import ConfigError
+from synth.runs import Run
 from synth.seeds import derive_seed
 from synth.stages.judge.rubric import ULTRAFEEDBACK, Criterion, absolute_columns, parse_absolute
 from synth.stages.judge.verdicts import (
@@ -24,7 +25,6 @@ from synth.stages.judge.verdicts import (
     parse_pairwise,
     unswap,
 )
-from synth.store import RunStore
 
 # ---- verdicts, rules and parsers (deterministic) ----
 
@@ -394,7 +394,7 @@ def test_malformed_answers_are_retried_then_fail_with_the_raw_answer(write, tmp_
     assert stats["failed"] == {"parse_failed": 2}
     assert stats["counters"]["parse_retried"] == 2 and stats["counters"]["parse_failed"] == 2
     assert stats["counters"]["requests"] == 4  # a first round and one retry, each with its own seed
-    dropped = list(RunStore(tmp_path / "run").stage(1, "judge").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("judge"))
     assert sorted(d["reason"] for d in dropped) == ["parse_failed", "parse_failed"]
     answers = cached_prompts(tmp_path / "run")
     for d in dropped:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.cli import main
+from synth.runs import Run
 from synth.store import RunStore
 
 MAGPIE_ROW = {  # Magpie's DPO shape: five responses, one score each
@@ -44,7 +45,7 @@ def run_pairs(tmp_path: Path, name: str, rows: list[dict], **kwargs) -> tuple[li
     path.write_text(pipeline_text(rows, **kwargs), encoding="utf-8")
     run_pipeline(load_pipeline(path), tmp_path / name)
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-    dropped = list(RunStore(tmp_path / name).stage(1, "pairs").iter_dropped())
+    dropped = list(Run(tmp_path / name).iter_dropped("pairs"))
     return read_output(tmp_path / name).to_pylist(), manifest["stages"][1], dropped
 
 

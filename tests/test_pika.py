@@ -19,9 +19,9 @@ from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.cli import main
 from synth.errors import InputError
 from synth.resources import resource_dir
+from synth.runs import Run
 from synth.stages.magpie.tag import LEVELS
 from synth.stages.pika.pika import parse_instruction
-from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, reference_rows, synth_cli
 
@@ -212,9 +212,7 @@ stages:
     stats = result.manifest["stages"][1]
     assert stats["failed"].get("contains_answer", 0) >= 1, stats
     assert stats["counters"]["parse_retried"] >= 1 and stats["counters"]["requests"] >= 3
-    dropped = [
-        d for d in RunStore(tmp_path / "run").stage(1, "pika").iter_dropped() if d["reason"] == "contains_answer"
-    ]
+    dropped = [d for d in Run(tmp_path / "run").iter_dropped("pika") if d["reason"] == "contains_answer"]
     assert dropped and all(d["detail"].startswith("raw answers: [") and "Answer:" in d["detail"] for d in dropped)
 
 

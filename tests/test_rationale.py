@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
+from synth.runs import Run
 from synth.stages.augment.rationale import clean, problem
-from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, synth_cli
 
@@ -112,7 +112,7 @@ def test_general_rationales_on_the_base_model_use_the_few_shot_prompt(tmp_path):
         assert record["style"] == "general" and record["mode"] == "complete" and record["model"] == EMBEDDED
         assert record["template"] == "rationale/general_few_shot.jinja" and len(record["template_sha"]) == 16
         assert isinstance(record["seed"], int) and record["stop"] == ["\n\n", "\nPrompt:"]
-    (dropped,) = RunStore(tmp_path / "general").stage(1, "rationale").iter_dropped()
+    (dropped,) = Run(tmp_path / "general").iter_dropped("rationale")
     assert dropped["reason"] == "missing_pair" and "rejected" in dropped["detail"]
 
 
@@ -140,7 +140,7 @@ def test_unusable_answers_are_retried_with_new_seeds_then_fail_with_the_raw_answ
     assert read_output(tmp_path / "bad").num_rows == 0 and stats["rows_in"] == 2
     assert stats["counters"]["parse_retried"] == 2 and sum(stats["failed"].values()) == 2
     assert set(stats["failed"]) <= {"empty_rationale", "short_rationale"}
-    for dropped in RunStore(tmp_path / "bad").stage(1, "rationale").iter_dropped():
+    for dropped in Run(tmp_path / "bad").iter_dropped("rationale"):
         assert dropped["detail"].startswith("raw answers: [")
         raw = ast.literal_eval(dropped["detail"].removeprefix("raw answers: "))  # the two answers
         assert len(raw) == 2 and all(isinstance(text, str) for text in raw)

@@ -16,8 +16,8 @@ import pytest
 from synth import ConfigError, load_pipeline, read_output, run_pipeline
 from synth.export import export_run
 from synth.resources import resource_dir
+from synth.runs import Run
 from synth.stages.augment.relabel import partner, score_text, swap
-from synth.store import RunStore
 
 from .pipeline_runs import kill_and_resume, synth_cli
 
@@ -50,7 +50,7 @@ def run_relabel(tmp_path: Path, name: str, rows: list[dict], **options) -> tuple
     )
     run_pipeline(load_pipeline(path), tmp_path / name)
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-    dropped = list(RunStore(tmp_path / name).stage(1, "relabel").iter_dropped())
+    dropped = list(Run(tmp_path / name).iter_dropped("relabel"))
     rows_out = read_output(tmp_path / name).to_pylist()
     provenance = [r.pop("provenance") for r in rows_out]
     assert all(p["relabel"]["stage"] == "relabel" for p in provenance)

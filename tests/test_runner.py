@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth import InputError, RunError, load_pipeline, read_output, run_pipeline
+from synth.runs import Run
 from synth.store import RunStore
 
 ROWS = [{"topic": f"topic {i}", "n": i} for i in range(23)]
@@ -138,7 +139,7 @@ def test_rows_failing_a_stage_are_kept_with_their_reason(write, tmp_path):
     assert result.output_rows == 2
     stage = result.manifest["stages"][1]
     assert stage["failed"] == {"template_error": 1}
-    dropped = list(RunStore(tmp_path / "run").stage(1, "template").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("template"))
     assert len(dropped) == 1 and json.loads(dropped[0]["row"]) == {"topic": "b"}
     assert "extra" in dropped[0]["detail"]
 

@@ -20,7 +20,7 @@ import pytest
 
 from synth.config import load_pipeline
 from synth.run import run_pipeline
-from synth.runs import read_output
+from synth.runs import Run, read_output
 from synth.shards import Rows, gather, take
 from synth.stages.base import Batch, StageContext
 from synth.stages.dedup.dedup import Dedup, DedupParams
@@ -275,13 +275,13 @@ def test_a_pipeline_of_global_stages_gives_the_in_memory_rows(write, tmp_path):
     stages = {s["label"]: s for s in result.manifest["stages"]}
     assert stages["sort"]["filtered"] == {"not_in_top_150": len(keep) - 150}
     # a global stage's dropped rows are read back from the stage before it, by position
-    dropped = list(RunStore(tmp_path / "run").stage(4, "sort").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("sort"))
     assert len(dropped) == len(keep) - 150
     assert {json.loads(d["row"])["id"] for d in dropped} == {r["id"] for r in keep} - {
         r["id"] for r in expected.to_pylist()
     }
     # and a filter's (on the Arrow path) from the same shard of the stage before
-    dropped = list(RunStore(tmp_path / "run").stage(2, "filter").iter_dropped())
+    dropped = list(Run(tmp_path / "run").iter_dropped("filter"))
     assert dropped and all(json.loads(d["row"])["quality"] not in ("good", "excellent", "average") for d in dropped)
     assert len(dropped) == stages["filter"]["rows_in"] - stages["filter"]["rows_out"]
 

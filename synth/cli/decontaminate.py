@@ -19,10 +19,10 @@ def run_decontaminate(source: Path, out: Path, params: DecontaminateParams, batc
     """Run the stage over SOURCE into OUT; write OUT's report beside it (.decontamination.json/.md)."""
     import asyncio
 
+    from ..parquet import rows_to_table
     from ..similarity import decontam
     from ..stages.base import Batch
     from ..stages.dedup.decontaminate import Decontaminate, parse_reference
-    from ..store import rows_to_table
 
     names: set[str] = set()
     for spec in params.references:

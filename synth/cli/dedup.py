@@ -20,11 +20,11 @@ def run_dedup(source: Path, out: Path, params: DedupParams, report: Path | None,
 
     import pyarrow as pa
 
+    from ..parquet import rows_to_table
     from ..records import text_of
     from ..shards import Rows, in_memory
     from ..stages.base import Batch
     from ..stages.dedup.dedup import Dedup
-    from ..store import rows_to_table
 
     trust_named_files(source, params.reference)
     rows, ctx = read_rows(source, params.column, "dedup")

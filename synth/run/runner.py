@@ -184,7 +184,7 @@ class Runner:
 
     # ---- output ----
     def _write_output(self) -> int:
-        from ..records import write_output
+        from ..outputs import write_output
 
         size = max(self.pipeline.run.batch_size, 10_000)
         return write_output(self.dirs[-1].files(), self.pipeline.output, self.store.root / "output", size)

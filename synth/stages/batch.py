@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from ..parquet import rows_to_table
 from ..records import Dropped, Row
 from ..scrub import scrub, scrub_many
-from ..store import rows_to_table
 
 
 class Drops:

@@ -20,11 +20,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...llm.base import Request, RequestFailed, Sampling, ScoreRequest
-from ...llm.client import LLM
 from ...llm.templates import ChatTemplate
 from ...templating import render
+
+if TYPE_CHECKING:
+    from ...llm.client import LLM
 
 DOMAINS = ("SAFETY", "REASONING", "CHAT")
 FALLBACK = "CHAT"

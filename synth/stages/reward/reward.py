@@ -29,10 +29,9 @@ samples and CDR log-probabilities go through the cache like every LLM request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...llm.base import Request, RequestFailed, Sampling
-from ...llm.client import LLM
 from ...templating import render
 from ..base import Batch, CheckEnv, Row, Stage
 from ..common import add_provenance, answer_value, template_sha
@@ -41,6 +40,9 @@ from .local_model import load_reward_model, render_conversation, score_texts
 from .params import BACKEND_FIELDS, RewardParams, check_params, output_column, written_columns
 from .scorer import Score, Scorer
 from .shaping import NEEDS_REFERENCES, PER_BATCH, BatchStats, length_penalty, shape
+
+if TYPE_CHECKING:
+    from ...llm.client import LLM
 
 __all__ = ["Reward", "RewardParams", "load_reward_model", "render_conversation", "score_texts"]
 

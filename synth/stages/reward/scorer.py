@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ...errors import SynthError
 from ...llm.base import RequestFailed
-from ...llm.client import LLM
 from ..base import Batch
 from ..common import model_chat_template
 from .cdr import cdr_scores
 from .local_model import count_tokens, load_reward_model, render_conversation, score_texts
 from .params import RewardParams
+
+if TYPE_CHECKING:
+    from ...llm.client import LLM
 
 Item = tuple[str | None, str, str]  # (system prompt, instruction, response)
 
