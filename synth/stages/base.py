@@ -2,7 +2,8 @@
 
 The runner owns batching, concurrency across batches, checkpoints, resume and stats; backends own
 request concurrency, retries and the cache. A stage is one class with a pydantic `Params` model,
-the columns it reads and writes, its `kind`, and the entry point of that kind:
+the columns it reads and writes, its kind (subclass `SourceStage`, `MapStage` or `GlobalStage`,
+or set `kind` on a `Stage`), and the entry point of that kind:
 
 - `kind = "source"`: `iter_rows(limit)`, a cheap deterministic row stream, cut into batches by
   the runner. A source may also implement `process(batch)` (Magpie does its LLM work there).
@@ -46,7 +47,19 @@ if TYPE_CHECKING:
     from ..llm.client import LLM
     from ..shards import Rows, Selection
 
-__all__ = ["Batch", "CheckEnv", "Dropped", "Row", "Stage", "StageContext", "StageParams", "check_stage_class"]
+__all__ = [
+    "Batch",
+    "CheckEnv",
+    "Dropped",
+    "GlobalStage",
+    "MapStage",
+    "Row",
+    "SourceStage",
+    "Stage",
+    "StageContext",
+    "StageParams",
+    "check_stage_class",
+]
 
 KINDS = ("source", "map", "global")
 
@@ -180,6 +193,24 @@ class Stage:
 
     async def process_all(self, rows: Rows, batch: Batch) -> Selection | pa.Table:  # global stages
         raise NotImplementedError
+
+
+class SourceStage(Stage):
+    """A stage that makes the run's rows: implement `iter_rows` (and optionally `process`)."""
+
+    kind = "source"
+
+
+class MapStage(Stage):
+    """A stage that works batch by batch: implement `process`."""
+
+    kind = "map"
+
+
+class GlobalStage(Stage):
+    """A stage that sees every row at once: implement `process_all`."""
+
+    kind = "global"
 
 
 def check_stage_class(cls: type) -> None:

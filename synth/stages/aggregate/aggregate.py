@@ -34,7 +34,7 @@ import jinja2
 
 from ...llm.base import Request, RequestFailed, Sampling
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import add_provenance, auto_mode, retry_sampling, template_sha
 from .params import AggregateParams, check_params
 from .refs import candidate_columns, candidates_of, degenerate, prompt_lines, windows, with_references
@@ -62,10 +62,9 @@ class Chain:
         return carried + self.references[start:end]
 
 
-class Aggregate(Stage):
+class Aggregate(MapStage):
     """Synthesize one answer from several candidates with an aggregator model (MoA, Self-MoA)."""
 
-    kind = "map"
     Params = AggregateParams
     uses_llm = True
     params: AggregateParams

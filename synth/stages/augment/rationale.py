@@ -30,7 +30,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 
 TEMPLATE_VARIABLES = {"instruction", "chosen", "rejected", "row"}
@@ -122,10 +122,9 @@ class RationaleParams(LLMParams):
     max_tokens: int = 512
 
 
-class Rationale(Stage):
+class Rationale(MapStage):
     """Explain why each pair's chosen response beats the rejected one (general or specific rationales)."""
 
-    kind = "map"
     Params = RationaleParams
     uses_llm = True
     params: RationaleParams

@@ -43,7 +43,7 @@ import jinja2
 from pydantic import Field, model_validator
 
 from ...templating import render, template_variables
-from ..base import Batch, CheckEnv, Row, Stage, StageParams
+from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 from ..common import add_provenance, check_template, template_sha
 
 TEMPLATE_VARIABLES = {"score", "low", "high"}
@@ -131,10 +131,9 @@ class NoRelabel(Exception):
     """Why a pair is not relabeled: the drop reason and a detail."""
 
 
-class Relabel(Stage):
+class Relabel(MapStage):
     """Reward-augmented relabeling: each pair twice, conditioned on each response's score (Zhang et al.)."""
 
-    kind = "map"
     Params = RelabelParams
     params: RelabelParams
 

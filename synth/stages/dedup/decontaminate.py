@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import Field
 
 from ...errors import InputError
-from ..base import Batch, CheckEnv, Row, Stage, StageParams
+from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 
 Method = Literal["exact", "ngram", "near_copy", "embedding", "llm"]
 REPORT_NAME = "decontamination.json"
@@ -83,11 +83,10 @@ def reference_specs(params: DecontaminateParams) -> list[tuple[str, str]]:
     return [parse_reference(s) for s in params.references]
 
 
-class Decontaminate(Stage):
+class Decontaminate(MapStage):
     """Drop rows copying benchmark prompts (exact, 13-gram, near copy, embedding); report per set."""
 
     Params = DecontaminateParams
-    kind = "map"
     params: DecontaminateParams
 
     @classmethod

@@ -42,7 +42,7 @@ from pydantic import Field
 from ...records import text_of
 from ...shards import Rows, Selection
 from ...similarity.duplicates import DedupResult
-from ..base import Batch, CheckEnv, Stage, StageParams
+from ..base import Batch, CheckEnv, GlobalStage, StageParams
 
 DEFAULT_THRESHOLD = {"exact": 1.0, "minhash": 0.7, "embedding": 0.95}
 
@@ -96,11 +96,10 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-class Dedup(Stage):
+class Dedup(GlobalStage):
     """Drop duplicates (exact, MinHash or embedding + FAISS) and rows matching a reference set."""
 
     Params = DedupParams
-    kind = "global"
     params: DedupParams
 
     @classmethod

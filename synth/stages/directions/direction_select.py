@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ..base import Batch, Row, Stage, StageParams
+from ..base import Batch, MapStage, Row, StageParams
 from ..common import add_provenance
 from . import geometry as geo
 
@@ -93,10 +93,9 @@ def candidate_vectors(p: DirectionSelectParams, row: Row, attributes: list[str],
     return [None if None in values else list(values) for values in zip(*per_attribute, strict=True)]
 
 
-class DirectionSelect(Stage):
+class DirectionSelect(MapStage):
     """Keep the candidate whose attribute scores best fit the target direction (argmax v·r, RPS)."""
 
-    kind = "map"
     Params = DirectionSelectParams
     params: DirectionSelectParams
 

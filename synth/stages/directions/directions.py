@@ -38,7 +38,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, add_provenance, auto_mode, check_template, template_sha
 from . import geometry as geo
 
@@ -104,10 +104,9 @@ class DirectionsParams(LLMParams):
         )
 
 
-class Directions(Stage):
+class Directions(MapStage):
     """Responses at the directions around a target preference direction (RPS over a DPA model)."""
 
-    kind = "map"
     Params = DirectionsParams
     uses_llm = True
     params: DirectionsParams

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from ...llm.base import Request
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, add_provenance, answer_value, check_template, template_sha
 
 
@@ -33,10 +33,9 @@ class GenerateParams(LLMParams):
         return self
 
 
-class Generate(Stage):
+class Generate(MapStage):
     """Ask the LLM once per row (a prompt template or prompt column) and store the answer."""
 
-    kind = "map"
     Params = GenerateParams
     uses_llm = True
     params: GenerateParams

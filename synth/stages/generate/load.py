@@ -33,7 +33,7 @@ from ...readers import (
     read_checked,
     read_rows,
 )
-from ..base import CheckEnv, Row, Stage, StageParams
+from ..base import CheckEnv, Row, SourceStage, StageParams
 
 
 class LoadParams(StageParams):
@@ -91,11 +91,10 @@ def shaped(params: LoadParams, rows: Iterable[Row], source: str) -> Iterator[Row
         yield row
 
 
-class Load(Stage):
+class Load(SourceStage):
     """Read rows from JSONL, JSON, Parquet, CSV, a Hugging Face dataset folder, or an inline list."""
 
     Params = LoadParams
-    kind = "source"
     params: LoadParams
 
     @classmethod

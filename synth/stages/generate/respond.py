@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from ...llm.base import Request
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, answer_value, check_template, template_sha
 
 
@@ -34,10 +34,9 @@ class RespondParams(LLMParams):
         return self
 
 
-class Respond(Stage):
+class Respond(MapStage):
     """Answer each instruction with the model (chat template, or a few-shot template for base models)."""
 
-    kind = "map"
     Params = RespondParams
     uses_llm = True
     params: RespondParams

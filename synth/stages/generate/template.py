@@ -8,7 +8,7 @@ import jinja2
 from pydantic import Field
 
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage, StageParams
+from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 from ..common import check_template
 
 
@@ -17,10 +17,9 @@ class TemplateParams(StageParams):
     output: str = Field(description="column to write the rendered text to")
 
 
-class Template(Stage):
+class Template(MapStage):
     """Render a sandboxed Jinja template per row into a column."""
 
-    kind = "map"
     Params = TemplateParams
     params: TemplateParams
 

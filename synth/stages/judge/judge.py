@@ -42,7 +42,7 @@ from pydantic import Field
 from ...errors import SynthError
 from ...llm.base import Request, RequestFailed
 from ...templating import render, template_problem, template_variables
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from . import rubric
 from .verdicts import PAIRWISE_COLUMNS, coin, pairwise_columns, pairwise_schema, parse_pairwise
@@ -98,10 +98,9 @@ class Unjudgeable(Exception):
     """A row without the responses a judgment needs: (reason, detail)."""
 
 
-class Judge(Stage):
+class Judge(MapStage):
     """Score responses on a rubric (UltraFeedback) or compare two of them (WildBench) with an LLM judge."""
 
-    kind = "map"
     Params = JudgeParams
     uses_llm = True
     params: JudgeParams

@@ -27,7 +27,7 @@ from pydantic import Field
 from ...errors import BackendError
 from ...llm.base import Request, RequestFailed, Sampling
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, answer_value, check_template, model_chat_template
 
 
@@ -67,10 +67,9 @@ def turns_of(row: Row, upto: int) -> list[dict]:
     return out
 
 
-class Followup(Stage):
+class Followup(MapStage):
     """Add a follow-up turn to Magpie conversations (instruction_N and response_N)."""
 
-    kind = "map"
     Params = FollowupParams
     uses_llm = True
     params: FollowupParams

@@ -27,7 +27,7 @@ from ...errors import SynthError
 from ...llm.base import Request, RequestFailed
 from ...resources import resource_dir
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, Row, SourceStage
 from ..common import LLMParams, check_template, model_chat_template
 from .text import sanitize_instruction
 
@@ -60,11 +60,10 @@ class MagpieParams(LLMParams):
     top_p: float = 1.0
 
 
-class Magpie(Stage):
+class Magpie(SourceStage):
     """Generate user instructions from an aligned model's pre-query template (Magpie)."""
 
     Params = MagpieParams
-    kind = "source"
     uses_llm = True
     params: MagpieParams
 

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
 from ...templating import render
-from ..base import Batch, Row, Stage
+from ..base import Batch, MapStage, Row
 from ..common import LEVELS, LLMParams, find_json
 
 QUALITY = ["very poor", "poor", "average", "good", "excellent"]
@@ -89,10 +89,9 @@ class TagParams(LLMParams):
     max_tokens: int = 1024
 
 
-class Tag(Stage):
+class Tag(MapStage):
     """Tag instructions with an LLM judge: difficulty, input quality, task category (Magpie)."""
 
-    kind = "map"
     Params = TagParams
     uses_llm = True
     params: TagParams

@@ -28,7 +28,7 @@ from ...errors import InputError
 from ...inputs import data_path, read_problem
 from ...readers import _Lines, _open, _reading, detect_format, file_problem, read_rows
 from ...seeds import derive_seed
-from ..base import CheckEnv, Row, Stage, StageParams
+from ..base import CheckEnv, Row, SourceStage, StageParams
 
 
 class PersonasParams(StageParams):
@@ -64,11 +64,10 @@ def _text_rows(path: Path) -> Iterator[Row]:
                 yield {"persona": line.strip()}
 
 
-class Personas(Stage):
+class Personas(SourceStage):
     """Expert personas from a PersonaHub-style file (default: synth's own), filtered and sampled (PiKa)."""
 
     Params = PersonasParams
-    kind = "source"
     params: PersonasParams
 
     @classmethod

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LEVELS, LLMParams, add_provenance, auto_mode, check_template, template_sha
 
 # A line where the model starts answering its own request (markdown bold or headings allowed).
@@ -88,10 +88,9 @@ class PikaParams(LLMParams):
     max_tokens: int = 512
 
 
-class Pika(Stage):
+class Pika(MapStage):
     """Write one expert-level, knowledge-intensive instruction per persona (PiKa)."""
 
-    kind = "map"
     Params = PikaParams
     uses_llm = True
     params: PikaParams

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ..base import Batch, CheckEnv, Row, Stage, StageParams
+from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 from ..common import add_provenance, list_problem
 
 
@@ -78,10 +78,9 @@ def best_index(responses: Any, scores: Any, p: BestParams) -> tuple[int, int]:
     return min(i for i in scored if values[i] == best), sum(isinstance(r, str) for r in responses) - len(scored)
 
 
-class Best(Stage):
+class Best(MapStage):
     """Keep the highest-scored response of a list (best-of-n; PiKa SFT), ties to the lower index."""
 
-    kind = "map"
     Params = BestParams
     params: BestParams
 

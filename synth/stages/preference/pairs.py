@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..base import Batch, CheckEnv, Row, Stage, StageParams
+from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 from ..common import add_provenance, list_problem
 
 Strategy = Literal["best_worst", "best_random", "all_pairs", "verdict"]
@@ -206,10 +206,9 @@ def choose(pairs: list[tuple[int, int]], scores: list, strategy: str, rng: rando
     return [(chosen, rng.choice(others))]
 
 
-class Pairs(Stage):
+class Pairs(MapStage):
     """Chosen/rejected pairs from scored responses: best vs worst, best vs random, or all pairs."""
 
-    kind = "map"
     Params = PairsParams
     params: PairsParams
 

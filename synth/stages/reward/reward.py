@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...llm.base import Request, RequestFailed, Sampling
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import add_provenance, answer_value, template_sha
 from .cdr import domain_system, route
 from .local_model import load_reward_model, render_conversation, score_texts
@@ -59,10 +59,9 @@ class Pending:
     route_answer: str = ""
 
 
-class Reward(Stage):
+class Reward(MapStage):
     """Score (instruction, response) pairs: a reward model (local or vLLM) or CDR, optionally PAR-shaped."""
 
-    kind = "map"
     Params = RewardParams
     params: RewardParams
 

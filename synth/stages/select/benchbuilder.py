@@ -28,7 +28,7 @@ from ...llm.base import Request, RequestFailed
 from ...records import text_of
 from ...shards import Rows
 from ...templating import render
-from ..base import Batch, Stage
+from ..base import Batch, GlobalStage
 from ..common import LLMParams
 
 ANSWER = re.compile(r"\[\s*((?:[1-7]\s*,\s*)*[1-7])?\s*\]")
@@ -56,11 +56,10 @@ class BenchBuilderParams(LLMParams):
     max_tokens: int = 32
 
 
-class BenchBuilder(Stage):
+class BenchBuilder(GlobalStage):
     """Score prompts on BenchBuilder's 7 criteria with an LLM judge; keep hard prompts in good topics."""
 
     Params = BenchBuilderParams
-    kind = "global"
     uses_llm = True
     params: BenchBuilderParams
 

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import InputError, MissingDependency
 from ...records import text_of
-from ..base import Batch, Stage, StageParams
+from ..base import Batch, MapStage, StageParams
 from .conditions import Condition
 
 
@@ -43,7 +43,7 @@ class FilterParams(StageParams):
     )
 
 
-class Filter(Stage):
+class Filter(MapStage):
     """Keep rows where every condition on their columns holds (no code is evaluated).
 
     `where:` is a list; a row is kept only when all its conditions hold (AND). The first condition a
@@ -75,7 +75,6 @@ class Filter(Stage):
           where: [{column: representative_id, "null": false}, {column: repeat_count, le: 2}]
     """
 
-    kind = "map"
     columnar = True
     Params = FilterParams
     params: FilterParams
@@ -144,10 +143,9 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-class Length(Stage):
+class Length(MapStage):
     """Drop rows whose text is too short or too long, in characters and/or tokens."""
 
-    kind = "map"
     columnar = True
     Params = LengthParams
     params: LengthParams
@@ -237,10 +235,9 @@ class RegexParams(StageParams):
         return self
 
 
-class Regex(Stage):
+class Regex(MapStage):
     """Drop rows matching regular expressions or blocklisted words (or keep only those)."""
 
-    kind = "map"
     columnar = True
     Params = RegexParams
     params: RegexParams

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ...errors import MissingDependency
 from ...records import text_of
-from ..base import Batch, Row, Stage, StageParams
+from ..base import Batch, MapStage, Row, StageParams
 
 
 class LanguageParams(StageParams):
@@ -55,10 +55,9 @@ def detect(texts: list[str], languages: tuple[str, ...] | None = None, min_confi
     return codes
 
 
-class Language(Stage):
+class Language(MapStage):
     """Detect each row's language (lingua) into a column; optionally keep only some languages."""
 
-    kind = "map"
     Params = LanguageParams
     params: LanguageParams
 

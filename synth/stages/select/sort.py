@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from ...shards import Rows, Selection
-from ..base import Batch, Stage, StageParams
+from ..base import Batch, GlobalStage, StageParams
 
 
 class SortParams(StageParams):
@@ -31,11 +31,10 @@ def _length(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.utf8_length(column.cast(pa.string()))
 
 
-class Sort(Stage):
+class Sort(GlobalStage):
     """Sort rows by a column's value or length (stable); optionally keep the top n."""
 
     Params = SortParams
-    kind = "global"
     params: SortParams
 
     @classmethod

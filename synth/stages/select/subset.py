@@ -7,18 +7,17 @@ from pydantic import Field, model_validator
 
 from ...seeds import derive_seed
 from ...shards import Rows, Selection
-from ..base import Batch, Stage, StageParams
+from ..base import Batch, GlobalStage, StageParams
 
 
 class LimitParams(StageParams):
     n: int = Field(ge=0, description="keep the first n rows")
 
 
-class Limit(Stage):
+class Limit(GlobalStage):
     """Keep the first n rows (in source order)."""
 
     Params = LimitParams
-    kind = "global"
     params: LimitParams
 
     async def process_all(self, rows: Rows, batch: Batch) -> Selection:
@@ -41,11 +40,10 @@ class SampleParams(StageParams):
         return self
 
 
-class Sample(Stage):
+class Sample(GlobalStage):
     """Keep a random sample of rows, drawn from the pipeline seed (the same rows every run)."""
 
     Params = SampleParams
-    kind = "global"
     params: SampleParams
 
     async def process_all(self, rows: Rows, batch: Batch) -> Selection:

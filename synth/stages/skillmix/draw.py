@@ -25,7 +25,7 @@ from ...inputs import data_path
 from ...seeds import derive_seed
 from ...shards import Rows
 from ...skillfiles import QueryType, read_queries, read_skills
-from ..base import Batch, CheckEnv, Stage, StageParams
+from ..base import Batch, CheckEnv, GlobalStage, StageParams
 from ..common import add_provenance
 
 if TYPE_CHECKING:
@@ -81,11 +81,10 @@ def draw(
     return list(zip(combos, tiled[:count], strict=True))
 
 
-class SkillDraw(Stage):
+class SkillDraw(GlobalStage):
     """Draw k random skills and a query type per example (Instruct-SkillMix); replaces the rows."""
 
     Params = SkillDrawParams
-    kind = "global"
     params: SkillDrawParams
 
     @classmethod

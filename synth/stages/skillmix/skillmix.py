@@ -39,7 +39,7 @@ from pydantic import Field
 
 from ...llm.base import Request, RequestFailed, Sampling
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .parse import PREFILL, draft_pair, final_pair, instruction_of, skill_names, turn_variables
 from .shirkers import shirk
@@ -71,10 +71,9 @@ class SkillmixParams(LLMParams):
     max_tokens: int = 4096
 
 
-class Skillmix(Stage):
+class Skillmix(MapStage):
     """Generate an instruction and response exhibiting the row's skills (Instruct-SkillMix)."""
 
-    kind = "map"
     Params = SkillmixParams
     uses_llm = True
     params: SkillmixParams

@@ -29,7 +29,7 @@ from ...inputs import data_path
 from ...llm.base import Request, RequestFailed
 from ...skillfiles import read_queries, read_skills
 from ...templating import render
-from ..base import Batch, CheckEnv, Row, Stage
+from ..base import Batch, CheckEnv, Row, SourceStage
 from ..common import add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .extraction import ExtractParams, merge, open_tail, parse_query_list, parse_skill_list
 
@@ -52,11 +52,10 @@ class SkillsParams(ExtractParams):
     )
 
 
-class Skills(Stage):
+class Skills(SourceStage):
     """List the skills and query types of instruction following by prompting the model (Instruct-SkillMix SDA)."""
 
     Params = SkillsParams
-    kind = "source"
     uses_llm = True
     params: SkillsParams
 

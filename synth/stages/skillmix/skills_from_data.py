@@ -21,7 +21,7 @@ from pydantic import Field
 from ...llm.base import Request, RequestFailed
 from ...shards import Rows
 from ...templating import render
-from ..base import Batch, CheckEnv, Stage
+from ..base import Batch, CheckEnv, GlobalStage
 from ..common import add_provenance, auto_mode, check_template, retry_sampling, template_sha
 from .extraction import ExtractParams, merge, open_tail, parse_skill_list
 
@@ -37,11 +37,10 @@ class SkillsFromDataParams(ExtractParams):
     max_tokens: int = 128
 
 
-class SkillsFromData(Stage):
+class SkillsFromData(GlobalStage):
     """Name the skills each instruction needs and merge them into a skill list (Instruct-SkillMix SDD)."""
 
     Params = SkillsFromDataParams
-    kind = "global"
     uses_llm = True
     params: SkillsFromDataParams
 
