@@ -117,7 +117,6 @@ class Stage:
     Params: ClassVar[type[StageParams]] = StageParams
     kind: ClassVar[Literal["source", "map", "global"]]  # declared by every stage: no default
     columnar: ClassVar[bool] = False  # a map stage that works on batch.table (see the module docstring)
-    uses_llm: ClassVar[bool] = False  # whether params carry a `backend` that must exist
 
     def __init__(self, params: StageParams, ctx: StageContext):
         self.params = params
@@ -148,10 +147,10 @@ class Stage:
     @classmethod
     def backend_names(cls, params: StageParams) -> list[str]:
         """The backends this stage calls, each handed to it in ctx.llms and covered by its
-        fingerprint: `backend:` for an LLM stage; stages with several (a judge and a reference,
-        strong and weak models) list them all."""
+        fingerprint: its `backend:` when its params have one (LLMParams do); stages with several
+        (a judge and a reference, strong and weak models) list them all."""
         name = getattr(params, "backend", None)
-        return [name] if cls.uses_llm and isinstance(name, str) else []
+        return [name] if isinstance(name, str) else []
 
     @classmethod
     def check(cls, params: StageParams, env: CheckEnv) -> list[tuple[tuple, str]]:

@@ -66,7 +66,6 @@ class Aggregate(MapStage):
     """Synthesize one answer from several candidates with an aggregator model (MoA, Self-MoA)."""
 
     Params = AggregateParams
-    uses_llm = True
     params: AggregateParams
 
     @classmethod

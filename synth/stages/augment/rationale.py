@@ -126,7 +126,6 @@ class Rationale(MapStage):
     """Explain why each pair's chosen response beats the rejected one (general or specific rationales)."""
 
     Params = RationaleParams
-    uses_llm = True
     params: RationaleParams
 
     @classmethod

@@ -108,7 +108,6 @@ class Directions(MapStage):
     """Responses at the directions around a target preference direction (RPS over a DPA model)."""
 
     Params = DirectionsParams
-    uses_llm = True
     params: DirectionsParams
 
     @classmethod

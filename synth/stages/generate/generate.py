@@ -37,7 +37,6 @@ class Generate(MapStage):
     """Ask the LLM once per row (a prompt template or prompt column) and store the answer."""
 
     Params = GenerateParams
-    uses_llm = True
     params: GenerateParams
 
     @classmethod

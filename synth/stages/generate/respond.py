@@ -38,7 +38,6 @@ class Respond(MapStage):
     """Answer each instruction with the model (chat template, or a few-shot template for base models)."""
 
     Params = RespondParams
-    uses_llm = True
     params: RespondParams
 
     @classmethod

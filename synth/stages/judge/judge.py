@@ -102,7 +102,6 @@ class Judge(MapStage):
     """Score responses on a rubric (UltraFeedback) or compare two of them (WildBench) with an LLM judge."""
 
     Params = JudgeParams
-    uses_llm = True
     params: JudgeParams
 
     @classmethod

@@ -71,7 +71,6 @@ class Followup(MapStage):
     """Add a follow-up turn to Magpie conversations (instruction_N and response_N)."""
 
     Params = FollowupParams
-    uses_llm = True
     params: FollowupParams
 
     @classmethod

@@ -64,7 +64,6 @@ class Magpie(SourceStage):
     """Generate user instructions from an aligned model's pre-query template (Magpie)."""
 
     Params = MagpieParams
-    uses_llm = True
     params: MagpieParams
 
     @classmethod

@@ -93,7 +93,6 @@ class Tag(MapStage):
     """Tag instructions with an LLM judge: difficulty, input quality, task category (Magpie)."""
 
     Params = TagParams
-    uses_llm = True
     params: TagParams
 
     @classmethod

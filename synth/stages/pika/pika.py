@@ -92,7 +92,6 @@ class Pika(MapStage):
     """Write one expert-level, knowledge-intensive instruction per persona (PiKa)."""
 
     Params = PikaParams
-    uses_llm = True
     params: PikaParams
 
     @classmethod

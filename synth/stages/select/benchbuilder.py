@@ -60,7 +60,6 @@ class BenchBuilder(GlobalStage):
     """Score prompts on BenchBuilder's 7 criteria with an LLM judge; keep hard prompts in good topics."""
 
     Params = BenchBuilderParams
-    uses_llm = True
     params: BenchBuilderParams
 
     @classmethod

@@ -75,7 +75,6 @@ class Skillmix(MapStage):
     """Generate an instruction and response exhibiting the row's skills (Instruct-SkillMix)."""
 
     Params = SkillmixParams
-    uses_llm = True
     params: SkillmixParams
 
     @classmethod

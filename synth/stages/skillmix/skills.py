@@ -56,7 +56,6 @@ class Skills(SourceStage):
     """List the skills and query types of instruction following by prompting the model (Instruct-SkillMix SDA)."""
 
     Params = SkillsParams
-    uses_llm = True
     params: SkillsParams
 
     @classmethod

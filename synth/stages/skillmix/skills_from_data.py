@@ -41,7 +41,6 @@ class SkillsFromData(GlobalStage):
     """Name the skills each instruction needs and merge them into a skill list (Instruct-SkillMix SDD)."""
 
     Params = SkillsFromDataParams
-    uses_llm = True
     params: SkillsFromDataParams
 
     @classmethod
