@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .progress import Progress, RunResult
-from .store import events_text, stage_events
+from .store import RunStore, events_text, stage_events
 
 console = Console(stderr=True)
 
@@ -148,7 +148,15 @@ def stage_table(stages: list[dict], title: str | None = None) -> Group:
 def print_summary(result: RunResult) -> None:
     console.print(stage_table(result.manifest["stages"], title="Run summary"))
     session = result.manifest["sessions"][-1]
+    if session.get("removed_stages"):
+        removed = ", ".join(session["removed_stages"])
+        console.print(f"removed the folders of stages this pipeline no longer has: {escape(removed)}")
+    failed = sum(sum((s.get("failed") or {}).values()) for s in result.manifest["stages"])
+    kept = ""
+    if failed:  # a plain re-run of a complete run keeps them: say how to retry them
+        again = RunStore(result.root).resume_hint(result.manifest)
+        kept = f"; {failed:,} row(s) failed and are left out: retry them with '{escape(again)} --retry-failed'"
     console.print(
         f"[green]done:[/] {result.output_rows:,} rows in {result.root / 'output'} "
-        f"({session['seconds']:,.1f} s this session)"
+        f"({session['seconds']:,.1f} s this session){kept}"
     )

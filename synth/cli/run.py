@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError
 from .common import apply_trust, friendly, output_folder, trust_options
+
+
+def _on_sigterm(signum, frame) -> None:
+    """What Ctrl-C would do now: asyncio's handler cancels the run, which then writes its manifest
+    (`interrupted`) and stops; before or after the event loop, a KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    (handler if callable(handler) else signal.default_int_handler)(signal.SIGINT, frame)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (`kill`, a job scheduler, a container stopping) stops a run as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command()
@@ -91,16 +114,17 @@ def run(
         from ..console import ConsoleProgress
 
         progress = ConsoleProgress()
-    result = run_pipeline(
-        pipeline,
-        root,
-        overwrite=not resume,
-        limit=limit,
-        progress=progress,
-        retry_failed=retry_failed,
-        executor=executor,
-        address=address,
-    )
+    with sigterm_as_ctrl_c():
+        result = run_pipeline(
+            pipeline,
+            root,
+            overwrite=not resume,
+            limit=limit,
+            progress=progress,
+            retry_failed=retry_failed,
+            executor=executor,
+            address=address,
+        )
     from ..console import print_summary
 
     print_summary(result)
