@@ -22,6 +22,7 @@ from synth import BackendError, RunError, load_pipeline, read_output, run_pipeli
 from synth.cli import main
 from synth.llm.openai import OpenAIBackend
 from synth.llm.specs import OpenAISpec
+from synth.testing import free_port
 
 from .conftest import REPO
 from .test_hardening import _cached, _generate_pipeline, run_with_file_size_limit
@@ -215,3 +216,95 @@ def test_a_timeout_leaves_no_task_exception_behind(proxy, caplog):
         complete(OpenAIBackend(spec), [f"{QUESTION} {i}" for i in range(40)])
     gc.collect()  # the tasks that failed after the first: each was logged with a traceback
     assert "never retrieved" not in caplog.text
+
+
+# ---- reasons that name the real cause ----
+
+
+def test_a_line_longer_than_the_validate_peek_is_valid_and_one_past_the_limit_names_it(write, tmp_path, monkeypatch):
+    # One JSONL line of 1.5 MB: past what validate reads of a file (1 MB), well under the limit.
+    data = write("in.jsonl", json.dumps({"instruction": "x" * 1_500_000}) + "\n" + '{"instruction": "short"}\n')
+    write("t.jinja", "{{ instruction[:10] }}")
+    path = write(
+        "p.yaml",
+        "stages:\n  - stage: load\n    path: in.jsonl\n  - stage: template\n    template: t.jinja\n    output: p\n",
+    )
+    runner = CliRunner()
+    result = runner.invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["run", str(path), "-o", str(tmp_path / "run"), "-q"]).exit_code == 0
+    assert read_output(tmp_path / "run").column("p").to_pylist() == ["x" * 10, "short"]
+
+    monkeypatch.setenv("SYNTH_MAX_LINE_MB", "1")
+    result = runner.invoke(main, ["run", str(path), "-o", str(tmp_path / "run2"), "-q"])
+    assert result.exit_code == 1
+    assert f"error: {data}:1: the line is longer than the limit of 1 MB" in result.output
+    assert "raise the limit with SYNTH_MAX_LINE_MB=2" in result.output
+
+
+def test_a_csv_quote_left_open_is_an_error_naming_its_line(write, tmp_path):
+    data = write("in.csv", 'a,b\n1,"fine, quoted"\n2,"multi\nline"\n3,"never closed\n4,x\n5,y\n')
+    path = write("p.yaml", "stages:\n  - stage: load\n    path: in.csv\n")
+    result = CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # found by the checks before a run
+    assert f"stages[0].path: {data}:5: a quoted field opened in this row is never closed" in result.output
+    data.write_text('a,b\n1,"fine, quoted"\n2,"multi\nline"\n')  # a closed multi-line field still loads
+    assert CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "run2"), "-q"]).exit_code == 0
+    assert read_output(tmp_path / "run2").column("b").to_pylist() == ["fine, quoted", "multi\nline"]
+
+
+# ---- a dead server is never silence ----
+
+
+def test_a_dead_server_is_told_at_once_even_with_q(write, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    path = _generate_pipeline(write, dead)
+    path.write_text(path.read_text().replace("max_retries: 1, ", ""))  # retry_seconds: 5 decides
+    command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(tmp_path / "run"), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    lines = [(time.monotonic(), line) for line in proc.stderr]  # as they come
+    assert proc.wait(timeout=60) == 1
+    error = next(i for i, (_, line) in enumerate(lines) if line.startswith("error:"))
+    assert lines[error][0] - lines[0][0] > 3  # told when the retries began, not when they ended
+    told = " ".join(line.strip() for _, line in lines[:error])  # rich wraps at 80 columns here
+    port = dead.split(":")[2].split("/")[0]
+    assert told.startswith(f"waiting for server: {dead}/completions: Cannot connect to host 127.0.0.1:{port} ")
+    assert "(Connection refused); " in told
+    assert "synth keeps retrying for up to 5 s (retry_seconds), then stops" in told
+    assert "no answer from" in lines[error][1] and "Traceback" not in "".join(line for _, line in lines)
+
+    # The progress bars say it too, until the server answers again.
+    from synth.console import ConsoleProgress, _Rate
+
+    progress = ConsoleProgress()
+    progress.start(load_pipeline(path).stages)
+    task = progress.bar.tasks[progress.tasks["generate"]]
+    progress.trouble("cannot connect")
+    assert "waiting for server" in _Rate().render(task).plain
+    progress.trouble(None)
+    assert "waiting for server" not in _Rate().render(task).plain
+    progress.stop()
+
+
+def test_validate_warns_when_the_first_row_renders_an_empty_prompt(write):
+    write("q.jinja", "{% if topic %}Questions about {{ topic }}:{% endif %}")
+    path = write(
+        "p.yaml",
+        """
+        backends:
+          default: {type: openai, model: m, base_url: "http://127.0.0.1:9/v1"}
+        stages:
+          - stage: load
+            rows: [{topic: ""}, {topic: trees}]
+          - stage: generate
+            template: q.jinja
+            output: question
+    """,
+    )
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {path}:7: stages[1].template: template 'q.jinja' renders an empty prompt" in result.output
+    write("q.jinja", "Questions about {{ topic }}:")
+    assert "warning" not in CliRunner().invoke(main, ["validate", str(path)]).output

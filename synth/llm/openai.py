@@ -291,6 +291,40 @@ class OpenAIBackend:
         self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
         self._probe = asyncio.Lock()
         self._schema_rung = {"chat": 0, "complete": 0}  # where each kind stands on its SCHEMA_LADDERS
+        # Told when requests start failing (a line for the user) and when answers come back (None):
+        # the runner shows it, so a dead server is never minutes of silence.
+        self.on_trouble: Callable[[str | None], None] | None = None
+        self._troubled = False
+
+    def _failure(self, exc: BaseException) -> str:
+        """What went wrong with one attempt, in words."""
+        import aiohttp
+
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no answer within the backend's timeout ({self.spec.timeout:g} s)"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            error = exc.os_error
+            return (
+                f"Cannot connect to host {exc.host}:{exc.port} ({os.strerror(error.errno) if error.errno else error})"
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return "the server closed the connection without an answer"
+        if isinstance(exc, _Retryable):
+            return str(exc)
+        return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+    def _patience(self) -> str:
+        retries = self.spec.max_retries
+        most = f", at most {retries} retries" if retries is not None else ""
+        return (
+            f"synth keeps retrying for up to {self.spec.retry_seconds:g} s (retry_seconds{most}), then stops; "
+            "the same command resumes it"
+        )
+
+    def _tell(self, trouble: str | None) -> None:
+        """Say that the server stopped answering (a line), or answers again (None)."""
+        if self.on_trouble is not None:
+            self.on_trouble(trouble)
 
     def _pick(self) -> _Endpoint:
         now = time.monotonic()
@@ -368,12 +402,16 @@ class OpenAIBackend:
                     if problem is not None:
                         raise _Malformed(*problem)
                     endpoint.failures = 0
+                    if self._troubled:
+                        self._troubled = False
+                        self._tell(None)
                     return answer
                 except (aiohttp.ClientError, asyncio.TimeoutError, _Retryable) as exc:
                     malformed = exc if isinstance(exc, _Malformed) else None
-                    last = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
-                    if isinstance(exc, asyncio.TimeoutError):
-                        last = f"{url}: no answer within the backend's timeout ({self.spec.timeout:g} s)"
+                    last = f"{url}: {self._failure(exc)}"
+                    if not self._troubled:  # the first failure of an outage is told at once
+                        self._troubled = True
+                        self._tell(f"{last}; {self._patience()}")
                     retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
                     endpoint.failures += 1
                     # The URL cools down for longer the more it fails, so other URLs take the

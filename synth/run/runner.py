@@ -64,7 +64,10 @@ class Runner:
     # ---- set-up ----
     def _llm(self, name: str) -> LLM:
         if name not in self.llms:
-            self.llms[name] = LLM(name, make_backend(self.pipeline.backends[name]), self.cache)
+            backend = make_backend(self.pipeline.backends[name])
+            if hasattr(backend, "on_trouble"):  # HTTP backends say when their server stops answering
+                backend.on_trouble = self.progress.trouble
+            self.llms[name] = LLM(name, backend, self.cache)
         return self.llms[name]
 
     async def _open_stages(self) -> None:
