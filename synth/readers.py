@@ -16,7 +16,7 @@ import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +43,8 @@ def max_line() -> int:
 
 
 MAX_FOLDER_ENTRIES = 100_000
+# Files a folder input must hold some of: data files, or a saved dataset's (.arrow, dataset_info.json).
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".gz", ".zst")
 
 
 def detect_format(path: Path) -> str:
@@ -92,8 +94,9 @@ def _folder_problem(folder: Path, fmt: str, base_dir: Path) -> str | None:
     """pyarrow and datasets open what they find in a folder: each entry must be a regular file or a
     folder, each link must stay where the pipeline may read, and a saved dataset's state.json may
     name only files beside it."""
-    entries = 0
+    entries, data = 0, False
     for dirpath, dirnames, filenames in os.walk(folder):
+        data = data or any(name.lower().endswith(DATA_SUFFIXES) for name in filenames)
         for name in dirnames + filenames:
             entries += 1
             if entries > MAX_FOLDER_ENTRIES:
@@ -109,6 +112,12 @@ def _folder_problem(folder: Path, fmt: str, base_dir: Path) -> str | None:
         return f"{folder} is an empty folder; put the data files in it, or point path: at a file"
     if fmt == "parquet" and not _parquet_files(folder):
         return f"{folder} holds no .parquet files"
+    if not data:  # datasets would read notes.txt as rows of a `text` column, and every row fail
+        shown = ", ".join(sorted(p.name for p in islice(folder.iterdir(), 4)))
+        return (
+            f"{folder} holds no data files (it has: {shown}); point path: at a .jsonl, .json, .csv or .parquet "
+            "file, or a folder of them or of a saved Hugging Face dataset"
+        )
     return None
 
 

@@ -100,6 +100,13 @@ def test_a_failed_run_leaves_the_previous_output_in_place(write, tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["output"]["rows"] == 12
 
+    # The input path became a folder of notes: refused before anything runs, not 12 failed rows.
+    data.unlink()
+    write("in.csv/notes.txt", "remember to buy milk\n")
+    result = runner.invoke(main, ["run", str(path), "-o", str(run_dir), "-q"])
+    assert result.exit_code == 2 and "in.csv holds no data files (it has: notes.txt)" in result.output
+    assert read_output(run_dir).num_rows == 12
+
 
 # ---- an empty prompt is never sent ----
 

@@ -128,7 +128,7 @@ class RunDirectory:
         leave its stage folders beside the new ones, so it is refused, saying what is there."""
         name, path = previous.get("name"), previous.get("pipeline_file")
         if name == self.pipeline.name:
-            if path == str(self.pipeline.path) or self._shares_a_stage():
+            if path == str(self.pipeline.path) or self._shares_a_stage(previous):
                 return
             why = f"made by {path}, which shares no stage with {self.pipeline.path}"
         else:
@@ -142,9 +142,9 @@ class RunDirectory:
             "--overwrite to delete that run and start this one there"
         )
 
-    def _shares_a_stage(self) -> bool:
+    def _shares_a_stage(self, previous: dict) -> bool:
         """Whether a stage folder of the run holds a stage of this pipeline, unchanged."""
-        known = dict(self.store.read_manifest().get("input_digests") or {})
+        known = dict(previous.get("input_digests") or {})
         mine = {digest([fp, self.limit]) for fp in self.pipeline.stage_fingerprints(known)}
         for meta in (self.store.root / "stages").glob("*/.synth/stage.json"):
             try:
