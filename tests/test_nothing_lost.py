@@ -315,3 +315,17 @@ def test_validate_warns_when_the_first_row_renders_an_empty_prompt(write):
     assert f"warning: {path}:7: stages[1].template: template 'q.jinja' renders an empty prompt" in result.output
     write("q.jinja", "Questions about {{ topic }}:")
     assert "warning" not in CliRunner().invoke(main, ["validate", str(path)]).output
+
+
+def test_a_server_that_fails_now_and_then_is_told_once_a_minute(proxy):
+    from .test_openai_backend import QUESTION, complete
+
+    told: list[str | None] = []
+    backend = OpenAIBackend(OpenAISpec(model="gemma", base_url=proxy.url), backoff_base=0.05, backoff_cap=0.1)
+    backend.on_trouble = told.append
+    for _ in range(3):  # three short outages, each of one 503
+        proxy.fail_next(1, status=503)
+        (result,) = complete(backend, [QUESTION])
+        assert result[0].text
+    assert len(told) == 2 and told[1] is None
+    assert told[0] is not None and told[0].startswith(f"{proxy.url}/completions: HTTP 503: injected by FaultProxy")

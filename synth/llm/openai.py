@@ -36,6 +36,7 @@ from .templates import ChatTemplate
 RETRY_STATUS = {408, 409, 429}
 FATAL_STATUS = frozenset({401, 403, 404})  # a wrong key, model or URL: no row can succeed
 BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.5, 30.0, 60.0
+TELL_EVERY = 60.0  # seconds between two "waiting for server" lines
 
 
 @dataclass
@@ -294,7 +295,9 @@ class OpenAIBackend:
         # Told when requests start failing (a line for the user) and when answers come back (None):
         # the runner shows it, so a dead server is never minutes of silence.
         self.on_trouble: Callable[[str | None], None] | None = None
-        self._troubled = False
+        self._troubled = False  # requests fail and no answer came since
+        self._told_at: float | None = None  # when the last outage was told (a flapping server: once a minute)
+        self._told_open = False  # an outage was told and its end not yet
 
     def _failure(self, exc: BaseException) -> str:
         """What went wrong with one attempt, in words."""
@@ -322,7 +325,17 @@ class OpenAIBackend:
         )
 
     def _tell(self, trouble: str | None) -> None:
-        """Say that the server stopped answering (a line), or answers again (None)."""
+        """Say that the server stopped answering (a line), or answers again (None): an outage at
+        once, then at most one a minute (a server that fails now and then is not a new story)."""
+        if trouble is not None:
+            now = time.monotonic()
+            if self._told_at is not None and now - self._told_at < TELL_EVERY:
+                return
+            self._told_at, self._told_open = now, True
+        elif not self._told_open:
+            return
+        else:
+            self._told_open = False
         if self.on_trouble is not None:
             self.on_trouble(trouble)
 
