@@ -127,7 +127,7 @@ class RunDirectory:
         same file or at least one stage still valid. Anything else would replace its output and
         leave its stage folders beside the new ones, so it is refused, saying what is there."""
         name, path = previous.get("name"), previous.get("pipeline_file")
-        if name == self.pipeline.name:
+        if name in (None, self.pipeline.name):  # (a manifest without a name: judged by its stages)
             if path == str(self.pipeline.path) or self._shares_a_stage(previous):
                 return
             why = f"made by {path}, which shares no stage with {self.pipeline.path}"
