@@ -93,6 +93,14 @@ class _LoopThread:
 
     def __exit__(self, *exc) -> None:
         self.stop_listening()
+
+        async def cancel_handlers():  # connections still being answered (a delay), ended cleanly
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        self._call(cancel_handlers())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
