@@ -134,6 +134,11 @@ def test_an_empty_prompt_fails_its_row_naming_the_template_and_is_never_sent(pro
         run_pipeline(load_pipeline(path), tmp_path / "run2")
     assert proxy.forwarded == 1
     assert "the prompt is empty: nothing was sent" in _dropped(tmp_path / "run2")[0]["detail"]
+    path.write_text(path.read_text().replace("prompt_column: topic", "prompt_column: topic\n    mode: chat"))
+    with pytest.raises(RunError, match=r"request_failed:empty_prompt: 3"):  # a chat turn without content
+        run_pipeline(load_pipeline(path), tmp_path / "run3")
+    assert proxy.forwarded == 1
+    assert "the messages have no content" in _dropped(tmp_path / "run3")[0]["detail"]
 
 
 # ---- a malformed 200 is a transient fault ----
