@@ -10,6 +10,8 @@ Schema changes go through the named migrations below (`PRAGMA user_version` coun
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 import threading
@@ -50,10 +52,22 @@ class RequestCache:
         # the next batch's requests. In WAL mode a reader never waits for the writer, so the
         # loop never blocks behind a commit (one shared connection made it wait on its lock).
         self._lock = threading.Lock()
-        self._db = self._connect()
-        self._migrate()
+        with self._disk():
+            self._db = self._connect()
+            self._migrate()
+            self._reader = self._connect()
         self._read_lock = threading.Lock()
-        self._reader = self._connect()
+
+    @contextlib.contextmanager
+    def _disk(self):
+        """SQLite's failures to write (a full disk, an I/O error, a read-only folder) as the OSError
+        they are, naming the file, so the run ends with one line saying what to free or fix."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            code = errno.ENOSPC if "full" in text else errno.EROFS if "readonly" in text else errno.EIO
+            raise OSError(code, f"cannot write the request cache: {text}", str(self.path)) from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -95,14 +109,15 @@ class RequestCache:
         rows = [
             (key, kind, model, _dumps(request), _dumps(response)) for key, kind, model, request, response in entries
         ]
-        with self._lock:
+        with self._lock, self._disk():
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def __bool__(self) -> bool:
         return True  # a cache is there even when empty (and len() counts every row: never for truth)

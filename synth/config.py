@@ -261,6 +261,13 @@ def _find_preset(name: str, base_dir: Path) -> Path | None:
     return None
 
 
+def _preset_label(stage: dict) -> str | None:
+    """A preset stage's label, or None when its `name:` or `stage:` is not text (the stage's own
+    validation then reports that at the preset's file and line)."""
+    label = stage.get("name") or stage.get("stage")
+    return label if isinstance(label, str) else None
+
+
 def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Problem]) -> list[tuple]:
     """Replace `{include: preset, with: {label: {param: value}}}` entries by the preset's stages;
     `with: {label: false}` leaves that stage out.
@@ -316,7 +323,7 @@ def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Pro
                 )
             )
             overrides = {}
-        labels = [s.get("name") or s.get("stage") for s in stages if isinstance(s, dict)]
+        labels = [_preset_label(s) for s in stages if isinstance(s, dict)]
         for label in overrides:
             if label not in labels:
                 problems.append(
@@ -325,13 +332,13 @@ def _expand_includes(raw: list, doc: YamlDoc, base_dir: Path, problems: list[Pro
                         doc.line_of((*where, "with", label)),
                         format_path((*where, "with", label)),
                         f"preset '{entry['include']}' has no stage labelled '{label}' "
-                        f"(it has: {', '.join(map(str, labels))})",
+                        f"(it has: {', '.join(x for x in labels if x) or 'no stage with a valid name'})",
                     )
                 )
         for j, stage in enumerate(stages):
             if isinstance(stage, dict):
-                label = stage.get("name") or stage.get("stage")
-                change = overrides.get(label)
+                label = _preset_label(stage)
+                change = overrides.get(label) if label is not None else None
                 if change is False:  # `with: {label: false}` leaves that stage out
                     continue
                 if change is not None and not isinstance(change, dict):

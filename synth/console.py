@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .progress import Progress, RunResult
-from .store import events_text, stage_events
+from .store import RunStore, events_text, stage_events
 
 console = Console(stderr=True)
 
@@ -26,6 +26,8 @@ class _Rate(ProgressColumn):
         tok = f"  {tokens / elapsed:,.0f} tok/s" if tokens and elapsed else ""
         flight = task.fields.get("in_flight")
         busy = f"  {flight:,} in flight" if flight and not task.finished else ""
+        if task.fields.get("waiting") and not task.finished:
+            busy = "  waiting for server"
         return Text(f"{speed:,.1f} rows/s{tok}{busy}", style="cyan")
 
 
@@ -48,7 +50,11 @@ class _Eta(ProgressColumn):
 
 
 class ConsoleProgress(Progress):
-    def __init__(self):
+    """Progress bars and notes on the terminal; with bars=False (`-q`) only the notes, and the
+    line that says a server stopped answering."""
+
+    def __init__(self, bars: bool = True):
+        self.bars = bars
         self.bar = RichBar(
             SpinnerColumn(),
             TextColumn("{task.description:<22}"),
@@ -63,11 +69,15 @@ class ConsoleProgress(Progress):
         self.tasks: dict[str, int] = {}
 
     def start(self, stages, total: int | None = None) -> None:
+        if not self.bars:
+            return
         for spec in stages:
             self.tasks[spec.label] = self.bar.add_task(f"{spec.index:02d} {spec.label}", total=total, tokens=0)
         self.bar.start()
 
     def advance(self, label: str, rows: int, tokens: int = 0, in_flight: int | None = None) -> None:
+        if label not in self.tasks:
+            return
         task = self.tasks[label]
         fields = self.bar.tasks[task].fields
         update = {"tokens": fields.get("tokens", 0) + tokens}
@@ -76,10 +86,19 @@ class ConsoleProgress(Progress):
         self.bar.update(task, advance=rows, **update)
 
     def note(self, message: str) -> None:
-        console.print(f"[yellow]note:[/] {message}")
+        console.print(f"[yellow]note:[/] {escape(message)}")
+
+    def trouble(self, message: str | None) -> None:
+        if message is not None:
+            console.print(f"[yellow]waiting for server:[/] {escape(message)}")
+        else:
+            console.print("[green]note:[/] the server answers again")
+        for task in self.tasks.values():
+            self.bar.update(task, waiting=message is not None)
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.bars:
+            self.bar.stop()
 
 
 def _n(value: float) -> str:
@@ -148,7 +167,15 @@ def stage_table(stages: list[dict], title: str | None = None) -> Group:
 def print_summary(result: RunResult) -> None:
     console.print(stage_table(result.manifest["stages"], title="Run summary"))
     session = result.manifest["sessions"][-1]
+    if session.get("removed_stages"):
+        removed = ", ".join(session["removed_stages"])
+        console.print(f"removed the folders of stages this pipeline no longer has: {escape(removed)}")
+    failed = sum(sum((s.get("failed") or {}).values()) for s in result.manifest["stages"])
+    kept = ""
+    if failed:  # a plain re-run of a complete run keeps them: say how to retry them
+        again = RunStore(result.root).resume_hint(result.manifest)
+        kept = f"; {failed:,} row(s) failed and are left out: retry them with '{escape(again)} --retry-failed'"
     console.print(
         f"[green]done:[/] {result.output_rows:,} rows in {result.root / 'output'} "
-        f"({session['seconds']:,.1f} s this session)"
+        f"({session['seconds']:,.1f} s this session){kept}"
     )

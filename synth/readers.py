@@ -16,7 +16,7 @@ import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,8 +29,22 @@ FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 FOLDER_FORMATS = ("parquet", "hf")
 RESERVED = "provenance"  # each generated row's record of the stages that made it (stages/common.py)
 PEEK_BYTES = 2**20  # what `synth validate` reads of an input file
-MAX_LINE = 64 * 2**20  # one JSONL line or CSV row
+MAX_LINE = 64 * 2**20  # one JSONL line or CSV row, unless SYNTH_MAX_LINE_MB says otherwise
+MAX_LINE_ENV = "SYNTH_MAX_LINE_MB"
+_END = "\ue000synth: end of the file\ue000"  # fed to the CSV reader after the last line (_iter_csv)
+
+
+def max_line() -> int:
+    """The longest JSONL line or CSV row read, in bytes: 64 MB, or $SYNTH_MAX_LINE_MB."""
+    try:
+        return max(int(float(os.environ.get(MAX_LINE_ENV, "")) * 2**20), 1)
+    except ValueError:
+        return MAX_LINE
+
+
 MAX_FOLDER_ENTRIES = 100_000
+# Files a folder input must hold some of: data files, or a saved dataset's (.arrow, dataset_info.json).
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".gz", ".zst")
 
 
 def detect_format(path: Path) -> str:
@@ -80,8 +94,9 @@ def _folder_problem(folder: Path, fmt: str, base_dir: Path) -> str | None:
     """pyarrow and datasets open what they find in a folder: each entry must be a regular file or a
     folder, each link must stay where the pipeline may read, and a saved dataset's state.json may
     name only files beside it."""
-    entries = 0
+    entries, data = 0, False
     for dirpath, dirnames, filenames in os.walk(folder):
+        data = data or any(name.lower().endswith(DATA_SUFFIXES) for name in filenames)
         for name in dirnames + filenames:
             entries += 1
             if entries > MAX_FOLDER_ENTRIES:
@@ -97,6 +112,12 @@ def _folder_problem(folder: Path, fmt: str, base_dir: Path) -> str | None:
         return f"{folder} is an empty folder; put the data files in it, or point path: at a file"
     if fmt == "parquet" and not _parquet_files(folder):
         return f"{folder} holds no .parquet files"
+    if not data:  # datasets would read notes.txt as rows of a `text` column, and every row fail
+        shown = ", ".join(sorted(p.name for p in islice(folder.iterdir(), 4)))
+        return (
+            f"{folder} holds no data files (it has: {shown}); point path: at a .jsonl, .json, .csv or .parquet "
+            "file, or a folder of them or of a saved Hugging Face dataset"
+        )
     return None
 
 
@@ -158,8 +179,9 @@ class _Lines:
         self.cut = False
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
+        limit = max_line()
         for number in count(1):
-            cap = MAX_LINE if self.left is None else min(MAX_LINE, self.left)
+            cap = limit if self.left is None else min(limit, self.left)
             raw = self.fh.readline(cap + 1)
             if not raw:
                 return
@@ -167,7 +189,10 @@ class _Lines:
                 if self.left is not None:
                     self.cut = True
                     return
-                raise InputError(f"{self.path}:{number}: the line is longer than {MAX_LINE // 2**20} MB; split it")
+                raise InputError(
+                    f"{self.path}:{number}: the line is longer than the limit of {limit / 2**20:g} MB for one JSONL "
+                    f"line or CSV row; split it, or raise the limit with {MAX_LINE_ENV}={2 * limit // 2**20 or 1}"
+                )
             if self.left is not None:
                 self.left -= len(raw)
             try:
@@ -224,22 +249,43 @@ def _iter_json(path: Path, peek: bool = False) -> Iterator[Row]:
 def _iter_csv(path: Path, peek: bool = False) -> Iterator[Row]:
     """Rows keyed by the header. A row with more or fewer fields than the header is an error
     (csv.DictReader would file the extras under None, or fill in None)."""
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))  # long text fields are normal
+    csv.field_size_limit(max(csv.field_size_limit(), max_line()))  # long text fields are normal
     with _reading(path), _open(path) as fh:
         lines = _Lines(fh, path, peek)
-        reader = csv.reader(text for _, text in lines)
+
+        def texts() -> Iterator[str]:
+            yield from (text for _, text in lines)
+            if not lines.cut:  # a quote left open swallows this line: that is how it is found
+                yield _END + "\n"
+
+        reader = csv.reader(texts())
         try:
             header = next(reader, None)
+            header = None if header == [_END] else header  # an empty file
+            _check_unclosed(path, 1, header)
             _check_header(path, header)
             held: tuple[int, list[str]] | None = None
+            end = reader.line_num
             for record in reader:
+                start, end = end + 1, reader.line_num
+                if record == [_END]:
+                    break
+                _check_unclosed(path, start, record)
                 if held is not None:
                     yield _csv_row(path, header, *held)  # type: ignore[arg-type]
-                held = (reader.line_num, record) if record else None  # blank lines are skipped
+                held = (start, record) if record else None  # blank lines are skipped
             if held is not None and not lines.cut:  # a peek may have stopped inside the last row
                 yield _csv_row(path, header, *held)  # type: ignore[arg-type]
         except csv.Error as exc:
             raise InputError(f"{path}:{reader.line_num}: not valid CSV ({exc}); fix that line") from None
+
+
+def _check_unclosed(path: Path, line: int, record: list[str] | None) -> None:
+    if record and any(_END in field for field in record):
+        raise InputError(
+            f'{path}:{line}: a quoted field opened in this row is never closed (its " runs to the end of the file); '
+            'close it, or write a " inside a quoted field as ""'
+        )
 
 
 def _check_header(path: Path, header: list[str] | None) -> None:

@@ -39,6 +39,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     ),
     # Credentials in a URL: user:password@ and token@ alike.
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@"), r"\1" + REDACTED + "@"),
+    # ... and in its query string: ?key=..., &access_token=..., &sig=...
+    (
+        re.compile(
+            r"(?i)([?&][\w.-]*(?:key|token|secret|passw|pwd|auth|credential|signature)[\w.-]*=|[?&]sig=)[^&\s\"'<>#]+"
+        ),
+        r"\1" + REDACTED,
+    ),
 ]
 _SECRET_ENV = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 

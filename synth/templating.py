@@ -135,5 +135,16 @@ def template_variables(name: str, base_dir: Path) -> set[str]:
     return meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
 
 
-def render(name: str, base_dir: Path, **variables) -> str:
-    return environment(base_dir).get_template(name).render(**variables)
+def render(name: str, base_dir: Path, *, allow_empty: bool = False, **variables) -> str:
+    """Template `name` rendered with `variables`. A prompt that renders to nothing (or only
+    whitespace) is a TemplateError naming the template, which fails the row: an empty prompt would
+    otherwise be sent, and every row would get the answer to nothing. `allow_empty` is for texts
+    that may be empty (an optional system text, a condition)."""
+    text = environment(base_dir).get_template(name).render(**variables)
+    if not allow_empty and not text.strip():
+        names = ", ".join(sorted(k for k in variables if k != "row")[:5]) or "none"
+        raise jinja2.TemplateError(
+            f"template '{name}' rendered an empty prompt for this row (variables: {names}); nothing was sent to "
+            "a model: check the columns it uses and the conditions around its text"
+        )
+    return text

@@ -93,6 +93,14 @@ class _LoopThread:
 
     def __exit__(self, *exc) -> None:
         self.stop_listening()
+
+        async def cancel_handlers():  # connections still being answered (a delay), ended cleanly
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        self._call(cancel_handlers())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -104,6 +112,7 @@ class _Faults:
     fail: int = 0  # answer this many more requests with `status`
     empty: int = 0  # answer this many more requests 200 with no choices (or empty text)
     empty_text: bool = False
+    null_text: bool = False
     drop: int = 0  # cut this many more connections after reading the request
     retry_after: float | None = None
     delay: float = 0.0  # seconds before every answer (injected ones too)
@@ -133,10 +142,10 @@ class FaultProxy(_LoopThread):
         self.faults.status, self.faults.fail, self.faults.retry_after = status, count, retry_after
         self.faults.message = message
 
-    def empty_next(self, count: int, empty_text: bool = False) -> None:
+    def empty_next(self, count: int, empty_text: bool = False, null_text: bool = False) -> None:
         """Answer the next `count` requests 200 OK with `choices: []` (or, with empty_text, one
-        choice whose text is empty): a broken server's answers."""
-        self.faults.empty, self.faults.empty_text = count, empty_text
+        choice whose text is empty; with null_text, one whose text is null): a broken server's answers."""
+        self.faults.empty, self.faults.empty_text, self.faults.null_text = count, empty_text, null_text
 
     def drop_next(self, count: int) -> None:
         """Close the next `count` connections after reading the request, without an answer."""
@@ -196,8 +205,10 @@ class FaultProxy(_LoopThread):
         if faults.empty > 0:
             faults.empty -= 1
             self.injected += 1
-            choices = [{"index": 0, "text": "", "message": {"role": "assistant", "content": ""}}]
-            body = {"object": "text_completion", "choices": choices if faults.empty_text else [], "usage": {}}
+            text = None if faults.null_text else ""
+            choices = [{"index": 0, "text": text, "message": {"role": "assistant", "content": text}}]
+            shown = faults.empty_text or faults.null_text
+            body = {"object": "text_completion", "choices": choices if shown else [], "usage": {}}
             writer.write(_response(200, json.dumps(body).encode()))
             await writer.drain()
             return

@@ -85,3 +85,23 @@ def vllm_server(vllm_model_dir, tmp_path_factory):
     print(f"vLLM server ready in {srv.start_seconds:.0f} s")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_llama_server(tmp_path_factory):
+    """One real `python -m llama_cpp.server` for the modules that put a FaultProxy in front of it."""
+    pytest.importorskip("llama_cpp")
+    from .servers import LlamaCppServer
+
+    srv = LlamaCppServer(tmp_path_factory.mktemp("llama") / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(shared_llama_server):
+    """synth.testing.FaultProxy in front of the shared llama.cpp server, fresh for each test."""
+    from synth.testing import FaultProxy
+
+    with FaultProxy("127.0.0.1", shared_llama_server.port) as p:
+        yield p

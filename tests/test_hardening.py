@@ -24,7 +24,9 @@ from synth.llm.openai import OpenAIBackend
 from synth.llm.specs import OpenAISpec
 from synth.scrub import scrub, without_yaml_comments
 from synth.store import RunStore
-from synth.testing import FaultProxy, free_port
+from synth.testing import free_port
+
+from .conftest import REPO
 
 # ---- run directories ----
 
@@ -74,22 +76,6 @@ def test_run_refuses_a_folder_synth_did_not_make_and_overwrite_deletes_only_its_
 # ---- a real server behind a fault proxy ----
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("llama_cpp")
-    from .servers import LlamaCppServer
-
-    srv = LlamaCppServer(tmp_path_factory.mktemp("llama") / "server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def proxy(server):
-    with FaultProxy("127.0.0.1", server.port) as p:
-        yield p
-
-
 def _generate_pipeline(write, url: str, rows: int = 6, extra: str = "") -> str:
     topics = ", ".join(f"{{topic: {t}}}" for t in ["cooking", "space", "music", "trees", "boats", "maths"][:rows])
     write("q.jinja", "Questions people asked about {{ topic }}.\nQuestion: How do I boil an egg?\nQuestion:")
@@ -120,16 +106,18 @@ def _cached(run_dir) -> int:
 
 
 def test_answers_without_choices_are_never_cached_and_a_resume_retries_them(proxy, write, tmp_path):
+    # Issue 33 changed this: `choices: []` is retried like a 5xx; only when the retries run out
+    # (max_retries: 1, so 2 attempts per row) does the row fail.
     path = _generate_pipeline(write, proxy.url)
-    proxy.empty_next(4)  # 4 of 6 requests get `choices: []`, as from a broken server
-    with pytest.raises(RunError, match=r"failed on 4 of 6 rows .*request_failed:no_choices: 4"):
+    proxy.empty_next(1000)  # every request gets `choices: []`, as from a broken server
+    with pytest.raises(RunError, match=r"failed on 6 of 6 rows .*request_failed:no_choices: 6"):
         run_pipeline(load_pipeline(path), tmp_path / "run")
     assert RunStore(tmp_path / "run").read_manifest()["status"] == "failed"
-    assert _cached(tmp_path / "run") == 2
-    before = proxy.forwarded
+    assert _cached(tmp_path / "run") == 0 and proxy.injected == 12 and proxy.forwarded == 0
+    proxy.empty_next(0)
     result = run_pipeline(load_pipeline(path), tmp_path / "run")  # the server is healthy again
     assert result.output_rows == 6 and result.manifest["status"] == "complete"
-    assert proxy.forwarded - before == 4  # only the failed rows were asked again
+    assert proxy.forwarded == 6  # the failed rows were asked again
     assert _cached(tmp_path / "run") == 6
 
 
@@ -163,7 +151,7 @@ def test_keep_failed_keeps_them_and_a_complete_run_is_retried_only_when_asked(pr
     path = _generate_pipeline(write, proxy.url, extra="")
     text = path.read_text().replace("run: {batch_size: 3}", "run: {batch_size: 3, max_failure_rate: 1.0}")
     path.write_text(text)
-    proxy.empty_next(2)
+    proxy.fail_next(2, status=400)  # a 400 fails its row (a `choices: []` is retried since issue 33)
     assert run_pipeline(load_pipeline(path), tmp_path / "run").output_rows == 4  # completes, 2 failed
     before = proxy.forwarded
     assert run_pipeline(load_pipeline(path), tmp_path / "run").output_rows == 4  # complete: nothing retried
@@ -290,6 +278,19 @@ def test_columns_whose_type_changes_between_batches_are_one_line(write, tmp_path
         run_pipeline(load_pipeline(path), tmp_path / "run")
 
 
+def run_with_file_size_limit(limit: int, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """`synth ARGS` in a process that may write no file past `limit` bytes: Python ignores
+    SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk."""
+    code = (
+        "import resource, sys; from synth.cli import main; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.argv = sys.argv[1:]; main()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code, "synth", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
 def test_a_full_disk_is_one_line_and_the_run_resumes(write, tmp_path):
     import hashlib
 
@@ -299,18 +300,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(write, tmp_path):
     ]
     write("in.jsonl", "\n".join(lines) + "\n")
     path = write("p.yaml", "run: {batch_size: 100}\nstages:\n  - stage: load\n    path: in.jsonl\n")
-    code = (
-        "import resource, sys; from synth.cli import main; "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); sys.argv = sys.argv[1:]; main()"
-    )
-    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "synth", "run", str(path), "-o", str(tmp_path / "run"), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = run_with_file_size_limit(100_000, "run", str(path), "-o", str(tmp_path / "run"), "-q", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
     assert "File too large" in proc.stderr and "run the same command again" in proc.stderr
@@ -326,6 +316,8 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(write, tmp_path):
     [
         ('base_url: "http://bob:hunter22@127.0.0.1:9/v1"', "must not carry credentials"),
         ('base_url: "http://ghp_abcdefabcdefabcdefabcdef@127.0.0.1:9/v1"', "must not carry credentials"),
+        ('base_url: "http://127.0.0.1:9/v1?alt=json&key=hunter22"', r"credentials \(the query parameter 'key'\)"),
+        ('base_urls: ["http://127.0.0.1:9/v1", "http://127.0.0.1:8/v1?access_token=hunter22"]', "access_token"),
         ('base_url: "file:///etc/passwd"', "is not an http"),
         ('base_url: "http://127.0.0.1:9/v1", api_key_env: "A B"', "api_key_env"),
     ],
@@ -456,6 +448,7 @@ SECRETS = [
         *(f"the key is {s} ok" for s in SECRETS),
         "https://tok3nOnlyValue@github.com/org/repo",
         "http://alice:pa55word@proxy.local:8080",
+        "https://api.example.com/v1/models?alt=json&key=tok3nOnlyValue",
         '{"Authorization": "Bearer tok3nOnlyValue"}',
         "Authorization: Basic dG9rM25Pbmx5VmFsdWU=",
         "# password: tok3nOnlyValue",

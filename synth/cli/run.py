@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError
 from .common import apply_trust, friendly, output_folder, trust_options
+
+
+def _on_sigterm(signum, frame) -> None:
+    """What Ctrl-C would do now: asyncio's handler cancels the run, which then writes its manifest
+    (`interrupted`) and stops; before or after the event loop, a KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    (handler if callable(handler) else signal.default_int_handler)(signal.SIGINT, frame)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (`kill`, a job scheduler, a container stopping) stops a run as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command()
@@ -39,7 +62,7 @@ from .common import apply_trust, friendly, output_folder, trust_options
     "else RAY_ADDRESS",
 )
 @trust_options
-@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars (notes and errors are still shown)")
 @click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
 @friendly
 def run(
@@ -86,21 +109,20 @@ def run(
         from ..llm.local import silence_llama_logs
 
         silence_llama_logs()
-    progress = None
-    if not quiet:
-        from ..console import ConsoleProgress
+    from ..console import ConsoleProgress
 
-        progress = ConsoleProgress()
-    result = run_pipeline(
-        pipeline,
-        root,
-        overwrite=not resume,
-        limit=limit,
-        progress=progress,
-        retry_failed=retry_failed,
-        executor=executor,
-        address=address,
-    )
+    progress = ConsoleProgress(bars=not quiet)  # -q keeps the notes: a dead server is never silence
+    with sigterm_as_ctrl_c():
+        result = run_pipeline(
+            pipeline,
+            root,
+            overwrite=not resume,
+            limit=limit,
+            progress=progress,
+            retry_failed=retry_failed,
+            executor=executor,
+            address=address,
+        )
     from ..console import print_summary
 
     print_summary(result)
@@ -139,12 +161,49 @@ def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], all
         try:
             pipeline = load_pipeline(path)
             click.echo(f"{path}: ok ({len(pipeline.stages)} stages)")
+            for problem in empty_prompts(pipeline):
+                click.secho(f"warning: {problem}", fg="yellow", err=True)
             for line in access_summary(pipeline):
                 click.echo(line)
         except ConfigError as exc:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
+
+
+def empty_prompts(pipeline) -> list:
+    """Templates that render to nothing for the first row a `load` stage reads: every such row
+    would fail its template (a warning: other rows may fill it). A template that needs columns
+    later stages make, or fails for another reason, is left to the run."""
+    import jinja2
+
+    from ..errors import Problem, SynthError
+    from ..stages.base import StageContext
+    from ..templating import render
+    from ..yamlfile import format_path
+
+    source = pipeline.stages[0]
+    if source.key != "load":
+        return []
+    try:
+        context = StageContext(seed=pipeline.seed, label=source.label, index=0, base_dir=pipeline.base_dir)
+        row = next(iter(source.cls(source.params, context).iter_rows(1)), None)
+    except (SynthError, OSError):
+        return []
+    found = []
+    for spec in pipeline.stages[1:] if row else []:
+        for key, value in spec.params.model_dump().items():
+            if not (isinstance(value, str) and value.endswith(".jinja")):
+                continue
+            try:
+                text = render(value, pipeline.base_dir, allow_empty=True, **row, row=row)
+            except (jinja2.TemplateError, TypeError):
+                continue
+            if not text.strip():
+                where = (*spec.where, key)
+                message = f"template '{value}' renders an empty prompt for the first input row; such rows fail"
+                found.append(Problem(spec.doc.file, spec.doc.line_of(where), format_path(where), message))
+    return found
 
 
 COMMANDS = (run, validate)  # registered on `synth` by synth/cli/__init__.py

@@ -89,6 +89,20 @@ def _valid(request: Request | ScoreRequest, result: CompleteResult | ScoreResult
     )
 
 
+def _empty(request: Request | ScoreRequest) -> str | None:
+    """Why a request has nothing to send (an empty prompt, messages without content), or None."""
+    if not isinstance(request, Request):
+        return None
+    if request.messages is not None:
+        users = [c for r, c in request.messages if r == "user"] or [c for r, c in request.messages if r != "assistant"]
+        if users and isinstance(users[-1], str) and users[-1].strip():
+            return None
+        return "the messages have no content: nothing was sent; check the template or column they come from"
+    if request.prompt is not None and not request.prompt.strip():
+        return "the prompt is empty: nothing was sent; check the template or column it comes from"
+    return None
+
+
 def _cached(request: Request | ScoreRequest, data) -> CompleteResult | ScoreResult | None:
     """A cached answer, or None when the entry is unreadable or not a valid answer (then the
     request is sent again and the entry replaced)."""
@@ -138,7 +152,11 @@ class LLM:
         missing: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in results and key not in missing:
-                missing[key] = i
+                empty = _empty(requests[i])
+                if empty:  # never sent: every such row would get the same answer to nothing
+                    results[key] = RequestFailed("empty_prompt", empty)
+                else:
+                    missing[key] = i
         if missing:
             todo = list(missing.items())
             pending: list[tuple] = []

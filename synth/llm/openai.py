@@ -5,9 +5,10 @@ number of calls) over one or more base URLs, each to the URL with the fewest req
 among those not cooling down after a failure. Connection errors, timeouts, 408/409/429 and 5xx are
 retried with exponential backoff and full jitter (honouring Retry-After) for `retry_seconds` (five
 minutes by default: a server restart does not stop a run); when that runs out the run stops with a
-BackendError, and running the same command again resumes it from the cache. Any
-other 4xx rejects that one request (a prompt too long, say): the row is dropped with the server's
-message.
+BackendError, and running the same command again resumes it from the cache. A 200 that holds no
+answer (`choices: []`, `text: null`) is retried the same way, and then fails its row only (the
+server does answer). Any other 4xx rejects that one request (a prompt too long, say): the row is
+dropped with the server's message.
 
 The API key comes only from the environment variable named by `api_key_env`; it lives in the HTTP
 client's headers and is never logged or put in an error.
@@ -22,7 +23,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from .templates import ChatTemplate
 RETRY_STATUS = {408, 409, 429}
 FATAL_STATUS = frozenset({401, 403, 404})  # a wrong key, model or URL: no row can succeed
 BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.5, 30.0, 60.0
+TELL_EVERY = 60.0  # seconds between two "waiting for server" lines
 
 
 @dataclass
@@ -56,6 +58,42 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _Malformed(_Retryable):
+    """A 200 that is no answer (no choices, a choice without text): a transient fault, retried like
+    a 5xx; when the retries run out, the row fails with `reason` (the server does answer)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def no_choices(data: Any) -> tuple[str, str] | None:
+    """(reason, message) when a 200 holds no choices, else None."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if isinstance(choices, list) and choices:
+        return None
+    return "no_choices", f"the server answered without choices: {json.dumps(data)[:300]}"
+
+
+def malformed_generations(data: Any, chat: bool) -> tuple[str, str] | None:
+    """(reason, message) when a 200 from a generation route holds no choices, or a choice without
+    text (`text: null`), else None."""
+    missing = no_choices(data)
+    if missing is not None:
+        return missing
+    for choice in data["choices"]:
+        if not isinstance(choice, dict):
+            text = None
+        elif chat:
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        else:
+            text = choice.get("text")
+        if not isinstance(text, str):
+            return "no_text", f"the server answered a choice without text: {json.dumps(data)[:300]}"
+    return None
 
 
 def proxy_for(url: str) -> str | None:
@@ -254,6 +292,52 @@ class OpenAIBackend:
         self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
         self._probe = asyncio.Lock()
         self._schema_rung = {"chat": 0, "complete": 0}  # where each kind stands on its SCHEMA_LADDERS
+        # Told when requests start failing (a line for the user) and when answers come back (None):
+        # the runner shows it, so a dead server is never minutes of silence.
+        self.on_trouble: Callable[[str | None], None] | None = None
+        self._troubled = False  # requests fail and no answer came since
+        self._told_at: float | None = None  # when the last outage was told (a flapping server: once a minute)
+        self._told_open = False  # an outage was told and its end not yet
+
+    def _failure(self, exc: BaseException) -> str:
+        """What went wrong with one attempt, in words."""
+        import aiohttp
+
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no answer within the backend's timeout ({self.spec.timeout:g} s)"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            error = exc.os_error
+            return (
+                f"Cannot connect to host {exc.host}:{exc.port} ({os.strerror(error.errno) if error.errno else error})"
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return "the server closed the connection without an answer"
+        if isinstance(exc, _Retryable):
+            return str(exc)
+        return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+    def _patience(self) -> str:
+        retries = self.spec.max_retries
+        most = f", at most {retries} retries" if retries is not None else ""
+        return (
+            f"synth keeps retrying for up to {self.spec.retry_seconds:g} s (retry_seconds{most}), then stops; "
+            "the same command resumes it"
+        )
+
+    def _tell(self, trouble: str | None) -> None:
+        """Say that the server stopped answering (a line), or answers again (None): an outage at
+        once, then at most one a minute (a server that fails now and then is not a new story)."""
+        if trouble is not None:
+            now = time.monotonic()
+            if self._told_at is not None and now - self._told_at < TELL_EVERY:
+                return
+            self._told_at, self._told_open = now, True
+        elif not self._told_open:
+            return
+        else:
+            self._told_open = False
+        if self.on_trouble is not None:
+            self.on_trouble(trouble)
 
     def _pick(self) -> _Endpoint:
         now = time.monotonic()
@@ -305,12 +389,19 @@ class OpenAIBackend:
         return data
 
     async def _send(
-        self, path: str, body: dict | None = None, *, root: bool = False, fatal: Collection[int] = FATAL_STATUS
+        self,
+        path: str,
+        body: dict | None = None,
+        *,
+        root: bool = False,
+        fatal: Collection[int] = FATAL_STATUS,
+        check: Callable[[Any], tuple[str, str] | None] | None = None,
     ) -> Any:
-        """POST (GET without a body) to the least busy URL, retrying what may pass."""
+        """POST (GET without a body) to the least busy URL, retrying what may pass: with `check`,
+        also a 200 that it finds malformed, which fails the request once the retries run out."""
         import aiohttp
 
-        last = ""
+        last, malformed = "", None
         attempt, deadline = 0, None
         while True:
             retry_after: float | None = None
@@ -320,10 +411,20 @@ class OpenAIBackend:
                 endpoint.in_flight += 1
                 try:
                     answer = await self._once(url, body, fatal, endpoint.proxy)
+                    problem = None if check is None or isinstance(answer, RequestFailed) else check(answer)
+                    if problem is not None:
+                        raise _Malformed(*problem)
                     endpoint.failures = 0
+                    if self._troubled:
+                        self._troubled = False
+                        self._tell(None)
                     return answer
                 except (aiohttp.ClientError, asyncio.TimeoutError, _Retryable) as exc:
-                    last = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
+                    malformed = exc if isinstance(exc, _Malformed) else None
+                    last = f"{url}: {self._failure(exc)}"
+                    if not self._troubled:  # the first failure of an outage is told at once
+                        self._troubled = True
+                        self._tell(f"{last}; {self._patience()}")
                     retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
                     endpoint.failures += 1
                     # The URL cools down for longer the more it fails, so other URLs take the
@@ -339,6 +440,8 @@ class OpenAIBackend:
                 break
             delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempt - 1, 16)))
             await asyncio.sleep(min(max(delay, retry_after or 0.0), max(deadline - now, 0.0)))
+        if malformed is not None:  # the server answers, only not this request: the row fails
+            return RequestFailed(malformed.reason, f"{malformed} (after {attempt} attempts)")
         raise BackendError(
             f"no answer from {', '.join(e.url for e in self.endpoints)} after {attempt} attempts in "
             f"{self.spec.retry_seconds:g} s (last error: {last}); check that the server is up and reachable (raise "
@@ -365,6 +468,9 @@ class OpenAIBackend:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            for task in index:  # failures after the first (the same timeout, say) were seen: not logged
+                if not task.cancelled():
+                    task.exception()
 
     def _body(self, request: Request, seed: int, n: int) -> dict:
         s = request.sampling
@@ -424,12 +530,11 @@ class OpenAIBackend:
 
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
         n = request.sampling.n
-        data = await self._send(path, {**self._body(request, request.seed, n), **payload})
+        check = functools.partial(malformed_generations, chat=chat)
+        data = await self._send(path, {**self._body(request, request.seed, n), **payload}, check=check)
         if isinstance(data, RequestFailed):
             return data
         generations = self._generations(data, chat)
-        if not generations:  # a 200 with `choices: []`: no answer, never one to cache
-            return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
         if len(generations) < n:
             result = await self._missing_samples(path, request, payload, chat, generations)
         else:
@@ -448,7 +553,11 @@ class OpenAIBackend:
         # again, as if the server had drawn them all from one prompt.
         extra = await asyncio.gather(
             *(
-                self._send(path, {**self._body(request, sample_seed(request.seed, i), 1), **payload})
+                self._send(
+                    path,
+                    {**self._body(request, sample_seed(request.seed, i), 1), **payload},
+                    check=functools.partial(malformed_generations, chat=chat),
+                )
                 for i in range(len(generations), n)
             )
         )
@@ -456,8 +565,6 @@ class OpenAIBackend:
             if isinstance(data, RequestFailed):
                 return data
             more = self._generations(data, chat)[:1]
-            if not more:
-                return RequestFailed("no_choices", f"the server answered without choices: {json.dumps(data)[:300]}")
             more[0].prompt_tokens = 0
             generations.append(more[0])
         return generations
@@ -533,7 +640,7 @@ class OpenAIBackend:
         # A prompt rendered from a chat template starts with its BOS text: vLLM would add a second.
         bos = await self._bos_text() if r.prompt.startswith("<") else None
         own_bos = {"add_special_tokens": False} if bos and r.prompt.startswith(bos) else {}
-        data = await self._send("/completions", {**body, "prompt_logprobs": 0, **own_bos})
+        data = await self._send("/completions", {**body, "prompt_logprobs": 0, **own_bos}, check=no_choices)
         if isinstance(data, RequestFailed):
             return data
         choices = data.get("choices") if isinstance(data, dict) else None
@@ -554,7 +661,7 @@ class OpenAIBackend:
         text = r.prompt + r.continuation
         # max_tokens=1, not 0: llama.cpp reads 0 as "until the context is full".
         body = {"model": self.spec.model, "prompt": text, "max_tokens": 1, "temperature": 0.0}
-        data = await self._send("/completions", {**body, "echo": True, "logprobs": 1})
+        data = await self._send("/completions", {**body, "echo": True, "logprobs": 1}, check=no_choices)
         if isinstance(data, RequestFailed):
             return data
         choices = data.get("choices") if isinstance(data, dict) else None

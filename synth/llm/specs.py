@@ -7,8 +7,9 @@ the run fingerprint so that, say, raising `max_concurrency` does not invalidate 
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 def _speed_only(**kw):
     """A field that changes how fast rows come, never which rows: excluded from fingerprints."""
     return Field(json_schema_extra={"fingerprint": False}, **kw)
+
+
+# Query parameters that carry a credential (`?key=`, `?api_key=`, `?access_token=`, `?sig=`).
+SECRET_PARAMETER = re.compile(r"(?i)(key|token|secret|passw|pwd|auth|credential|signature|^sig$)")
 
 
 class BackendSpecBase(BaseModel):
@@ -114,6 +119,12 @@ class OpenAISpec(BackendSpecBase):
                 raise ValueError(
                     "a base_url must not carry credentials (user:password@ or token@): put the key in an "
                     "environment variable and name it with api_key_env"
+                )
+            secret = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_PARAMETER.search(k)]
+            if secret:  # it would be written to the manifest and pipeline.yaml of every run
+                raise ValueError(
+                    f"a base_url must not carry credentials (the query parameter '{secret[0]}'): put the key in an "
+                    "environment variable and name it with api_key_env (synth sends it as a Bearer token)"
                 )
         return self
 

@@ -10,10 +10,13 @@ again with its LLM requests answered from the cache.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
+import shutil
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+from ..errors import RunError
 from ..seeds import digest
 from ..store import RunStore, StageDir
 
@@ -79,6 +82,8 @@ class RunDirectory:
         if store.exists() and overwrite:
             store.wipe()
         previous = store.read_manifest() if store.exists() else None
+        if previous is not None:
+            self._check_owner(previous)
         known = dict((previous or {}).get("input_digests") or {})
         # The row limit decides shard boundaries, so it belongs to every stage's fingerprint.
         # (Computed first: it records the digests of input files in `known`, which the manifest keeps.)
@@ -100,10 +105,15 @@ class RunDirectory:
             "sessions": (previous or {}).get("sessions", []),
             "status": "running",
         }
+        if previous is not None and previous.get("output") and (store.root / "output").is_dir():
+            manifest["output"] = previous["output"]  # still there until a successful run replaces it
         manifest["sessions"].append({"started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running"})
         (store.root / "pipeline.yaml").write_text(self.pipeline.text, encoding="utf-8")
         store.write_manifest(manifest)
         self._prepare_stages(fingerprints, previous)
+        removed = self._remove_stale_stages()
+        if removed:
+            manifest["sessions"][-1]["removed_stages"] = removed
         self._forget_broken()
         retry = retry_failed
         if retry is None:  # by default a resume retries what failed, unless the run had completed
@@ -111,6 +121,49 @@ class RunDirectory:
         if retry:
             self._forget_failures()
         return manifest
+
+    def _check_owner(self, previous: dict) -> None:
+        """A run directory is resumed only by the pipeline that made it: the same name, and the
+        same file or at least one stage still valid. Anything else would replace its output and
+        leave its stage folders beside the new ones, so it is refused, saying what is there."""
+        name, path = previous.get("name"), previous.get("pipeline_file")
+        if name in (None, self.pipeline.name):  # (a manifest without a name: judged by its stages)
+            if path == str(self.pipeline.path) or self._shares_a_stage(previous):
+                return
+            why = f"made by {path}, which shares no stage with {self.pipeline.path}"
+        else:
+            why = f"a run of another pipeline, '{name}' ({path}), not '{self.pipeline.name}'"
+        status = previous.get("status", "unknown")
+        status = "interrupted" if status == "running" else status  # this process holds the lock now
+        rows = (previous.get("output") or {}).get("rows")
+        held = f", {rows:,} rows in output/" if isinstance(rows, int) else ""
+        raise RunError(
+            f"{self.store.root} holds {why} ({status}{held}); choose another run directory with -o, or add "
+            "--overwrite to delete that run and start this one there"
+        )
+
+    def _shares_a_stage(self, previous: dict) -> bool:
+        """Whether a stage folder of the run holds a stage of this pipeline, unchanged."""
+        known = dict(previous.get("input_digests") or {})
+        mine = {digest([fp, self.limit]) for fp in self.pipeline.stage_fingerprints(known)}
+        for meta in (self.store.root / "stages").glob("*/.synth/stage.json"):
+            try:
+                if json.loads(meta.read_text()).get("fingerprint") in mine:
+                    return True
+            except (OSError, ValueError, AttributeError):
+                continue
+        return False
+
+    def _remove_stale_stages(self) -> list[str]:
+        """Stage folders of stages this pipeline no longer has (removed, renamed or moved): deleted,
+        so the run directory holds only this pipeline's stages; returns their names."""
+        keep = {d.path.name for d in self.dirs}
+        stale = sorted(p.name for p in (self.store.root / "stages").iterdir() if p.is_dir() and p.name not in keep)
+        for name in stale:
+            shutil.rmtree(self.store.root / "stages" / name)
+        if stale:
+            self.progress.note(f"removed the folders of stages this pipeline no longer has: {', '.join(stale)}")
+        return stale
 
     def _prepare_stages(self, fingerprints: list[str], previous: dict | None) -> None:
         earlier = {e.get("label"): e.get("wall_seconds", 0.0) for e in (previous or {}).get("stages", [])}

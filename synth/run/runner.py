@@ -64,7 +64,10 @@ class Runner:
     # ---- set-up ----
     def _llm(self, name: str) -> LLM:
         if name not in self.llms:
-            self.llms[name] = LLM(name, make_backend(self.pipeline.backends[name]), self.cache)
+            backend = make_backend(self.pipeline.backends[name])
+            if hasattr(backend, "on_trouble"):  # HTTP backends say when their server stops answering
+                backend.on_trouble = self.progress.trouble
+            self.llms[name] = LLM(name, backend, self.cache)
         return self.llms[name]
 
     async def _open_stages(self) -> None:
@@ -105,9 +108,13 @@ class Runner:
         except OSError as exc:
             self.store.unlock()
             raise _disk_error(exc, self.store.root) from None
+        except BaseException:
+            self.store.unlock()
+            raise
         started = time.perf_counter()
         output_rows = 0
         stats: list[tuple[StageSpec, ShardStats]] = []
+        too_many: RunError | None = None
         try:
             await self._open_stages()
             self.progress.start(self.pipeline.stages, self.stages[0].total_rows(self.limit))
@@ -120,7 +127,12 @@ class Runner:
                     label, size = self.pipeline.stages[head].label, self.pipeline.run.batch_size
                     await run_global(head, self.stages[head], label, self.dirs, size, self.progress, self.spans)
                 await loop.run(segment)
-            output_rows = self._write_output()
+            too_many = self._failure_rate_error(self._stats())
+            if too_many is None or "output" not in manifest:
+                output_rows = self._write_output()
+            else:  # an output is replaced only by a run that succeeds
+                output_rows = manifest["output"].get("rows", 0)
+                too_many = RunError(f"{too_many}; the previous output ({output_rows:,} rows) is left in place")
             status, error = "complete", None
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
@@ -135,8 +147,7 @@ class Runner:
             for llm in self.llms.values():
                 await llm.backend.close()
             await self.executor.stop()
-            stats = [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]
-            too_many = self._failure_rate_error(stats) if status == "complete" else None
+            stats = self._stats()
             if too_many is not None:
                 status, error = "failed", too_many
             session = manifest["sessions"][-1]
@@ -147,7 +158,7 @@ class Runner:
                 session["error"] = scrub(str(error))[:500]
             manifest["stages"] = [self._stage_entry(spec, s) for spec, s in stats]
             manifest["status"] = status
-            if status == "complete" or too_many is not None:
+            if status == "complete" or (too_many is not None and "output" not in manifest):
                 manifest["output"] = {"path": "output", "rows": output_rows, "format": self.pipeline.output.format}
             try:
                 self.store.write_manifest(manifest)
@@ -159,6 +170,9 @@ class Runner:
         if too_many is not None:
             raise too_many
         return RunResult(self.store.root, manifest, stats, output_rows)
+
+    def _stats(self) -> list[tuple[StageSpec, ShardStats]]:
+        return [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]
 
     def _stage_entry(self, spec: StageSpec, s: ShardStats) -> dict:
         entry = {"label": spec.label, "stage": spec.key, "kind": spec.cls.kind, **s.__dict__}

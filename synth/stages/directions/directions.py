@@ -165,7 +165,7 @@ class Directions(MapStage):
     def _condition(self, row: Row, angle: float) -> str:
         p = self.params
         variables = {"attributes": p.attributes, "weights": geo.weights(angle), "angle": angle}
-        return render(p.condition, self.ctx.base_dir, **{**row, "row": row, **variables})
+        return render(p.condition, self.ctx.base_dir, allow_empty=True, **{**row, "row": row, **variables})
 
     def _request(self, row: Row, instruction: str, target: float, angle: float, n: int) -> Request:
         p = self.params

@@ -133,7 +133,13 @@ class Load(SourceStage):
             try:
                 if file_problem(path, fmt, env.base_dir):
                     return None
-                names = set(parquet_columns(path) if fmt == "parquet" else next(iter_jsonl(path, peek=True), {}))
+                if fmt == "parquet":
+                    names = set(parquet_columns(path))
+                else:
+                    first = next(iter_jsonl(path, peek=True), None)
+                    if first is None:  # an empty file, or a first line longer than the peek: unknown
+                        return None
+                    names = set(first)
             except (InputError, OSError):
                 return None
         return {params.rename.get(n, n) for n in names}

@@ -109,7 +109,9 @@ class Followup(MapStage):
         if p.early_stop:
             self.stops.append("\n")
         self.stops = list(dict.fromkeys(self.stops))
-        self.system = render(p.system_template, self.ctx.base_dir).strip() if p.system_template else ""
+        self.system = (
+            render(p.system_template, self.ctx.base_dir, allow_empty=True).strip() if p.system_template else ""
+        )
 
     def _pre_query(self, turns: list[dict], batch: Batch) -> str:
         """The conversation so far, cut where the next user message would start."""

@@ -76,7 +76,7 @@ def domain_system(domain: str | None, vanilla_domain: bool, safety: str, chat: s
     """The system prompt a domain puts into the scored context (None: no system turn)."""
     if domain is None or (domain == "CHAT" and vanilla_domain):
         return None
-    return render(chat if domain == "CHAT" else safety, base_dir).strip()
+    return render(chat if domain == "CHAT" else safety, base_dir, allow_empty=True).strip()
 
 
 def score_request(

@@ -89,7 +89,9 @@ class Reward(MapStage):
         p = self.params
         self.scorer = Scorer(p, self._llm, self.ctx.label)
         await self.scorer.open()
-        self._router_system = render(p.router_template, self.ctx.base_dir).strip() if p.router else None
+        self._router_system = (
+            render(p.router_template, self.ctx.base_dir, allow_empty=True).strip() if p.router else None
+        )
         for field in ("router", "reference_backend"):
             if getattr(p, field):
                 self._llm(field)

@@ -77,7 +77,7 @@ class BenchBuilder(GlobalStage):
             prompt = render(f"{p.template_dir}/few_shot.jinja", self.ctx.base_dir, prompt=text).rstrip() + " ["
             sampling = p.sampling().model_copy(update={"temperature": temperature, "stop": (*p.stop, "]", "\n")})
             return Request(sampling, self.ctx.seed_for(prompt, attempt), prompt=prompt)
-        system = render(f"{p.template_dir}/system.jinja", self.ctx.base_dir).strip()
+        system = render(f"{p.template_dir}/system.jinja", self.ctx.base_dir, allow_empty=True).strip()
         sampling = p.sampling().model_copy(update={"temperature": temperature})
         return Request(sampling, self.ctx.seed_for(text, attempt), messages=(("system", system), ("user", text)))
 
