@@ -82,7 +82,9 @@ def test_pipeline_on_vllm_killed_resumed_and_exported(name, vllm_server, tmp_pat
     accounted(rows, info["manifest"], limit)
     assert rows, f"{name}: vLLM's answers should give at least one pair"
     for row in rows:
-        assert row["chosen"] != row["rejected"] and row["score_chosen"] > row["score_rejected"]
+        assert row["chosen"] != row["rejected"] and row["score_chosen"] >= row["score_rejected"]
+        if row["provenance"]["pairs"]["strategy"] != "best_random":  # the authors' random pick may tie the best
+            assert row["score_chosen"] > row["score_rejected"]
         assert f"openai:{vllm_server.model}" in json.dumps(row["provenance"]) + json.dumps(
             {k: v for k, v in row.items() if k.endswith(("_model", "_generator", "configs"))}
         )

@@ -87,6 +87,9 @@ class RewardParams(StageParams):
     )
     reference_temperature: float = Field(0.9, ge=0, le=100, description="references' sampling temperature (PAR: 0.9)")
     reference_top_p: float = Field(0.9, gt=0, le=1, description="references' top_p (PAR: 0.9)")
+    reference_top_k: int = Field(
+        50, ge=0, le=1_000_000, description="references' top_k (PAR: 50, transformers' default; 0: off)"
+    )
     reference_max_tokens: int = Field(512, ge=1, le=10_000_000, description="references' token limit (PAR: 512)")
     length_penalty: float = Field(
         0.0,
@@ -167,6 +170,7 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         "refs_per_prompt": (not needs_refs, "a shaping with references (centered, par, tanh_rel, lsc)"),
         "reference_temperature": (not p.reference_backend, "reference_backend"),
         "reference_top_p": (not p.reference_backend, "reference_backend"),
+        "reference_top_k": (not p.reference_backend, "reference_backend"),
         "reference_max_tokens": (not p.reference_backend, "reference_backend"),
         "length_limit": (not p.length_penalty, "length_penalty"),
         "vanilla_domain": (not p.router, "router"),

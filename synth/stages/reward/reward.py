@@ -146,6 +146,7 @@ class Reward(Stage):
         sampling = Sampling(
             temperature=p.reference_temperature,
             top_p=p.reference_top_p,
+            top_k=p.reference_top_k,
             max_tokens=p.reference_max_tokens,
             n=p.refs_per_prompt,
         )
@@ -208,6 +209,7 @@ class Reward(Stage):
             columns["raw_reward"] = col([round(s.value, 6) for s in scores[:n]])
             columns["reward_shaping"] = {
                 "shaping": p.shaping,
+                "output": output_column(p),
                 "k": p.par_k if p.shaping == "par" else None,
                 "M": (len(x.refs) if p.shaping == "lsc" else m) if p.shaping in NEEDS_REFERENCES else None,
                 "length_penalty": p.length_penalty,
