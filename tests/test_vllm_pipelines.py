@@ -30,6 +30,7 @@ KILL_IN = {
     "magpie-dpo.yaml": "reward",
     "ultrafeedback-dpo.yaml": "judge",
     "cdr-dpo.yaml": "reward",
+    "par-dpo.yaml": "reward",
     "judge-pairwise.yaml": "judge",
 }
 VLLM_LIMIT = {name: max(3, LIMIT[name]) for name in KILL_IN}

@@ -36,9 +36,9 @@ from ...llm.client import LLM
 from ...templating import render
 from ..base import Batch, CheckEnv, Row, Stage
 from ..common import add_provenance, answer_value, template_sha
-from .cdr import domain_system, route
+from .cdr import domain_system, few_shot_turn, load_exemplars, route
 from .local_model import load_reward_model, render_conversation, score_texts
-from .params import BACKEND_FIELDS, RewardParams, check_params, output_column, written_columns
+from .params import BACKEND_FIELDS, RewardParams, check_params, exemplar_path, output_column, written_columns
 from .scorer import Score, Scorer
 from .shaping import NEEDS_REFERENCES, PER_BATCH, BatchStats, length_penalty, shape
 
@@ -55,6 +55,7 @@ class Pending:
     system: str | None = None
     domain: str | None = None
     route_answer: str = ""
+    user: str | None = None  # the scored user turn when it is not the instruction (few_shot)
 
 
 class Reward(Stage):
@@ -88,6 +89,7 @@ class Reward(Stage):
         self.scorer = Scorer(p, self._llm, self.ctx.label)
         await self.scorer.open()
         self._router_system = render(p.router_template, self.ctx.base_dir).strip() if p.router else None
+        self._exemplars = load_exemplars(exemplar_path(p, self.ctx.base_dir)) if p.few_shot else None
         for field in ("router", "reference_backend"):
             if getattr(p, field):
                 self._llm(field)
@@ -102,7 +104,12 @@ class Reward(Stage):
             pending = await self._route(batch, pending)
         if p.reference_backend and pending:
             pending = await self._sample_references(batch, pending)
-        items = [(x.system, x.instruction, text) for x in pending for text in (*x.responses, *x.refs)]
+        if self._exemplars is not None:
+            for x in pending:
+                if not (p.vanilla_domain and x.domain == "CHAT"):
+                    seed = self.ctx.seed_for("exemplar", x.instruction)
+                    x.user = few_shot_turn(self._exemplars, x.domain or "CHAT", x.instruction, seed)
+        items = [(x.system, x.user or x.instruction, text) for x in pending for text in (*x.responses, *x.refs)]
         scores = await self.scorer.score(batch, items) if items else []
         out, position, kept = [], 0, []
         for x in pending:
@@ -231,6 +238,13 @@ class Reward(Stage):
         record: dict[str, Any] = {"method": p.method, "reward_model": self.scorer.model_name, "shaping": p.shaping}
         if p.method == "rm" and (p.head or p.heads):
             record |= {"head": p.head, "heads": dict(p.heads)}
+        if p.method == "cdr":
+            record["format"] = p.format
+            if p.format == "strong":
+                record |= {"eos": self.scorer.eos, "max_prompt_tokens": p.max_prompt_tokens}
+                record["max_response_tokens"] = p.max_response_tokens
+            if x.user is not None:
+                record["few_shot_seed"] = self.ctx.seed_for("exemplar", x.instruction)
         if p.reference_backend:
             request = self._reference_request(x.instruction)
             record["reference"] = {
