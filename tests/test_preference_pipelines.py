@@ -127,6 +127,7 @@ def test_judge_pairwise_compares_two_backends():
     assert a.backend != b.backend and (a.output, b.output) == ("response_a", "response_b")
     judge = s["judge"].params
     assert judge.task == "pairwise" and (judge.response_a, judge.response_b) == ("response_a", "response_b")
+    assert judge.checklist_on() and judge.checklist == "auto" and judge.length_tie_chars == 500  # WildBench's
     pairs = s["pairs"].params
     assert pairs.strategy == "verdict" and pairs.responses == ["response_a", "response_b"]
 
@@ -298,6 +299,8 @@ def test_judge_pairwise_pairs_the_winner_of_the_verdict(pairwise_runs, tmp_path)
     assert set(ties) <= {"tie", "identical_responses"}
     for row in rows:
         assert row["judge_reward"] != 0 and row["judge_model"] == EMBEDDED
+        assert row["judge_checklist"] and all(isinstance(q, str) and q for q in row["judge_checklist"])
+        assert set(row["judge_verdict_rationales"][0]) >= {"analysis of A", "analysis of B", "reason of A=B"}
         a_won = row["judge_reward"] > 0
         assert row["judge_verdict"] in (("A>>B", "A>B") if a_won else ("B>A", "B>>A"))
         assert (row["chosen"], row["rejected"]) == (
