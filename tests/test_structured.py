@@ -88,7 +88,7 @@ def test_schema_fields_per_server_dialect():
     assert schema_fields(PAIRWISE, True, "none") == {}
     grammar = schema_fields(PAIRWISE, False, "grammar")
     if importlib.util.find_spec("llama_cpp"):
-        assert "root ::=" in grammar["grammar"] and '"\\"A>>B\\""' in grammar["grammar"]
+        assert "root ::=" in grammar["grammar"] and '"\\"A++\\""' in grammar["grammar"]
     else:
         assert grammar == {"json_schema": PAIRWISE}
 
