@@ -48,20 +48,16 @@ model can loop on until max_tokens; serving it with `--structured-outputs-config
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 
-from ...errors import SynthError
-from ...llm.base import Request, RequestFailed, Sampling
-from ...llm.client import LLM
 from ...seeds import derive_seed
 from ...templating import render
 from ..base import Batch, CheckEnv, Row, Stage
-from ..common import add_provenance, auto_mode, retry_sampling, template_sha
+from ..common import add_provenance, template_sha
 from . import answers, rubric
+from .asking import Asker, make_asker
 from .params import JudgeParams, check_params
 from .verdicts import (
     ANALYSES,
@@ -82,17 +78,6 @@ def _text(value: Any) -> str:
 
 class Unjudgeable(Exception):
     """A row without the responses a judgment needs: (reason, detail)."""
-
-
-@dataclass
-class Asker:
-    """One backend asked for JSON answers: its mode (chat or few-shot completion), sampling, schema."""
-
-    llm: LLM
-    mode: str
-    sampling: Sampling
-    schema: dict | None
-    shared: bool = False  # seeds without the stage's label: judge stages share these answers (checklists)
 
 
 class Judge(Stage):
@@ -131,22 +116,9 @@ class Judge(Stage):
         return list(dict.fromkeys(names))
 
     # ---- running ----
-    async def _asker(self, name: str, mode: str, schema: dict | None, max_tokens: int) -> Asker:
+    async def _asker(self, name: str, schema: dict | None, max_tokens: int, seed) -> Asker:
         p = self.params
-        llm = self.ctx.llm(name)
-        if mode == "auto":
-            mode = await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
-        supported = getattr(llm.backend, "structured_output", False)
-        if p.schema == "on" and not supported:
-            raise SynthError(
-                f"stage '{self.ctx.label}': backend '{name}' ({llm.model_id}) cannot constrain "
-                "answers to a JSON schema: set schema: auto or off"
-            )
-        schema = schema if p.schema != "off" and supported else None
-        sampling = p.sampling().model_copy(update={"max_tokens": max_tokens})
-        if mode == "complete" and schema is None:  # few-shot answers are one line of JSON
-            sampling = sampling.model_copy(update={"stop": (*sampling.stop, "\n")})
-        return Asker(llm, mode, sampling, schema)
+        return await make_asker(self.ctx.llm(name), name, self.ctx.label, p, p.mode, schema, max_tokens, seed)
 
     def _schema(self) -> dict:
         p = self.params
@@ -159,19 +131,21 @@ class Judge(Stage):
     async def open(self) -> None:
         p = self.params
         self.check_again()
-        self.judge = await self._asker(
-            p.backend, p.mode, None if p.task == "ultrafeedback" else self._schema(), p.max_tokens
-        )
+        schema = None if p.task == "ultrafeedback" else self._schema()  # ultrafeedback's depends on the row
+        self.judge = await self._asker(p.backend, schema, p.max_tokens, self.ctx.seed_for)
         self.mode = self.judge.mode
         few_shot = "_few_shot" if self.mode == "complete" else ""
         self.template = p.template or f"judge/{p.task}{few_shot}.jinja"
         self.checklister = None
         if p.checklist_on() and p.checklist != "column":
             schema = answers.checklist_schema(p.checklist_size, p.rationale_chars)
-            self.checklister = await self._asker(
-                p.checklist_backend or p.backend, p.mode, schema, p.checklist_max_tokens
-            )
-            self.checklister.shared = True  # one checklist per instruction, whichever judge stage asks
+
+            # Seeds without the stage's label: one checklist per instruction, whichever judge stage asks.
+            def seed(prompt: str, attempt: int) -> int:
+                return derive_seed(self.ctx.seed, "checklist", prompt, attempt)
+
+            backend = p.checklist_backend or p.backend
+            self.checklister = await self._asker(backend, schema, p.checklist_max_tokens, seed)
             suffix = "_few_shot" if self.checklister.mode == "complete" else ""
             self.checklist_template = p.checklist_template or f"judge/checklist{suffix}.jinja"
 
@@ -182,44 +156,6 @@ class Judge(Stage):
         variables = {"instruction": None if instruction is None else _text(instruction), **texts}
         variables |= {"criteria": criteria, "overall": p.overall_scale, "length_rule": p.length_tie_chars is not None}
         return render(template, self.ctx.base_dir, **{**row, "row": row, **variables})
-
-    def _request(self, asker: Asker, prompt: str, attempt: int, schema: dict | None) -> Request:
-        sampling = retry_sampling(asker.sampling, attempt, self.params.retry_temperature)
-        seed = (
-            derive_seed(self.ctx.seed, "checklist", prompt, attempt)
-            if asker.shared
-            else self.ctx.seed_for(prompt, attempt)
-        )
-        if asker.mode == "complete":
-            return Request(sampling, seed, prompt=prompt, json_schema=schema)
-        return Request(sampling, seed, messages=(("user", prompt),), json_schema=schema)
-
-    async def _ask(self, asker: Asker, jobs: list[tuple[str, Any, dict | None]], batch: Batch, counter: str = "parse"):
-        """(parsed or None, raw answer, seed, failure reason) per (prompt, parse, schema) job, after up
-        to parse_retries more rounds for answers that do not parse."""
-        call = asker.llm.complete if asker.mode == "complete" else asker.llm.chat
-        out: list[tuple[Any, str, int, str]] = [(None, "", 0, "")] * len(jobs)
-        pending = list(range(len(jobs)))
-        for attempt in range(self.params.parse_retries + 1):
-            if not pending:
-                break
-            if attempt == 1:
-                batch.count(f"{counter}_retried", len(pending))
-            requests = [self._request(asker, jobs[i][0], attempt, jobs[i][2]) for i in pending]
-            results = await call(requests)
-            still = []
-            for i, request, result in zip(pending, requests, results, strict=True):
-                if isinstance(result, RequestFailed):  # a prompt too long stays too long: no retry
-                    out[i] = (None, result.detail, request.seed, f"request_failed:{result.reason}")
-                    continue
-                parsed = jobs[i][1](result[0].text)
-                out[i] = (parsed, result[0].text, request.seed, f"{counter}_failed")
-                if parsed is None:
-                    still.append(i)
-            pending = still
-        if pending:
-            batch.count(f"{counter}_failed", len(pending))
-        return out
 
     async def _checklists(self, batch: Batch, rows: dict[int, Row]) -> dict[int, list[str]]:
         """Each row's checklist (rows that get none fail); one request per distinct instruction."""
@@ -253,9 +189,7 @@ class Judge(Stage):
             return answers.parse_checklist(text, p.checklist_size)
 
         schema = self.checklister.schema
-        found = await self._ask(
-            self.checklister, [(prompts[t], parse, schema) for t in texts], batch, "checklist_parse"
-        )
+        found = await self.checklister.ask([(prompts[t], parse, schema) for t in texts], batch, "checklist_parse")
         by_text = dict(zip(texts, found, strict=True))
         for pos, row in list(rows.items()):
             parsed, raw, _, reason = by_text[_text(row.get(p.input))]
@@ -290,7 +224,7 @@ class Judge(Stage):
                 decided[pos] = [items]
                 continue
             jobs += [(pos, *item) for item in items]
-        answered = await self._ask(self.judge, [(prompt, parse, schema) for _, prompt, _, parse, schema in jobs], batch)
+        answered = await self.judge.ask([(prompt, parse, schema) for _, prompt, _, parse, schema in jobs], batch)
         by_row: dict[int, list] = {pos: [] for pos in rows}
         for (pos, _, what, _, _), answer in zip(jobs, answered, strict=True):
             by_row[pos].append((what, *answer))
