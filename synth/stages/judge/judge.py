@@ -235,7 +235,7 @@ class Judge(Stage):
             "mode": self.mode,
             "template": self.template,
             "template_sha": template_sha(self.template, self.ctx.base_dir),
-            "json_schema": self.judge.schema is not None or (p.task == "ultrafeedback" and p.schema != "off"),
+            "json_schema": self.judge.schema is not None or any(schema is not None for *_, schema in jobs),
             **self.judge.sampling.model_dump(mode="json"),
         }
         if self.checklister is not None:
