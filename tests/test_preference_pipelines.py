@@ -33,11 +33,11 @@ SHRINK = {
         ("rationale_chars: 40", "rationale_chars: 4"),
     ],
     "cdr-dpo.yaml": [("n: 8", "n: 3"), ("max_tokens: 96", "max_tokens: 20")],
-    "par-dpo.yaml": [("max_tokens: 96", "max_tokens: 20")],  # the responses and the references
+    "par-dpo.yaml": [("n: 4", "n: 3"), ("max_tokens: 96", "max_tokens: 20")],  # responses and references
     "judge-pairwise.yaml": [("max_tokens: 96", "max_tokens: 20")],  # short rationales tip it to ties
 }
 LIMIT = {"magpie-dpo.yaml": 2, "ultrafeedback-dpo.yaml": 2, "cdr-dpo.yaml": 2, "judge-pairwise.yaml": 4}
-LIMIT["par-dpo.yaml"] = 3  # PAR's filters drop some rows
+LIMIT["par-dpo.yaml"] = 2  # one pair; PAR's filters drop the other row (below_min_chosen)
 
 
 def shrunk(name: str, root: Path, extra: list[tuple[str, str]] = ()) -> Path:
@@ -238,6 +238,7 @@ def test_par_dpo_end_to_end(root):
     check_pairs(rows, "response", "par_score")
     filtered = {s["label"]: s for s in manifest["stages"]}["pairs"]["filtered"]
     assert set(filtered) <= {"below_margin", "below_min_chosen", "tie", "identical_responses"}
+    assert filtered, "PAR's filters should drop a row here"
     for row in rows:
         [ref] = row["ref_rewards"]
         assert row["par_score"] == pytest.approx([sigmoid(r - ref) for r in row["raw_reward"]], abs=2e-6)
