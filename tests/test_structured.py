@@ -16,9 +16,12 @@ from synth.seeds import digest
 from synth.stages.judge.rubric import Criterion, absolute_schema, parse_absolute
 from synth.stages.judge.verdicts import pairwise_schema, parse_pairwise
 
-PAIRWISE = pairwise_schema(40)
-# A schema no model follows by chance: one verdict allowed, rationales cut at 10 characters.
-ONLY_B = {**PAIRWISE, "properties": {"rationale": {"type": "string", "maxLength": 10}, "verdict": {"enum": ["B>>A"]}}}
+PAIRWISE = pairwise_schema(20)  # WildBench's answer: five analyses and reasons, then the choice
+# A schema no model follows by chance: one choice allowed, analyses cut at 10 characters.
+ONLY_B = {
+    **PAIRWISE,
+    "properties": {**pairwise_schema(10)["properties"], "choice": {"type": "string", "enum": ["B++"]}},
+}
 RUBRIC = [Criterion(name="clarity", description="clear?", scale=[1, 5])]
 ABSOLUTE = absolute_schema(RUBRIC, [1, 10], 30)
 STORY = "Once upon a time, in a faraway kingdom,"  # nothing here asks for JSON
@@ -34,9 +37,10 @@ def conforms(text: str, schema: dict) -> dict:
     else:
         jsonschema.validate(value, schema)
     properties = schema["properties"]
-    if "verdict" in properties:
-        assert parse_pairwise(text) is not None and value["verdict"] in properties["verdict"]["enum"]
-        assert len(value["rationale"]) <= properties["rationale"]["maxLength"]
+    if "choice" in properties:
+        assert parse_pairwise(text) is not None and value["choice"] in properties["choice"]["enum"]
+        assert list(value) == list(properties)  # the analyses come before the choice
+        assert all(len(value[k]) <= properties[k]["maxLength"] for k in properties if k != "choice")
     else:
         assert parse_absolute(text, RUBRIC, [1, 10]) is not None
     return value
@@ -84,7 +88,7 @@ def test_schema_fields_per_server_dialect():
     assert schema_fields(PAIRWISE, True, "none") == {}
     grammar = schema_fields(PAIRWISE, False, "grammar")
     if importlib.util.find_spec("llama_cpp"):
-        assert "root ::=" in grammar["grammar"] and '"\\"A>>B\\""' in grammar["grammar"]
+        assert "root ::=" in grammar["grammar"] and '"\\"A++\\""' in grammar["grammar"]
     else:
         assert grammar == {"json_schema": PAIRWISE}
 
@@ -98,7 +102,7 @@ def test_local_backend_follows_the_schema():
     from synth.llm.local import LocalBackend
     from synth.llm.specs import LocalSpec
 
-    sampling = Sampling(temperature=0.8, max_tokens=120)
+    sampling = Sampling(temperature=0.8, max_tokens=200)
     requests = [Request(sampling, seed, prompt=STORY, json_schema=PAIRWISE) for seed in (1, 2)]
     requests.append(Request(sampling, 3, prompt=STORY, json_schema=ABSOLUTE))
     requests.append(Request(sampling, 1, prompt=STORY))  # the same request without a schema: a story
@@ -135,7 +139,7 @@ def openai_backend(url: str, model: str):
 
 @pytest.mark.slow
 def test_llama_cpp_server_follows_the_schema(llama_server):
-    sampling = Sampling(temperature=0.0, max_tokens=80)
+    sampling = Sampling(temperature=0.0, max_tokens=200)
     backend = openai_backend(llama_server.url, "gemma")
     [text] = generate(backend, [Request(sampling, 1, prompt=STORY, json_schema=PAIRWISE)])
     conforms(text, PAIRWISE)  # sent as llama.cpp's `grammar`
@@ -154,7 +158,8 @@ def judge_prompts() -> tuple[str, str]:
 
     from synth.templating import render
 
-    texts = {"instruction": "What is 2+2?", "response_a": "4", "response_b": "5", "row": {}}
+    texts = {"instruction": "What is 2+2?", "response_a": "4", "response_b": "5", "row": {}, "checklist": ["Is it 4?"]}
+    texts["length_rule"] = True
     return render("judge/pairwise_few_shot.jinja", Path("."), **texts), render(
         "judge/pairwise.jinja", Path("."), **texts
     )
@@ -164,16 +169,16 @@ def judge_prompts() -> tuple[str, str]:
 def test_vllm_server_follows_the_schema(vllm_server):
     """vLLM lets a constrained answer hold any amount of whitespace, and a base model asked for a
     story loops on it; the judge's own prompts keep it compact (see the judge stage's notes)."""
-    sampling = Sampling(temperature=0.0, max_tokens=120)
+    sampling = Sampling(temperature=0.0, max_tokens=200)
     few_shot, chat_prompt = judge_prompts()
     complete = [Request(sampling, 1, prompt=few_shot, json_schema=s) for s in (PAIRWISE, ONLY_B)]
     texts = generate(openai_backend(vllm_server.url, vllm_server.model), complete)
     conforms(texts[0], PAIRWISE)  # sent as structured_outputs: {"json": ...}
-    assert conforms(texts[1], ONLY_B)["verdict"] == "B>>A"
+    assert conforms(texts[1], ONLY_B)["choice"] == "B++"
     chat = [Request(sampling, 1, messages=(("user", chat_prompt),), json_schema=s) for s in (PAIRWISE, ONLY_B)]
     texts = generate(openai_backend(vllm_server.url, vllm_server.model), chat, kind="chat")
     conforms(texts[0], PAIRWISE)  # sent as OpenAI's response_format json_schema
-    assert conforms(texts[1], ONLY_B)["verdict"] == "B>>A"
+    assert conforms(texts[1], ONLY_B)["choice"] == "B++"
 
 
 @pytest.mark.slow
@@ -199,7 +204,10 @@ def test_judge_stage_on_the_vllm_server(vllm_server, write, tmp_path):
             task: pairwise
             response_a: a
             response_b: b
-            max_tokens: 120
+            max_tokens: 300
+            rationale_chars: 40
+            checklist_size: 3
+            checklist_max_tokens: 120
         """,
     )
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
@@ -212,3 +220,4 @@ def test_judge_stage_on_the_vllm_server(vllm_server, write, tmp_path):
             record = row["provenance"][label]
             assert record["mode"] == "chat" and record["json_schema"] is True
             assert record["model"] == f"openai:{vllm_server.model}"
+        assert 1 <= len(row["judge_checklist"]) <= 3 and row["provenance"]["versus"]["checklist"]["model"]

@@ -30,9 +30,11 @@ KILL_IN = {
     "magpie-dpo.yaml": "reward",
     "ultrafeedback-dpo.yaml": "judge",
     "cdr-dpo.yaml": "reward",
+    "par-dpo.yaml": "reward",
     "judge-pairwise.yaml": "judge",
 }
 VLLM_LIMIT = {name: max(3, LIMIT[name]) for name in KILL_IN}
+VLLM_LIMIT["par-dpo.yaml"] = 6  # PAR's filters drop rows whose best answer does not beat the reference
 
 
 def on_vllm(name: str, server, folder: Path) -> Path:
@@ -80,9 +82,11 @@ def test_pipeline_on_vllm_killed_resumed_and_exported(name, vllm_server, tmp_pat
     assert 1 <= info["shards_before"] <= limit
     rows = read_output(run).to_pylist()
     accounted(rows, info["manifest"], limit)
-    assert rows, f"{name}: vLLM's answers should give at least one pair"
+    assert rows, f"{name}: vLLM's answers should give at least one pair: {info['manifest']['stages']}"
     for row in rows:
-        assert row["chosen"] != row["rejected"] and row["score_chosen"] > row["score_rejected"]
+        assert row["chosen"] != row["rejected"] and row["score_chosen"] >= row["score_rejected"]
+        if row["provenance"]["pairs"]["strategy"] != "best_random":  # the authors' random pick may tie the best
+            assert row["score_chosen"] > row["score_rejected"]
         assert f"openai:{vllm_server.model}" in json.dumps(row["provenance"]) + json.dumps(
             {k: v for k, v in row.items() if k.endswith(("_model", "_generator", "configs"))}
         )

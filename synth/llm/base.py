@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from ..seeds import derive_seed
 
@@ -33,6 +33,16 @@ class Sampling(BaseModel):
     stop: tuple[str, ...] = ()
     repetition_penalty: float = Field(1.0, gt=0)
     n: int = Field(1, ge=1)
+    top_k: int = Field(0, ge=0, description="sample from the k likeliest tokens only (0: off)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """top_k appears only when set: requests without it keep the cache keys and provenance
+        they had before it existed."""
+        data = handler(self)
+        if not data.get("top_k"):
+            data.pop("top_k", None)
+        return data
 
 
 @functools.lru_cache(maxsize=1024)

@@ -138,7 +138,7 @@ class LocalBackend:
                     max_tokens=s.max_tokens,
                     temperature=s.temperature,
                     top_p=s.top_p,
-                    top_k=0,
+                    top_k=s.top_k,
                     min_p=0.0,
                     repeat_penalty=s.repetition_penalty,
                     stop=list(s.stop),
@@ -187,6 +187,27 @@ class LocalBackend:
 
         async for item in self._each(requests, one):
             yield item
+
+    # ---- the tokenizer (CDR's truncation: synth/stages/reward/formatting.py) ----
+    def _vocab(self):
+        with self._busy:
+            if self._scorer is None and self._llm is None:
+                self._scorer = self._load(logits_all=True)
+            return self._scorer or self._llm
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, special tokens parsed, no BOS added."""
+        llm = await asyncio.to_thread(self._vocab)
+        return [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+
+    async def detokenize(self, ids: Sequence[list[int]]) -> list[str]:
+        llm = await asyncio.to_thread(self._vocab)
+        return [llm.detokenize(list(i), special=True).decode("utf-8", errors="replace") for i in ids]
+
+    async def eos_text(self) -> str:
+        """The end-of-sequence token as text (the model's metadata), e.g. "<eos>"."""
+        llm = await asyncio.to_thread(self._vocab)
+        return llm.detokenize([llm.token_eos()], special=True).decode("utf-8", errors="replace")
 
     def _score_one(self, r: ScoreRequest) -> ScoreResult:
         import numpy as np

@@ -486,6 +486,8 @@ class OpenAIBackend:
             body["stop"] = server_stops(s.stop)
         if s.repetition_penalty != 1.0:  # not OpenAI's API: vLLM's extension, sent only when used
             body["repetition_penalty"] = s.repetition_penalty
+        if s.top_k:  # likewise (vLLM and llama.cpp's server take it)
+            body["top_k"] = s.top_k
         return body
 
     @staticmethod
@@ -634,6 +636,29 @@ class OpenAIBackend:
                     )
                     self._bos = (text.get("prompt") if isinstance(text, dict) else None) or ""
         return self._bos or None
+
+    # ---- the tokenizer (vLLM's /tokenize and /detokenize; CDR's truncation) ----
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text under the served model's tokenizer, no BOS added."""
+        out = []
+        for text in texts:
+            body = {"model": self.spec.model, "prompt": text, "add_special_tokens": False}
+            data = await self._send("/tokenize", body, root=True)
+            if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+                raise BackendError(f"{self.model_id}: the server cannot tokenize (vLLM's /tokenize): {data!r}"[:500])
+            out.append(data["tokens"])
+        return out
+
+    async def detokenize(self, ids: Sequence[list[int]]) -> list[str]:
+        out = []
+        for tokens in ids:
+            data = await self._send("/detokenize", {"model": self.spec.model, "tokens": list(tokens)}, root=True)
+            if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+                raise BackendError(
+                    f"{self.model_id}: the server cannot detokenize (vLLM's /detokenize): {data!r}"[:500]
+                )
+            out.append(data["prompt"])
+        return out
 
     async def _score_prompt_logprobs(self, r: ScoreRequest) -> ScoreResult | None:
         body = {"model": self.spec.model, "prompt": r.prompt + r.continuation, "max_tokens": 1, "temperature": 0.0}

@@ -137,6 +137,7 @@ class VLLMBackend:
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
             repetition_penalty=s.repetition_penalty,
+            **({"top_k": s.top_k} if s.top_k else {}),
             seed=request.seed,
             structured_outputs=structured,
         )
@@ -189,6 +190,15 @@ class VLLMBackend:
                 continue
             ids.append(tokenizer.encode(text, add_special_tokens=False))  # the template writes BOS
         return self._run(ids, [self._params(r) for r in requests])
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no BOS added (CDR's truncation)."""
+        tokenizer = self.llm.get_tokenizer()
+        return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+    async def detokenize(self, ids: Sequence[list[int]]) -> list[str]:
+        tokenizer = self.llm.get_tokenizer()
+        return [tokenizer.decode(list(i)) for i in ids]
 
     def _score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         from vllm import SamplingParams

@@ -9,7 +9,10 @@ the fine-grained scores, which the reward-augmented recipe of Zhang et al. filte
 aligned with the responses, ready for the `pairs` stage (`scores: overall_score`).
 
 Pairwise (WildBench, Lin et al. 2024): two responses (`response_a`/`response_b`, or the first two
-of a list) are compared with five outcomes, A>>B, A>B, A=B (tie), B>A, B>>A. Position bias is
+of a list) are compared as WildBench's prompt asks: with the instruction's checklist, an analysis of
+each response and a reason for each outcome first, then one of five choices, reported as A>>B, A>B,
+A=B (tie, "to be used sparingly"), B>A, B>>A. Texts are cut to `max_words` (1,000) words, and an
+empty response loses without a call. Position bias is
 evened out by a seeded coin per row that shows B first (`judge_swapped`); the verdict is reported
 in the row's own A/B terms. `both_orders` judges both orders, keeps an agreed verdict (the milder
 one when only the strength differs) and calls a disagreement a tie. Then WildBench's length rule:
@@ -17,7 +20,20 @@ a "slightly better" verdict becomes a tie when the winner is longer than the los
 `length_tie_chars` characters (500, null disables). Columns: `judge_verdict`, `judge_reward`
 (WB-Reward from A's side: +1, +0.5, 0, -0.5, -1), `judge_swapped`, `judge_raw_verdicts` (each
 judgment in original terms, before the rules), `judge_verdict_rationales`, `judge_length_tie`,
-`judge_model`.
+`judge_model`, and `judge_checklist`. The prompt says nothing about length while the length rule is
+on (length is then handled once, after judging).
+
+Score (WildBench's WB-Score): each response alone, with the checklist, strengths and weaknesses,
+then a score of 1-10: `judge_score`, `wb_score` ((score - 5) x 2), `judge_strengths`,
+`judge_weaknesses`. UltraFeedback (`task: ultrafeedback`): as its authors annotate, one prompt per
+aspect that shows all of a row's responses together ("text 1", "text 2", ...) and rates each one;
+the columns are the absolute task's fine-grained ones (no overall score: UltraFeedback's comes from
+a separate critique pass).
+
+The checklist (pairwise and score by default, `checklist:`): 5-10 questions per instruction,
+written once by `checklist_backend` (the judge's own by default) through the request cache, or read
+from a column. A checklist answer that does not parse is retried like a judgment; a row without one
+fails (`checklist_failed`).
 
 The judge is greedy and answers in JSON. With `schema: auto` (the default) the answer's JSON schema
 goes to every backend that can constrain generation to it (a grammar in llama.cpp, structured
@@ -32,62 +48,28 @@ model can loop on until max_tokens; serving it with `--structured-outputs-config
 
 from __future__ import annotations
 
-import asyncio
-import warnings
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
-from pydantic import Field
 
-from ...errors import SynthError
-from ...llm.base import Request, RequestFailed
-from ...templating import render, template_problem, template_variables
+from ...seeds import derive_seed
+from ...templating import render
 from ..base import Batch, CheckEnv, MapStage, Row
-from ..common import LLMParams, add_provenance, auto_mode, check_template, retry_sampling, template_sha
-from . import rubric
-from .verdicts import PAIRWISE_COLUMNS, coin, pairwise_columns, pairwise_schema, parse_pairwise
+from ..common import add_provenance, template_sha
+from . import answers, rubric
+from .asking import Asker, make_asker
+from .params import JudgeParams, check_params
+from .verdicts import (
+    ANALYSES,
+    PAIRWISE_COLUMNS,
+    coin,
+    empty_verdict,
+    pairwise_columns,
+    pairwise_schema,
+    parse_pairwise,
+)
 
-TEMPLATE_VARIABLES = {"instruction", "row", "criteria", "overall", "response", "response_a", "response_b"}
-
-with warnings.catch_warnings():  # `schema` shadows pydantic's deprecated BaseModel.schema(): harmless here
-    warnings.filterwarnings("ignore", message='Field name "schema"')
-
-    class JudgeParams(LLMParams):
-        task: Literal["absolute", "pairwise"] = Field(
-            "absolute", description="absolute: score each response (UltraFeedback); pairwise: compare two (WildBench)"
-        )
-        input: str = Field("instruction", description="column holding the instruction")
-        response: str = Field(
-            "response", description="column with a response or a list of them (pairwise: the first two are compared)"
-        )
-        response_a: str | None = Field(None, description="pairwise: column of response A (give response_b too)")
-        response_b: str | None = Field(None, description="pairwise: column of response B")
-        criteria: list[rubric.Criterion] = Field(
-            default_factory=lambda: list(rubric.ULTRAFEEDBACK),
-            description="absolute: the rubric, each {name, description, scale: [low, high]} (default: "
-            "UltraFeedback's helpfulness, honesty, instruction_following, truthfulness, 1-5)",
-        )
-        overall_scale: list[int] | None = Field([1, 10], description="absolute: overall score's scale (null: none)")
-        mode: Literal["auto", "chat", "complete"] = Field(
-            "auto",
-            description="chat: chat template; complete: few-shot prompt for base models; auto: chat when "
-            "the model has a chat template (servers always), else complete",
-        )
-        template: str | None = Field(
-            None, description="prompt template (default: judge/<task>.jinja, judge/<task>_few_shot.jinja in complete)"
-        )
-        schema: Literal["auto", "on", "off"] = Field(
-            "auto", description="send the answer's JSON schema to the backend (on: fail if it cannot take one)"
-        )
-        rationale_chars: int | None = Field(400, ge=1, description="longest rationale the JSON schema allows")
-        length_tie_chars: int | None = Field(
-            500, ge=0, description="pairwise: A>B/B>A becomes a tie if the winner is this much longer (null: off)"
-        )
-        both_orders: bool = Field(False, description="pairwise: judge both orders; a disagreement is a tie")
-        parse_retries: int = Field(2, ge=0, description="extra rounds, with new seeds, for answers that do not parse")
-        retry_temperature: float = Field(0.7, ge=0, description="temperature of retry rounds (the first is greedy)")
-        temperature: float = 0.0
-        max_tokens: int = 1024
+__all__ = ["Judge", "JudgeParams"]
 
 
 def _text(value: Any) -> str:
@@ -99,187 +81,250 @@ class Unjudgeable(Exception):
 
 
 class Judge(MapStage):
-    """Score responses on a rubric (UltraFeedback) or compare two of them (WildBench) with an LLM judge."""
+    """Score responses (UltraFeedback, WB-Score) or compare two of them (WildBench) with an LLM judge."""
 
     Params = JudgeParams
     params: JudgeParams
 
     @classmethod
     def reads(cls, params: JudgeParams) -> list[str]:
+        extra = [params.checklist_column] if params.checklist == "column" else []
         if params.task == "pairwise" and params.response_a and params.response_b:
-            return [params.input, params.response_a, params.response_b]
-        return [params.input, params.response]
+            return [params.input, params.response_a, params.response_b, *extra]
+        return [params.input, params.response, *extra]
 
     @classmethod
     def writes(cls, params: JudgeParams) -> list[str]:
+        extra = ["judge_checklist"] if params.checklist_on() else []
         if params.task == "pairwise":
-            return [*PAIRWISE_COLUMNS, "judge_model"]
-        return [*rubric.absolute_column_names(params.criteria, params.overall_scale), "judge_model"]
+            return [*PAIRWISE_COLUMNS, "judge_model", *extra]
+        if params.task == "score":
+            return [*answers.SCORE_COLUMNS, "judge_model", *extra]
+        overall = params.overall_scale if params.task == "absolute" else None
+        return [*rubric.absolute_column_names(params.criteria, overall), "judge_model", *extra]
 
     @classmethod
     def check(cls, params: JudgeParams, env: CheckEnv) -> list[tuple[tuple, str]]:
-        p, problems = params, []
-        if p.n != 1:
-            problems.append((("n",), "a judge answers once per judgment: leave n at 1 (use parse_retries for retries)"))
-        if p.task == "pairwise":
-            if (p.response_a is None) != (p.response_b is None):
-                missing = "response_b" if p.response_b is None else "response_a"
-                why = "pairwise needs two responses: set both response_a and response_b, or neither (the first two"
-                problems.append(((missing,), f"{why} of the list in `{p.response}` are compared)"))
-            elif p.response_a is not None and p.response_a == p.response_b:
-                problems.append((("response_b",), f"response_a and response_b both name '{p.response_a}'"))
-            for name in ("criteria", "overall_scale"):
-                if name in p.model_fields_set:
-                    problems.append(((name,), f"{name} is for task: absolute (this stage has task: pairwise)"))
-        else:
-            for name in ("response_a", "response_b", "both_orders"):
-                if getattr(p, name):
-                    problems.append(((name,), f"{name} is for task: pairwise (this stage has task: absolute)"))
-            problems += rubric.rubric_problems(p.criteria, p.overall_scale)
-        template = p.template
-        if template:
-            problems += check_template(template, "template", env, TEMPLATE_VARIABLES)
-            if not template_problem(template, env.base_dir):
-                shown = template_variables(template, env.base_dir)
-                needed = ["response_a", "response_b"] if p.task == "pairwise" else ["response"]
-                lacking = " and ".join("{{ " + v + " }}" for v in needed if v not in shown)
-                if lacking:
-                    problems.append((("template",), f"template '{template}' never shows what it judges: add {lacking}"))
-        return problems
+        return check_params(params, env)
+
+    @classmethod
+    def backend_names(cls, params: JudgeParams) -> list[str]:
+        names = [params.backend]
+        if params.checklist_on() and params.checklist != "column" and params.checklist_backend:
+            names.append(params.checklist_backend)
+        return list(dict.fromkeys(names))
 
     # ---- running ----
+    async def _asker(self, name: str, schema: dict | None, max_tokens: int, seed) -> Asker:
+        p = self.params
+        return await make_asker(self.ctx.llm(name), name, self.ctx.label, p, p.mode, schema, max_tokens, seed)
+
+    def _schema(self) -> dict:
+        p = self.params
+        if p.task == "pairwise":
+            return pairwise_schema(p.rationale_chars)
+        if p.task == "score":
+            return answers.score_schema(p.rationale_chars)
+        return rubric.absolute_schema(p.criteria, p.overall_scale, p.rationale_chars)
+
     async def open(self) -> None:
         p = self.params
         self.check_again()
-        llm = self.ctx.llm(p.backend)
-        self.mode = p.mode if p.mode != "auto" else await asyncio.to_thread(auto_mode, llm.backend, self.ctx.label)
-        self.template = p.template or f"judge/{p.task}{'_few_shot' if self.mode == 'complete' else ''}.jinja"
-        supported = getattr(llm.backend, "structured_output", False)
-        if p.schema == "on" and not supported:
-            raise SynthError(
-                f"stage '{self.ctx.label}': backend '{p.backend}' ({llm.model_id}) cannot constrain "
-                "answers to a JSON schema: set schema: auto or off"
-            )
-        self.schema = None
-        if p.schema != "off" and supported:
-            self.schema = (
-                pairwise_schema(p.rationale_chars)
-                if p.task == "pairwise"
-                else rubric.absolute_schema(p.criteria, p.overall_scale, p.rationale_chars)
-            )
-        self.sampling = p.sampling()
-        if self.mode == "complete" and self.schema is None:  # few-shot answers are one line of JSON
-            self.sampling = self.sampling.model_copy(update={"stop": (*self.sampling.stop, "\n")})
+        schema = None if p.task == "ultrafeedback" else self._schema()  # ultrafeedback's depends on the row
+        self.judge = await self._asker(p.backend, schema, p.max_tokens, self.ctx.seed_for)
+        self.mode = self.judge.mode
+        few_shot = "_few_shot" if self.mode == "complete" else ""
+        self.template = p.template or f"judge/{p.task}{few_shot}.jinja"
+        self.checklister = None
+        if p.checklist_on() and p.checklist != "column":
+            schema = answers.checklist_schema(p.checklist_size, p.rationale_chars)
 
-    def _prompt(self, row: Row, **texts: str) -> str:
+            # Seeds without the stage's label: one checklist per instruction, whichever judge stage asks.
+            def seed(prompt: str, attempt: int) -> int:
+                return derive_seed(self.ctx.seed, "checklist", prompt, attempt)
+
+            backend = p.checklist_backend or p.backend
+            self.checklister = await self._asker(backend, schema, p.checklist_max_tokens, seed)
+            suffix = "_few_shot" if self.checklister.mode == "complete" else ""
+            self.checklist_template = p.checklist_template or f"judge/checklist{suffix}.jinja"
+
+    def _prompt(self, template: str, row: Row, **texts: Any) -> str:
         p = self.params
         criteria = [c.model_dump() for c in p.criteria]
         instruction = row.get(p.input)  # None stays None: the template then fails the row, naming it
         variables = {"instruction": None if instruction is None else _text(instruction), **texts}
-        variables |= {"criteria": criteria, "overall": p.overall_scale}
-        return render(self.template, self.ctx.base_dir, **{**row, "row": row, **variables})
+        variables |= {"criteria": criteria, "overall": p.overall_scale, "length_rule": p.length_tie_chars is not None}
+        return render(template, self.ctx.base_dir, **{**row, "row": row, **variables})
 
-    def _request(self, prompt: str, attempt: int) -> Request:
+    async def _checklists(self, batch: Batch, rows: dict[int, Row]) -> dict[int, list[str]]:
+        """Each row's checklist (rows that get none fail); one request per distinct instruction."""
         p = self.params
-        sampling = retry_sampling(self.sampling, attempt, p.retry_temperature)
-        seed = self.ctx.seed_for(prompt, attempt)
-        if self.mode == "complete":
-            return Request(sampling, seed, prompt=prompt, json_schema=self.schema)
-        return Request(sampling, seed, messages=(("user", prompt),), json_schema=self.schema)
+        out: dict[int, list[str]] = {}
+        if p.checklist == "column":
+            for pos, row in list(rows.items()):
+                items = answers.clean_checklist(row.get(p.checklist_column))
+                if items is None:
+                    batch.fail(
+                        row,
+                        "no_checklist",
+                        f"column '{p.checklist_column}' holds {row.get(p.checklist_column)!r}"[:500],
+                    )
+                    del rows[pos]
+                else:
+                    out[pos] = items
+            return out
+        prompts: dict[str, str] = {}
+        for pos, row in list(rows.items()):
+            try:
+                prompts.setdefault(
+                    _text(row.get(p.input)), self._prompt(self.checklist_template, row, size=p.checklist_size)
+                )
+            except jinja2.TemplateError as exc:
+                batch.fail(row, "template_error", str(exc))
+                del rows[pos]
+        texts = list(prompts)
 
-    async def _ask(self, prompts: list[str], parse, batch: Batch) -> list[tuple[Any, str, int, str]]:
-        """(parsed or None, raw answer, seed, failure reason) per prompt, after up to parse_retries
-        more rounds for answers that do not parse."""
-        llm = self.ctx.llm(self.params.backend)
-        call = llm.complete if self.mode == "complete" else llm.chat
-        out: list[tuple[Any, str, int, str]] = [(None, "", 0, "")] * len(prompts)
-        pending = list(range(len(prompts)))
-        for attempt in range(self.params.parse_retries + 1):
-            if not pending:
-                break
-            if attempt == 1:
-                batch.count("parse_retried", len(pending))
-            requests = [self._request(prompts[i], attempt) for i in pending]
-            results = await call(requests)
-            still = []
-            for i, request, result in zip(pending, requests, results, strict=True):
-                if isinstance(result, RequestFailed):  # a prompt too long stays too long: no retry
-                    out[i] = (None, result.detail, request.seed, f"request_failed:{result.reason}")
-                    continue
-                parsed = parse(result[0].text)
-                out[i] = (parsed, result[0].text, request.seed, "parse_failed")
-                if parsed is None:
-                    still.append(i)
-            pending = still
-        if pending:
-            batch.count("parse_failed", len(pending))
+        def parse(text: str) -> list[str] | None:
+            return answers.parse_checklist(text, p.checklist_size)
+
+        schema = self.checklister.schema
+        found = await self.checklister.ask([(prompts[t], parse, schema) for t in texts], batch, "checklist_parse")
+        by_text = dict(zip(texts, found, strict=True))
+        for pos, row in list(rows.items()):
+            parsed, raw, _, reason = by_text[_text(row.get(p.input))]
+            if parsed is None:
+                batch.fail(row, "checklist_failed", f"{reason}; raw answer: {raw!r}"[:4000])
+                del rows[pos]
+            else:
+                out[pos] = parsed
         return out
 
     async def process(self, batch: Batch) -> list[Row]:
         p = self.params
-        llm = self.ctx.llm(p.backend)
-        jobs: list[tuple[int, str, Any]] = []  # (row position, prompt, what the judgment is of)
         rows: dict[int, Row] = {}
         for pos, row in enumerate(batch.rows):
             try:
-                items = self._pairwise_jobs(row) if p.task == "pairwise" else self._absolute_jobs(row)
-            except jinja2.TemplateError as exc:
-                batch.fail(row, "template_error", str(exc))
-                continue
+                self._responses(row)
             except Unjudgeable as exc:
                 batch.fail(row, exc.args[0], exc.args[1])
                 continue
             rows[pos] = row
-            jobs += [(pos, prompt, what) for prompt, what in items]
+        checklists = await self._checklists(batch, rows) if p.checklist_on() and rows else {}
+        jobs: list[tuple[int, str, Any, Any, dict | None]] = []  # (row position, prompt, what, parse, schema)
+        decided: dict[int, list] = {}  # pairwise rows settled without a call (an empty response)
+        for pos, row in list(rows.items()):
+            try:
+                items = self._jobs(row, checklists.get(pos))
+            except jinja2.TemplateError as exc:
+                batch.fail(row, "template_error", str(exc))
+                del rows[pos]
+                continue
+            if isinstance(items, str):
+                decided[pos] = [items]
+                continue
+            jobs += [(pos, *item) for item in items]
+        answered = await self.judge.ask([(prompt, parse, schema) for _, prompt, _, parse, schema in jobs], batch)
+        by_row: dict[int, list] = {pos: [] for pos in rows}
+        for (pos, _, what, _, _), answer in zip(jobs, answered, strict=True):
+            by_row[pos].append((what, *answer))
+        record = {
+            "stage": "judge",
+            "task": p.task,
+            "model": self.judge.llm.model_id,
+            "mode": self.mode,
+            "template": self.template,
+            "template_sha": template_sha(self.template, self.ctx.base_dir),
+            "json_schema": self.judge.schema is not None or any(schema is not None for *_, schema in jobs),
+            **self.judge.sampling.model_dump(mode="json"),
+        }
+        if self.checklister is not None:
+            record["checklist"] = {
+                "model": self.checklister.llm.model_id,
+                "template": self.checklist_template,
+                "template_sha": template_sha(self.checklist_template, self.ctx.base_dir),
+            }
+        out = []
+        for pos, row in rows.items():
+            seeds: list[int] = []
+            if pos in decided:
+                columns = self._empty_columns(row, decided[pos][0])
+                batch.count("empty_response_verdict")
+            else:
+                judged = by_row[pos]
+                failed = [(reason, raw) for _, parsed, raw, _, reason in judged if parsed is None]
+                if failed:
+                    batch.fail(row, failed[0][0], "raw answers: " + repr([raw for _, raw in failed])[:4000])
+                    continue
+                columns = self._columns(row, judged)
+                seeds = [seed for _, _, _, seed, _ in judged]
+            if pos in checklists:
+                columns["judge_checklist"] = checklists[pos]
+            columns["judge_model"] = self.judge.llm.model_id
+            out.append(add_provenance({**row, **columns}, self.ctx.label, {**record, "seeds": seeds}))
+        return out
+
+    # ---- per task ----
+    def _responses(self, row: Row) -> tuple[list[str], bool]:
+        """The row's responses and whether the column holds a list; raises Unjudgeable."""
+        p = self.params
         if p.task == "pairwise":
-            parse = parse_pairwise
+            return list(self._pair(row)), False
+        value = row.get(p.response)
+        responses = [_text(v) for v in value] if isinstance(value, list) else [] if value is None else [_text(value)]
+        if not responses:
+            raise Unjudgeable("no_response", f"column '{p.response}' is empty")
+        return responses, isinstance(value, list)
+
+    def _jobs(self, row: Row, checklist: list[str] | None) -> list[tuple] | str:
+        p = self.params
+        responses, many = self._responses(row)
+        if p.task == "pairwise":
+            return self._pairwise_jobs(row, checklist)
+        if p.task == "ultrafeedback":
+            shown = [{"index": i + 1, "text": r} for i, r in enumerate(responses)]
+            jobs = []
+            for c in p.criteria:
+
+                def parse(text: str, scale=c.scale, n=len(shown)):  # noqa: B008 - bound per criterion
+                    return answers.parse_aspect(text, n, scale)
+
+                prompt = self._prompt(self.template, row, responses=shown, criterion=c.model_dump())
+                schema = (
+                    answers.aspect_schema(len(responses), c.scale, p.rationale_chars) if p.schema != "off" else None
+                )
+                if not getattr(self.judge.llm.backend, "structured_output", False):
+                    schema = None
+                jobs.append((prompt, (c.name, many), parse, schema))
+            return jobs
+        if p.task == "score":
+            parse = answers.parse_score
         else:
 
             def parse(text: str) -> dict | None:
                 return rubric.parse_absolute(text, p.criteria, p.overall_scale)
 
-        answers = await self._ask([prompt for _, prompt, _ in jobs], parse, batch)
-        by_row: dict[int, list] = {pos: [] for pos in rows}
-        for (pos, _, what), answer in zip(jobs, answers, strict=True):
-            by_row[pos].append((what, *answer))
-        record = {
-            "stage": "judge",
-            "task": p.task,
-            "model": llm.model_id,
-            "mode": self.mode,
-            "template": self.template,
-            "template_sha": template_sha(self.template, self.ctx.base_dir),
-            "json_schema": self.schema is not None,
-            **self.sampling.model_dump(mode="json"),
-        }
-        out = []
-        for pos, row in rows.items():
-            judged = by_row[pos]
-            failed = [(reason, raw) for _, parsed, raw, _, reason in judged if parsed is None]
-            if failed:
-                batch.fail(row, failed[0][0], "raw answers: " + repr([raw for _, raw in failed])[:4000])
-                continue
-            parsed = [answer for _, answer, *_ in judged]
-            if p.task == "pairwise":
-                swaps = [what[0] for what, *_ in judged]
-                lengths = judged[0][0][1:]
-                verdicts, rationales = [a[0] for a in parsed], [a[1] for a in parsed]
-                columns = pairwise_columns(verdicts, rationales, swaps, lengths, p.length_tie_chars)
-            else:
-                columns = rubric.absolute_columns(parsed, p.criteria, p.overall_scale, many=judged[0][0])
-            columns["judge_model"] = llm.model_id
-            seeds = [seed for _, _, _, seed, _ in judged]
-            out.append(add_provenance({**row, **columns}, self.ctx.label, {**record, "seeds": seeds}))
-        return out
+        return [
+            (self._prompt(self.template, row, response=answers.shorten(r, p.max_words) if p.task == "score" else r,
+                          checklist=checklist or []), many, parse, self.judge.schema)
+            for r in responses
+        ]  # fmt: skip
 
-    # ---- absolute ----
-    def _absolute_jobs(self, row: Row) -> list[tuple[str, Any]]:
-        value = row.get(self.params.response)
-        responses = [_text(v) for v in value] if isinstance(value, list) else [] if value is None else [_text(value)]
-        if not responses:
-            raise Unjudgeable("no_response", f"column '{self.params.response}' is empty")
-        many = isinstance(value, list)
-        return [(self._prompt(row, response=r), many) for r in responses]
+    def _columns(self, row: Row, judged: list) -> dict:
+        p = self.params
+        parsed = [answer for _, answer, *_ in judged]
+        if p.task == "pairwise":
+            swaps = [what[0] for what, *_ in judged]
+            lengths = judged[0][0][1:]
+            verdicts, rationales = [a[0] for a in parsed], [a[1] for a in parsed]
+            return pairwise_columns(verdicts, rationales, swaps, lengths, p.length_tie_chars)
+        many = judged[0][0] if p.task != "ultrafeedback" else judged[0][0][1]
+        if p.task == "score":
+            return answers.score_columns(parsed, many)
+        if p.task == "ultrafeedback":
+            return answers.aspect_columns(
+                {what[0]: a for (what, *_), a in zip(judged, parsed, strict=True)}, p.criteria, many
+            )
+        return rubric.absolute_columns(parsed, p.criteria, p.overall_scale, many=many)
 
     # ---- pairwise ----
     def _pair(self, row: Row) -> tuple[str, str]:
@@ -294,12 +339,29 @@ class Judge(MapStage):
             raise Unjudgeable("fewer_than_two_responses", f"column '{p.response}' holds {value!r}"[:500])
         return _text(value[0]), _text(value[1])
 
-    def _pairwise_jobs(self, row: Row) -> list[tuple[str, Any]]:
+    def _swapped(self, row: Row, a: str, b: str) -> bool:
+        return coin(self.ctx.seed_for("swap", _text(row[self.params.input]), a, b))
+
+    def _pairwise_jobs(self, row: Row, checklist: list[str] | None) -> list[tuple] | str:
+        p = self.params
         a, b = self._pair(row)
-        swapped = coin(self.ctx.seed_for("swap", _text(row[self.params.input]), a, b))
-        orders = [swapped, not swapped] if self.params.both_orders else [swapped]
+        verdict = empty_verdict(a, b)
+        if verdict is not None:
+            return verdict
+        swapped = self._swapped(row, a, b)
+        orders = [swapped, not swapped] if p.both_orders else [swapped]
+        shown_a, shown_b = answers.shorten(a, p.max_words), answers.shorten(b, p.max_words)
         jobs = []
         for swap in orders:
-            first, second = (b, a) if swap else (a, b)
-            jobs.append((self._prompt(row, response_a=first, response_b=second), (swap, len(a), len(b))))
+            first, second = (shown_b, shown_a) if swap else (shown_a, shown_b)
+            prompt = self._prompt(self.template, row, response_a=first, response_b=second, checklist=checklist or [])
+            jobs.append((prompt, (swap, len(a), len(b)), parse_pairwise, self.judge.schema))
         return jobs
+
+    def _empty_columns(self, row: Row, verdict: str) -> dict:
+        a, b = self._pair(row)
+        reason = {key: "" for key in ANALYSES}
+        for key, text in (("analysis of A", a), ("analysis of B", b)):
+            if not text.strip():
+                reason[key] = "empty response: it loses without a judgment (both empty: a tie)"
+        return pairwise_columns([verdict], [reason], [False], (len(a), len(b)), None)

@@ -115,7 +115,7 @@ def absolute_schema(criteria: list[Criterion], overall: list[int] | None, max_ch
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def _score(value: Any, scale: list[int]) -> int | None:
+def score_value(value: Any, scale: list[int]) -> int | None:
     """An integer score within the scale (4, 4.0 and "4" all read as 4), or None."""
     if isinstance(value, bool):
         return None
@@ -139,9 +139,9 @@ def parse_absolute(text: str, criteria: list[Criterion], overall: list[int] | No
     for name, scale in wanted:
         item = data.get(name)
         if isinstance(item, dict):  # {"rationale": ..., "score": ...}
-            score, rationale = _score(item.get("score"), scale), item.get("rationale")
+            score, rationale = score_value(item.get("score"), scale), item.get("rationale")
         else:  # a bare score is accepted too
-            score, rationale = _score(item, scale), None
+            score, rationale = score_value(item, scale), None
         if score is None:
             return None
         out[name] = (score, str(rationale).strip() if rationale is not None else "")

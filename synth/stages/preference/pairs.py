@@ -3,11 +3,14 @@
 The published recipes sample several responses per prompt, score each one, then keep one pair:
 - `best_worst` (default): the highest- against the lowest-scored response. Magpie's DPO sets
   (5 responses at temperature 0.8, ArmoRM scores) and PiKa's preference data do this; so does
-  PAR-shaped data (Fu et al. 2025), where a `min_margin` of 0.1 and a `min_chosen_score` of 0.5
-  (the chosen response beats the reference) give thresholds that mean the same on every prompt.
-- `best_random`: the highest-scored response against a seeded random one scored lower, as the
-  UltraFeedback binarization of Zhang et al.'s reward-augmented preference data and CDR (Dr.SoW)
-  pick rejected responses; responses tied with the best are never the rejected one.
+  PAR-shaped data (Fu et al. 2025).
+- `best_random`: the highest-scored response against a seeded random other one, as CDR (Dr.SoW)
+  and the UltraFeedback binarization of Zhang et al.'s reward-augmented data pick it: any index but
+  the best's, so the rejected one may tie the best (that pair is kept with margin 0 unless
+  `min_margin` says otherwise). A row whose scores are all equal gives no pair, nor a pick whose
+  text is the chosen one's, as in the authors' code.
+- `best_random_lower`: the same, but the random pick is among the responses scored strictly lower
+  (synth's earlier `best_random`).
 - `all_pairs`: every pair of responses with different scores, one output row each (so this stage
   can write more rows than it reads).
 - `verdict`: the two responses a pairwise `judge` compared (`responses: [response_a, response_b]`,
@@ -16,7 +19,12 @@ The published recipes sample several responses per prompt, score each one, then 
   the negative for the rejected), so `margin` is 2 for "much better" and 1 for "slightly better"
   (`min_margin: 2` keeps only the clear wins); a tie (0) is no pair.
 
-A pair whose texts are identical or whose scores tie teaches nothing, so it is never made. A row
+PAR's filters: on scores that a `reward` stage shaped with `par` (its `reward_shaping` column names
+the output), `min_margin` defaults to 0.1 and `min_chosen_score` to 0.5 (the chosen response beats
+the reference): thresholds that mean the same on every prompt. Explicit values win, and
+`par_filters: false` turns the defaults off (`true` applies them to any scores).
+
+A pair whose texts are identical, or whose scores tie (except best_random's pick), is never made. A row
 that yields no pair is dropped with the reason (`too_few_responses`, `missing_scores`,
 `score_count_mismatch`, `identical_responses`, `tie`, `below_min_chosen`, `below_margin`).
 Responses whose score is missing or not a number are left out of the pairing and counted
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -40,7 +49,9 @@ from pydantic import Field, model_validator
 from ..base import Batch, CheckEnv, MapStage, Row, StageParams
 from ..common import add_provenance, list_problem
 
-Strategy = Literal["best_worst", "best_random", "all_pairs", "verdict"]
+Strategy = Literal["best_worst", "best_random", "best_random_lower", "all_pairs", "verdict"]
+RANDOM = ("best_random", "best_random_lower")
+PAR_MIN_MARGIN, PAR_MIN_CHOSEN = 0.1, 0.5  # PAR's pair filters on its shaped score
 WRITES = ["chosen", "rejected", "score_chosen", "score_rejected", "margin", "chosen_index", "rejected_index"]
 
 
@@ -57,8 +68,9 @@ class PairsParams(StageParams):
     strategy: Strategy = Field(
         "best_worst",
         description="best_worst: highest vs lowest score (Magpie DPO, PiKa, PAR); best_random: highest vs a "
-        "seeded random lower-scored one (UltraFeedback binarization, CDR); all_pairs: every pair, a row each; "
-        "verdict: the winner of a pairwise judge's verdict",
+        "seeded random other one, which may tie it (UltraFeedback binarization, CDR); best_random_lower: highest "
+        "vs a seeded random one scored strictly lower; all_pairs: every pair, a row each; verdict: the winner of "
+        "a pairwise judge's verdict",
     )
     verdict: str = Field(
         "judge_reward", description="strategy verdict: column holding the pairwise verdict as WB-Reward from A's side"
@@ -66,11 +78,21 @@ class PairsParams(StageParams):
     carry: list[str] = Field(
         [], description="per-response list columns to copy for the pair as <column>_chosen and <column>_rejected"
     )
-    min_margin: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="keep pairs with score_chosen - score_rejected >= this (PAR: 0.1)"
+    min_margin: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="keep pairs with score_chosen - score_rejected >= this (default: 0.1 on PAR scores, else 0)",
     )
     min_chosen_score: float | None = Field(
-        None, allow_inf_nan=False, description="keep pairs whose chosen score is at least this (PAR: 0.5)"
+        None,
+        allow_inf_nan=False,
+        description="keep pairs whose chosen score is at least this (default: 0.5 on PAR scores, else none)",
+    )
+    par_filters: bool | None = Field(
+        None,
+        description="PAR's filters (min_margin 0.1, min_chosen_score 0.5) as the defaults; null: on when the scores "
+        "are a `reward` stage's shaping: par output, false: off (explicit min_margin/min_chosen_score still apply)",
     )
 
     @model_validator(mode="after")
@@ -93,6 +115,30 @@ class PairsParams(StageParams):
 
     def carried(self) -> list[str]:
         return [f"{c}_{side}" for c in self.carry for side in ("chosen", "rejected")]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The pair filters in force for one row."""
+
+    min_margin: float
+    min_chosen_score: float | None
+    par: bool  # PAR's defaults applied
+
+
+def par_scored(p: PairsParams, row: Row) -> bool:
+    """Whether the row's `scores` column is the output of a `reward` stage with shaping: par."""
+    shaping = row.get("reward_shaping")
+    if p.strategy == "verdict" or not isinstance(shaping, dict) or shaping.get("shaping") != "par":
+        return False
+    return shaping.get("output", "par_score") == p.scores
+
+
+def limits(p: PairsParams, row: Row) -> Limits:
+    par = p.par_filters if p.par_filters is not None else par_scored(p, row)
+    margin = p.min_margin if p.min_margin is not None else PAR_MIN_MARGIN if par else 0.0
+    chosen = p.min_chosen_score if p.min_chosen_score is not None else PAR_MIN_CHOSEN if par else None
+    return Limits(margin, chosen, par)
 
 
 class NoPair(Exception):
@@ -135,7 +181,7 @@ def scored_responses(p: PairsParams, row: Row) -> tuple[list[str | None], list[f
     return texts, [_number(s) if t is not None else None for s, t in zip(scores, texts, strict=True)]
 
 
-def verdict_pair(p: PairsParams, row: Row) -> tuple[list[str | None], list[float], tuple[int, int]]:
+def verdict_pair(p: PairsParams, row: Row, lim: Limits) -> tuple[list[str | None], list[float], tuple[int, int]]:
     """The two judged responses, their scores as the verdict seen from each side, and (chosen, rejected)."""
     if isinstance(p.responses, list):
         responses = [row.get(c) for c in p.responses]
@@ -156,35 +202,58 @@ def verdict_pair(p: PairsParams, row: Row) -> tuple[list[str | None], list[float
         raise NoPair("tie", f"verdict {row.get('judge_verdict', reward)!r}")
     chosen = 0 if reward > 0 else 1
     scores = [abs(reward) if i == chosen else -abs(reward) for i in range(2)]
-    if p.min_chosen_score is not None and scores[chosen] < p.min_chosen_score:
-        raise NoPair("below_min_chosen", f"verdict reward {reward} (min_chosen_score {p.min_chosen_score})")
-    if not _at_least(2 * abs(reward), p.min_margin):
-        raise NoPair("below_margin", f"verdict reward {reward} (min_margin {p.min_margin})")
+    if lim.min_chosen_score is not None and scores[chosen] < lim.min_chosen_score:
+        raise NoPair("below_min_chosen", f"verdict reward {reward} (min_chosen_score {lim.min_chosen_score})")
+    if not _at_least(2 * abs(reward), lim.min_margin):
+        raise NoPair("below_margin", f"verdict reward {reward} (min_margin {lim.min_margin})")
     return texts, scores, (chosen, 1 - chosen)
 
 
-def candidate_pairs(texts: list[str | None], scores: list[float | None], p: PairsParams) -> list[tuple[int, int]]:
-    """Every (chosen, rejected) pair that passes the checks, in index order; raises NoPair with the
-    check that removed the last candidates."""
-    valid = [i for i, s in enumerate(scores) if s is not None]
-    if len(valid) < 2:
-        raise NoPair("missing_scores", f"{len(valid)} of {len(scores)} responses have a numeric score: {scores!r}")
-    pairs = [(c, r) for c in valid for r in valid if c != r and scores[c] >= scores[r]]  # type: ignore[operator]
+def _filter(pairs: list[tuple[int, int]], texts, scores, lim: Limits, ties: bool) -> list[tuple[int, int]]:
+    """The pairs that pass the checks, in order; raises NoPair with the check that removed the last."""
     steps = [
         ("identical_responses", lambda c, r: texts[c] != texts[r]),
-        ("tie", lambda c, r: scores[c] > scores[r]),
-        ("below_min_chosen", lambda c, r: p.min_chosen_score is None or scores[c] >= p.min_chosen_score),
-        ("below_margin", lambda c, r: _at_least(scores[c] - scores[r], p.min_margin)),
+        ("tie", lambda c, r: ties or scores[c] > scores[r]),
+        ("below_min_chosen", lambda c, r: lim.min_chosen_score is None or scores[c] >= lim.min_chosen_score),
+        ("below_margin", lambda c, r: _at_least(scores[c] - scores[r], lim.min_margin)),
     ]
     for reason, keep in steps:
         pairs = [(c, r) for c, r in pairs if keep(c, r)]
         if not pairs:
-            limits = {
-                "below_min_chosen": f" (min_chosen_score {p.min_chosen_score})",
-                "below_margin": f" (min_margin {p.min_margin})",
+            shown = {
+                "below_min_chosen": f" (min_chosen_score {lim.min_chosen_score})",
+                "below_margin": f" (min_margin {lim.min_margin})",
             }
-            raise NoPair(reason, f"scores {scores!r}{limits.get(reason, '')}")
+            raise NoPair(reason, f"scores {scores!r}{shown.get(reason, '')}")
     return pairs
+
+
+def _valid(scores: list[float | None]) -> list[int]:
+    valid = [i for i, s in enumerate(scores) if s is not None]
+    if len(valid) < 2:
+        raise NoPair("missing_scores", f"{len(valid)} of {len(scores)} responses have a numeric score: {scores!r}")
+    return valid
+
+
+def candidate_pairs(texts: list[str | None], scores: list[float | None], lim: Limits) -> list[tuple[int, int]]:
+    """Every (chosen, rejected) pair with chosen scored above rejected that passes the checks, in
+    index order; raises NoPair with the check that removed the last candidates."""
+    valid = _valid(scores)
+    pairs = [(c, r) for c in valid for r in valid if c != r and scores[c] >= scores[r]]  # type: ignore[operator]
+    return _filter(pairs, texts, scores, lim, ties=False)
+
+
+def authors_random_pair(texts, scores: list[float | None], lim: Limits, rng: random.Random) -> list[tuple[int, int]]:
+    """CDR's and the UltraFeedback binarization's pick: the best (first of a tie) against a random
+    other index, whatever its score; no pair when every score is equal."""
+    valid = _valid(scores)
+    values = [scores[i] for i in valid]
+    if max(values) == min(values):  # type: ignore[type-var]
+        raise NoPair("tie", f"scores {scores!r}")
+    best = max(values)  # type: ignore[type-var]
+    chosen = min(i for i in valid if scores[i] == best)
+    rejected = rng.choice([i for i in valid if i != chosen])
+    return _filter([(chosen, rejected)], texts, scores, lim, ties=True)
 
 
 def _entry(values: Any, index: int) -> Any:
@@ -194,7 +263,7 @@ def _entry(values: Any, index: int) -> Any:
 
 def choose(pairs: list[tuple[int, int]], scores: list, strategy: str, rng: random.Random | None) -> list[tuple]:
     """The pairs a strategy keeps from the candidates (ties broken by the lower index)."""
-    if strategy in ("all_pairs", "verdict"):
+    if strategy in ("all_pairs", "verdict", "best_random"):  # best_random: picked already
         return sorted(pairs)
     best = max(scores[c] for c, _ in pairs)
     chosen = min(c for c, _ in pairs if scores[c] == best)
@@ -203,7 +272,7 @@ def choose(pairs: list[tuple[int, int]], scores: list, strategy: str, rng: rando
         worst = min(scores[r] for r in others)
         return [(chosen, min(r for r in others if scores[r] == worst))]
     assert rng is not None
-    return [(chosen, rng.choice(others))]
+    return [(chosen, rng.choice(others))]  # best_random_lower
 
 
 class Pairs(MapStage):
@@ -265,28 +334,35 @@ class Pairs(MapStage):
         p = self.params
         out = []
         for row in batch.rows:
+            lim = limits(p, row)
+            seed = rng = None
             try:
                 if p.strategy == "verdict":
-                    texts, scores, pair = verdict_pair(p, row)
+                    texts, scores, pair = verdict_pair(p, row, lim)
                     candidates = [pair]
                 else:
                     texts, scores = scored_responses(p, row)
-                    candidates = candidate_pairs(texts, scores, p)
+                    if p.strategy in RANDOM:
+                        seed = self.ctx.seed_for(row.get(p.input), texts)
+                        rng = random.Random(seed)
+                    if p.strategy == "best_random":
+                        candidates = authors_random_pair(texts, scores, lim, rng)
+                    else:
+                        candidates = candidate_pairs(texts, scores, lim)
             except NoPair as why:
                 batch.drop(row, why.reason, why.detail)
                 continue
             unscored = sum(t is not None and s is None for t, s in zip(texts, scores, strict=True))
             if unscored:  # left out of this row's pairs
                 batch.count("unscored_responses", unscored)
-            seed = self.ctx.seed_for(row.get(p.input), texts) if p.strategy == "best_random" else None
-            rng = random.Random(seed) if seed is not None else None
             record = {
                 "stage": "pairs",
                 "strategy": p.strategy,
                 "responses": p.responses,
                 "scores": p.score_column(),
-                "min_margin": p.min_margin,
-                "min_chosen_score": p.min_chosen_score,
+                "min_margin": lim.min_margin,
+                "min_chosen_score": lim.min_chosen_score,
+                "par_filters": lim.par,
                 "seed": seed,
             }
             for c, r in choose(candidates, scores, p.strategy, rng):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
 
+from ...errors import InputError
+from ...resources import resource_dir
 from ...templating import template_problem, template_variables
 from ..base import CheckEnv, StageParams
 from .shaping import NEEDS_REFERENCES, Shaping
@@ -61,6 +64,24 @@ class RewardParams(StageParams):
     max_length: int = Field(4096, ge=16, description="tokens per conversation; longer ones are cut from the left")
     strong: str | None = Field(None, description="method cdr: backend of the strong (preferred) model")
     weak: str | None = Field(None, description="method cdr: backend of the weak model")
+    format: Literal["strong", "own"] = Field(
+        "strong",
+        description="method cdr: strong: the authors' text, rendered once with the strong model's chat template, eos "
+        "appended, cut to max_prompt_tokens/max_response_tokens, scored under both models; own: each model scores "
+        "the conversation in its own chat template",
+    )
+    max_prompt_tokens: int = Field(1024, ge=1, le=1_000_000, description="format strong: the prompt's last N tokens")
+    max_response_tokens: int = Field(
+        1024, ge=1, le=1_000_000, description="format strong: the response's first N tokens (the eos comes after)"
+    )
+    few_shot: bool = Field(
+        False,
+        description="method cdr: a seeded exemplar of good and bad answers for the prompt's domain (CHAT without a "
+        "router) goes before the user's turn in the scored text (the authors' fs_domain_icl)",
+    )
+    exemplars: str | None = Field(
+        None, description="few_shot: a YAML file of exemplar texts per domain (default: the shipped pool)"
+    )
     router: str | None = Field(
         None,
         description="method cdr: backend that sorts prompts into SAFETY/REASONING/CHAT, whose system prompt goes "
@@ -87,6 +108,9 @@ class RewardParams(StageParams):
     )
     reference_temperature: float = Field(0.9, ge=0, le=100, description="references' sampling temperature (PAR: 0.9)")
     reference_top_p: float = Field(0.9, gt=0, le=1, description="references' top_p (PAR: 0.9)")
+    reference_top_k: int = Field(
+        50, ge=0, le=1_000_000, description="references' top_k (PAR: 50, transformers' default; 0: off)"
+    )
     reference_max_tokens: int = Field(512, ge=1, le=10_000_000, description="references' token limit (PAR: 512)")
     length_penalty: float = Field(
         0.0,
@@ -95,6 +119,14 @@ class RewardParams(StageParams):
         description="subtract this per token past length_limit (PAR's code: 0.01; 0: off)",
     )
     length_limit: int = Field(300, ge=0, description="response tokens free of the length penalty (PAR's code: 300)")
+
+
+def exemplar_path(p: RewardParams, base_dir: Path) -> Path:
+    """The few-shot pool: the `exemplars` file (relative to the pipeline) or the shipped one."""
+    if p.exemplars is None:
+        return resource_dir("data") / "reward" / "cdr_exemplars.yaml"
+    path = Path(p.exemplars).expanduser()
+    return path if path.is_absolute() else base_dir / path
 
 
 def output_column(p: RewardParams) -> str:
@@ -127,8 +159,11 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
             )
         elif p.model and p.backend:
             problems.append((("backend",), "give model: or backend:, not both"))
-        for field in ("strong", "weak", "router"):
+        for field in ("strong", "weak", "router", "few_shot", "exemplars"):
             if getattr(p, field):
+                problems.append(((field,), f"{field} is used by method: cdr only (this stage has method: rm)"))
+        for field in ("format", "max_prompt_tokens", "max_response_tokens"):
+            if field in p.model_fields_set:
                 problems.append(((field,), f"{field} is used by method: cdr only (this stage has method: rm)"))
         for name, index in p.heads.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or not 0 <= index <= 4096:
@@ -167,9 +202,13 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         "refs_per_prompt": (not needs_refs, "a shaping with references (centered, par, tanh_rel, lsc)"),
         "reference_temperature": (not p.reference_backend, "reference_backend"),
         "reference_top_p": (not p.reference_backend, "reference_backend"),
+        "reference_top_k": (not p.reference_backend, "reference_backend"),
         "reference_max_tokens": (not p.reference_backend, "reference_backend"),
         "length_limit": (not p.length_penalty, "length_penalty"),
         "vanilla_domain": (not p.router, "router"),
+        "max_prompt_tokens": (p.format != "strong", "format: strong"),
+        "max_response_tokens": (p.format != "strong", "format: strong"),
+        "exemplars": (not p.few_shot, "few_shot: true"),
         "router_template": (not p.router, "router"),
         "router_max_tokens": (not p.router, "router"),
     }
@@ -181,6 +220,13 @@ def check_params(p: RewardParams, env: CheckEnv) -> list[tuple[tuple, str]]:
         problem = scoring_problem(name, env.specs.get(name), pooling=field == "backend") if name else None
         if problem:
             problems.append(((field,), problem))
+    if p.method == "cdr" and p.few_shot:
+        from .cdr import load_exemplars
+
+        try:
+            load_exemplars(exemplar_path(p, env.base_dir))
+        except InputError as exc:
+            problems.append((("exemplars",), str(exc)))
     if p.method == "cdr" and p.router:
         for field in ("router_template", "safety_prompt", "chat_prompt"):
             name = getattr(p, field)

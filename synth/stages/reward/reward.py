@@ -35,9 +35,9 @@ from ...llm.base import Request, RequestFailed, Sampling
 from ...templating import render
 from ..base import Batch, CheckEnv, MapStage, Row
 from ..common import add_provenance, answer_value, template_sha
-from .cdr import domain_system, route
+from .cdr import domain_system, few_shot_turn, load_exemplars, route
 from .local_model import load_reward_model, render_conversation, score_texts
-from .params import BACKEND_FIELDS, RewardParams, check_params, output_column, written_columns
+from .params import BACKEND_FIELDS, RewardParams, check_params, exemplar_path, output_column, written_columns
 from .scorer import Score, Scorer
 from .shaping import NEEDS_REFERENCES, PER_BATCH, BatchStats, length_penalty, shape
 
@@ -57,6 +57,7 @@ class Pending:
     system: str | None = None
     domain: str | None = None
     route_answer: str = ""
+    user: str | None = None  # the scored user turn when it is not the instruction (few_shot)
 
 
 class Reward(MapStage):
@@ -92,6 +93,7 @@ class Reward(MapStage):
         self._router_system = (
             render(p.router_template, self.ctx.base_dir, allow_empty=True).strip() if p.router else None
         )
+        self._exemplars = load_exemplars(exemplar_path(p, self.ctx.base_dir)) if p.few_shot else None
         for field in ("router", "reference_backend"):
             if getattr(p, field):
                 self._llm(field)
@@ -106,7 +108,12 @@ class Reward(MapStage):
             pending = await self._route(batch, pending)
         if p.reference_backend and pending:
             pending = await self._sample_references(batch, pending)
-        items = [(x.system, x.instruction, text) for x in pending for text in (*x.responses, *x.refs)]
+        if self._exemplars is not None:
+            for x in pending:
+                if not (p.vanilla_domain and x.domain == "CHAT"):
+                    seed = self.ctx.seed_for("exemplar", x.instruction)
+                    x.user = few_shot_turn(self._exemplars, x.domain or "CHAT", x.instruction, seed)
+        items = [(x.system, x.user or x.instruction, text) for x in pending for text in (*x.responses, *x.refs)]
         scores = await self.scorer.score(batch, items) if items else []
         out, position, kept = [], 0, []
         for x in pending:
@@ -150,6 +157,7 @@ class Reward(MapStage):
         sampling = Sampling(
             temperature=p.reference_temperature,
             top_p=p.reference_top_p,
+            top_k=p.reference_top_k,
             max_tokens=p.reference_max_tokens,
             n=p.refs_per_prompt,
         )
@@ -212,6 +220,7 @@ class Reward(MapStage):
             columns["raw_reward"] = col([round(s.value, 6) for s in scores[:n]])
             columns["reward_shaping"] = {
                 "shaping": p.shaping,
+                "output": output_column(p),
                 "k": p.par_k if p.shaping == "par" else None,
                 "M": (len(x.refs) if p.shaping == "lsc" else m) if p.shaping in NEEDS_REFERENCES else None,
                 "length_penalty": p.length_penalty,
@@ -233,6 +242,13 @@ class Reward(MapStage):
         record: dict[str, Any] = {"method": p.method, "reward_model": self.scorer.model_name, "shaping": p.shaping}
         if p.method == "rm" and (p.head or p.heads):
             record |= {"head": p.head, "heads": dict(p.heads)}
+        if p.method == "cdr":
+            record["format"] = p.format
+            if p.format == "strong":
+                record |= {"eos": self.scorer.eos, "max_prompt_tokens": p.max_prompt_tokens}
+                record["max_response_tokens"] = p.max_response_tokens
+            if x.user is not None:
+                record["few_shot_seed"] = self.ctx.seed_for("exemplar", x.instruction)
         if p.reference_backend:
             request = self._reference_request(x.instruction)
             record["reference"] = {

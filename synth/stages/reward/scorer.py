@@ -18,7 +18,8 @@ from ...errors import SynthError
 from ...llm.base import RequestFailed
 from ..base import Batch
 from ..common import model_chat_template
-from .cdr import cdr_scores
+from .cdr import AuthorsFormat, cdr_scores
+from .formatting import Tokenizer
 from .local_model import count_tokens, load_reward_model, render_conversation, score_texts
 from .params import RewardParams
 
@@ -42,6 +43,7 @@ class Scorer:
         self.params, self._llm, self.label = params, llm, label
         self._pool = self._template = None
         self._cdr: list = []
+        self._authors: AuthorsFormat | None = None
 
     async def open(self) -> None:
         p = self.params
@@ -49,6 +51,8 @@ class Scorer:
             for field in ("strong", "weak"):
                 llm = self._llm(field)
                 self._cdr.append((llm, await asyncio.to_thread(model_chat_template, llm.backend, self.label, True)))
+            if p.format == "strong":
+                self._authors = await self._authors_format()
         elif p.model:
             outputs = (await asyncio.to_thread(load_reward_model, p.model))[1].config.num_labels
             wanted = max([p.head, *p.heads.values()])
@@ -70,6 +74,27 @@ class Scorer:
             if spec.chat_template:
                 self._template = await asyncio.to_thread(model_chat_template, self._pool, self.label, True)
 
+    async def _authors_format(self) -> AuthorsFormat:
+        """The strong model's template, eos text and tokenizer (format: strong)."""
+        p = self.params
+        strong, template = self._cdr[0]
+        tokenizer = Tokenizer(strong.backend, self.label)
+        eos = template.eos_token
+        if not eos and hasattr(strong.backend, "eos_text"):
+            eos = await strong.backend.eos_text()
+        if not eos or not tokenizer.available():
+            why = "the eos token its text ends with" if not eos else "a tokenizer to cut texts to the limits"
+            raise SynthError(
+                f"stage '{self.label}': format: strong needs {why} from backend '{p.strong}' ({strong.model_id}): "
+                "set its chat_template to the model's folder or tokenizer_config.json (which names the eos token), "
+                "or use format: own"
+            )
+        return AuthorsFormat(template, eos, tokenizer, p.max_prompt_tokens, p.max_response_tokens)
+
+    @property
+    def eos(self) -> str | None:
+        return self._authors.eos if self._authors else None
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -83,9 +108,10 @@ class Scorer:
     async def score(self, batch: Batch, items: list[Item]) -> list[Score | RequestFailed]:
         p = self.params
         if self._cdr:
-            results, mismatched = await cdr_scores(self._cdr[0], self._cdr[1], items)
-            if mismatched:
-                batch.count("cdr_template_not_extended", mismatched)
+            (strong, strong_template), (weak, weak_template) = self._cdr
+            results, counters = await cdr_scores(strong, weak, items, (strong_template, weak_template), self._authors)
+            for name, n in counters.items():
+                batch.count(name, n)
             return [r if isinstance(r, RequestFailed) else Score(r.reward, r.tokens, r.strong, r.weak) for r in results]
         responses = [response for _, _, response in items]
         tokens: list = [None] * len(items)
