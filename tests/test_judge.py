@@ -404,7 +404,7 @@ def pairwise_pipeline(write, extra: str = ""):
             response_a: a
             response_b: b
             max_tokens: 200
-            rationale_chars: 16
+            rationale_chars: 6
             checklist: "off"  # checklists: test_checklist_score_and_ultrafeedback_on_the_embedded_model
         {extra}""",
     )

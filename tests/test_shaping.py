@@ -278,3 +278,19 @@ def test_reward_backend_must_be_an_openai_backend(write, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"p.yaml:5: stages\[1\].backend: backend 'default' is a local backend"):
         load_pipeline(path)
+
+
+def test_top_k_is_sent_only_when_set():
+    """PAR samples references with top_k 50; requests without a top_k keep the cache keys they had."""
+    from synth.llm.base import Request, Sampling
+    from synth.llm.openai import OpenAIBackend
+    from synth.llm.specs import OpenAISpec
+    from synth.stages.reward.reward import RewardParams
+
+    plain, limited = Sampling(temperature=0.9), Sampling(temperature=0.9, top_k=50)
+    assert "top_k" not in Request(plain, 1, prompt="x").payload()["sampling"]
+    assert Request(limited, 1, prompt="x").payload()["sampling"]["top_k"] == 50
+    backend = OpenAIBackend(OpenAISpec(model="m", base_url="http://127.0.0.1:9/v1"))
+    assert backend._body(Request(limited, 1, prompt="x"), 1, 1)["top_k"] == 50
+    assert "top_k" not in backend._body(Request(plain, 1, prompt="x"), 1, 1)
+    assert RewardParams(model="m", shaping="par", reference_backend="r").reference_top_k == 50
