@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import SynthError
 from ...llm.base import Request, RequestFailed, Sampling
-from ...llm.client import LLM
 from ..base import Batch
 from ..common import auto_mode, retry_sampling
+
+if TYPE_CHECKING:
+    from ...llm.client import LLM
 
 Job = tuple[str, Callable[[str], Any], dict | None]  # (prompt, parse, JSON schema)
 Answer = tuple[Any, str, int, str]  # (parsed or None, raw answer, seed, failure reason)
