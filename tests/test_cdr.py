@@ -92,14 +92,15 @@ def expected(llm, system: str | None, instruction: str, response: str) -> tuple[
 SPECS = {"strong": LocalSpec(chat_template="gemma"), "weak": LocalSpec(chat_template="chatml")}
 
 
-def drive(params: dict, rows: list[dict], root: Path) -> tuple[list[dict], Batch]:
-    """The stage with real backends behind the real request cache, as the runner would give it."""
+def drive(params: dict, rows: list[dict], root: Path, specs: dict | None = None) -> tuple[list[dict], Batch]:
+    """The stage with real backends (`specs`, by backend name; the two local templates by default)
+    behind the real request cache, as the runner would give it."""
     from synth.cache import RequestCache
 
     async def go():
         root.mkdir(parents=True, exist_ok=True)
         cache = RequestCache(root / "cache.sqlite")
-        llms = {name: LLM(name, make_backend(spec), cache) for name, spec in SPECS.items()}
+        llms = {name: LLM(name, make_backend(spec), cache) for name, spec in (specs or SPECS).items()}
         ctx = StageContext(seed=1, label="reward", index=1, base_dir=root, llms=llms)
         stage = Reward(RewardParams(**params), ctx)
         await stage.open()

@@ -7,17 +7,12 @@ dpo_vllm.py sums."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
-from synth.cache import RequestCache
-from synth.llm import make_backend
-from synth.llm.client import LLM
 from synth.llm.specs import OpenAISpec
-from synth.stages.base import Batch, StageContext
-from synth.stages.reward.reward import Reward, RewardParams
+
+from .test_cdr import drive
 
 pytestmark = pytest.mark.slow
 
@@ -62,22 +57,8 @@ def test_cdr_default_formatting_on_the_vllm_server(vllm_server, tmp_path, monkey
     monkeypatch.setenv("SYNTH_ALLOW_READ", vllm_server.model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(vllm_server.model, local_files_only=True)
     spec = OpenAISpec(model=vllm_server.model, base_url=vllm_server.url, chat_template=vllm_server.model)
-    params = RewardParams(method="cdr", strong="strong", weak="weak", max_prompt_tokens=8, max_response_tokens=6)
-
-    async def go():
-        cache = RequestCache(tmp_path / "cache.sqlite")
-        llms = {name: LLM(name, make_backend(spec), cache) for name in ("strong", "weak")}
-        stage = Reward(params, StageContext(seed=1, label="reward", index=1, base_dir=tmp_path, llms=llms))
-        await stage.open()
-        batch = Batch([dict(r) for r in ROWS])
-        try:
-            return await stage.process(batch), batch
-        finally:
-            await stage.close()
-            for llm in llms.values():
-                await llm.backend.close()
-
-    out, batch = asyncio.run(go())
+    params = {"method": "cdr", "strong": "strong", "weak": "weak", "max_prompt_tokens": 8, "max_response_tokens": 6}
+    out, batch = drive(params, ROWS, tmp_path, {"strong": spec, "weak": spec})
     assert not batch.dropped
     assert batch.counters["cdr_truncated"] == 3  # every prompt is longer than 8 tokens
     for row in out:
