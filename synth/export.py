@@ -39,6 +39,7 @@ from .card import StatsReader, write_card
 from .errors import RunError
 from .outputs import content_type, conversation, conversations, messages_type
 from .parquet import DEFAULT_CHUNK_ROWS, ParquetParts
+from .labels import labelled_origins, origin_mask
 from .records import turn_columns
 from .runs import Run
 from .splits import held_out_mask
@@ -310,6 +311,20 @@ def _decontamination_reports(run: Run) -> list[Path]:
     return [p for p in found if p.exists() and p.with_suffix(".md").exists()]
 
 
+def _labelled(run: Run, schema: pa.Schema, label: str | None) -> tuple[list[str], set[str]] | None:
+    """The source columns and the labelled origins to leave out, or None when nothing is dropped."""
+    if label is None:
+        return None
+    columns, origins = labelled_origins(run, label)
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise RunError(
+            f"--drop-labeled needs the output to keep the source column(s) {', '.join(missing)}, which identify "
+            "a labelled row; drop `output.columns` from the pipeline (or keep those columns) and run it again"
+        )
+    return (columns, origins) if origins else None
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -321,8 +336,10 @@ def export_run(
     license: str | None = None,
     keep_columns: list[str] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    drop_labeled: str | None = None,
 ) -> dict[str, int]:
-    """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
+    """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split.
+    `drop_labeled` ("bad"): leave out the rows made from a source row carrying that label (synth/labels.py)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = Run(run_dir)
     manifest = run.manifest
@@ -333,6 +350,7 @@ def export_run(
         )
     output = run.output()
     files, schema, total = output.files, output.schema, output.num_rows
+    labelled = _labelled(run, schema, drop_labeled)
     # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
     in_test = held_out_mask(files, schema, total, test_size, seed, chunk_rows) if test_size else None
     n_test = int(in_test.sum()) if in_test is not None else 0
@@ -355,15 +373,24 @@ def export_run(
         stats = StatsReader(schema)  # the card's statistics, from the same reads
         columns = schema.names if fmt == "raw" else list(dict.fromkeys([*conv.columns, *stats.columns]))
         start = 0
-        for chunk in output.chunks(chunk_rows, columns=columns):
+        read = columns if labelled is None else list(dict.fromkeys([*columns, *labelled[0]]))
+        kept = 0
+        for chunk in output.chunks(chunk_rows, columns=read):
+            rows = chunk.num_rows
+            if labelled is not None:  # the rows made from a labelled source row leave, here and in the card
+                keep = pc.invert(pa.array(origin_mask(chunk.select(labelled[0]).to_pylist(), *labelled)))
+                test = pa.array(in_test[start : start + rows]).filter(keep) if in_test is not None else None
+                chunk = chunk.filter(keep).select(columns)
+            else:
+                test = pa.array(in_test[start : start + rows]) if in_test is not None else None
             stats.add(chunk)
-            if in_test is None:
+            kept += chunk.num_rows
+            if test is None:
                 writers["train"].write(chunk)
             else:
-                mask = pa.array(in_test[start : start + chunk.num_rows])
-                writers["train"].write(chunk.filter(pc.invert(mask)))
-                writers["test"].write(chunk.filter(mask))
-            start += chunk.num_rows
+                writers["train"].write(chunk.filter(pc.invert(test)))
+                writers["test"].write(chunk.filter(test))
+            start += rows
         written = [p for w in writers.values() for p in w.close()]
     except BaseException:
         for w in writers.values():
@@ -385,7 +412,7 @@ def export_run(
     write_card(
         out_dir,
         manifest,
-        stats.result(total),
+        stats.result(kept),
         fmt=fmt,
         counts=counts,
         file_format=file_format,
