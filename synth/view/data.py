@@ -194,18 +194,27 @@ class RunView:
     def page(self, name: str, query: Query) -> dict:
         stage = self.stage(name)
         total, positions = stage.positions(query)
-        labels = Labels(self.root).of(name)
+        labels = Labels(self.root)
         rows = stage.rows.rows_at(positions) if positions else []
+        here = labels.of(name)
+        inherited = {r["origin"]: r for r in labels.records if r["origin"] and r["stage"] != name}
         return {
             "stage": name,
             "total": total,
             "offset": query.offset,
-            "rows": [self._entry(p, r, labels) for p, r in zip(positions, rows, strict=True)],
+            "rows": [self._entry(p, r, here, inherited) for p, r in zip(positions, rows, strict=True)],
         }
 
-    def _entry(self, position: int, row: dict, labels: dict[str, dict]) -> dict:
-        label = labels.get(row_key(row))
-        return {"position": position, "row": row, "label": label and {k: label[k] for k in ("label", "note")}}
+    def _entry(self, position: int, row: dict, here: dict[str, dict], inherited: dict[str, dict]) -> dict:
+        """A row of a page with its label: its own, or the label of a row of another stage made
+        from the same source row (`from`: that stage), which an export's --drop-labeled applies too."""
+        label = here.get(row_key(row))
+        if label is None and inherited:
+            label = inherited.get(origin_key(row, self.sources))
+            label = label and {"label": label["label"], "note": label["note"], "from": label["stage"]}
+        elif label is not None:
+            label = {"label": label["label"], "note": label["note"]}
+        return {"position": position, "row": row, "label": label}
 
     def row(self, name: str, position: int) -> dict:
         stage = self.stage(name)

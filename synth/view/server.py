@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import RunError, SynthError
+from ..labels import Labels
 from .data import OUTPUT, Query, RunView
 from .requests import row_requests
 
@@ -120,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, (STATIC / name).read_bytes(), kind)
             elif url.path == "/api/run":
                 self._json(self._run())
+            elif url.path == "/api/labels":
+                self._json({"labels": Labels(self.server.view.root).summary()})
             elif url.path == "/api/rows":
                 self._json(self.server.view.page(params.get("stage", [OUTPUT])[0], _query(params)))
             elif url.path == "/api/row":
@@ -181,8 +184,6 @@ class Handler(BaseHTTPRequestHandler):
                     "failed": meta.get("failed", {}),
                 }
             )
-        from ..labels import Labels
-
         return {
             "name": manifest.get("name", ""),
             "status": view.run.status,

@@ -286,13 +286,14 @@ function labeler(entry) {
   buttons.good = el("button", {type: "button", class: "label-good-button", text: "👍 good", onclick: () => set("good")});
   buttons.bad = el("button", {type: "button", class: "label-bad-button", text: "👎 bad", onclick: () => set("bad")});
   const clear = el("button", {type: "button", text: "clear", onclick: () => set(null)});
-  const box = el("span", {class: "labeler"}, buttons.good, buttons.bad, note, clear);
+  const from = entry.label && entry.label.from ? el("span", {class: "meta", text: `labelled ${entry.label.label} at ${entry.label.from}`}) : null;
+  const box = el("span", {class: "labeler"}, from, buttons.good, buttons.bad, note, clear);
   setTimeout(paint);
   return box;
 }
 
 async function refreshSummary() {
-  try { const run = await api("/api/run"); $("labels-summary").textContent = run.labels; } catch (err) { showError(err); }
+  try { $("labels-summary").textContent = (await api("/api/labels")).labels; } catch (err) { showError(err); }
 }
 
 // ---- the page ----
@@ -321,6 +322,7 @@ function writeHash() {
   params.set("stage", state.stage);
   if (state.tab !== "rows") params.set("tab", state.tab);
   if (state.offset) params.set("offset", state.offset);
+  if (state.limit !== 20) params.set("limit", state.limit);
   if (state.q) params.set("q", state.q);
   if (state.sort) params.set("sort", state.sort);
   if (state.desc) params.set("desc", "1");
@@ -334,6 +336,7 @@ function readHash() {
   if (params.get("stage")) state.stage = params.get("stage");
   state.tab = params.get("tab") || "rows";
   state.offset = Number(params.get("offset") || 0);
+  state.limit = Math.max(1, Math.min(200, Number(params.get("limit") || 20)));
   state.q = params.get("q") || "";
   state.sort = params.get("sort") || "";
   state.desc = params.get("desc") === "1";
@@ -392,6 +395,7 @@ async function load() {
     }
     $("prev").disabled = state.offset <= 0;
   } catch (err) { rows.replaceChildren(); showError(err); }
+  document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);  // for tests: a page is drawn
   if (state.open !== null) openRow(state.open);
 }
 
