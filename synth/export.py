@@ -32,6 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -311,18 +312,21 @@ def _decontamination_reports(run: Run) -> list[Path]:
     return [p for p in found if p.exists() and p.with_suffix(".md").exists()]
 
 
-def _labelled(run: Run, schema: pa.Schema, label: str | None) -> tuple[list[str], set[str]] | None:
-    """The source columns and the labelled origins to leave out, or None when nothing is dropped."""
+def _labelled(run: Run, output, label: str | None, chunk_rows: int) -> np.ndarray | None:
+    """Which output rows come from a source row labelled `label` (None when none is to be left out)."""
     if label is None:
         return None
     columns, origins = labelled_origins(run, label)
-    missing = [c for c in columns if c not in schema.names]
+    missing = [c for c in columns if c not in output.schema.names]
     if missing:
         raise RunError(
             f"--drop-labeled needs the output to keep the source column(s) {', '.join(missing)}, which identify "
             "a labelled row; drop `output.columns` from the pipeline (or keep those columns) and run it again"
         )
-    return (columns, origins) if origins else None
+    if not origins:
+        return None
+    marks = [origin_mask(chunk.to_pylist(), columns, origins) for chunk in output.chunks(chunk_rows, columns=columns)]
+    return np.concatenate([np.asarray(m, dtype=bool) for m in marks]) if marks else None
 
 
 def export_run(
@@ -350,11 +354,15 @@ def export_run(
         )
     output = run.output()
     files, schema, total = output.files, output.schema, output.num_rows
-    labelled = _labelled(run, schema, drop_labeled)
-    # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
+    # Rows made from a row labelled `drop_labeled` leave first; then the run's rows are split and
+    # converted: a KTO pair's two rows stay in the same split.
+    left_out = _labelled(run, output, drop_labeled, chunk_rows)
+    kept = total - (int(left_out.sum()) if left_out is not None else 0)
     in_test = held_out_mask(files, schema, total, test_size, seed, chunk_rows) if test_size else None
+    if in_test is not None and left_out is not None:
+        in_test = in_test & ~left_out
     n_test = int(in_test.sum()) if in_test is not None else 0
-    sizes = {"train": total - n_test, "test": n_test} if in_test is not None else {"train": total}
+    sizes = {"train": kept - n_test, "test": n_test} if in_test is not None else {"train": kept}
     conv = Converter(schema, fmt, keep_columns)
     for rows in sizes.values():
         conv.check(rows)
@@ -373,18 +381,13 @@ def export_run(
         stats = StatsReader(schema)  # the card's statistics, from the same reads
         columns = schema.names if fmt == "raw" else list(dict.fromkeys([*conv.columns, *stats.columns]))
         start = 0
-        read = columns if labelled is None else list(dict.fromkeys([*columns, *labelled[0]]))
-        kept = 0
-        for chunk in output.chunks(chunk_rows, columns=read):
+        for chunk in output.chunks(chunk_rows, columns=columns):
             rows = chunk.num_rows
-            if labelled is not None:  # the rows made from a labelled source row leave, here and in the card
-                keep = pc.invert(pa.array(origin_mask(chunk.select(labelled[0]).to_pylist(), *labelled)))
-                test = pa.array(in_test[start : start + rows]).filter(keep) if in_test is not None else None
-                chunk = chunk.filter(keep).select(columns)
-            else:
-                test = pa.array(in_test[start : start + rows]) if in_test is not None else None
+            test = pa.array(in_test[start : start + rows]) if in_test is not None else None
+            if left_out is not None:  # out of the dataset and of the card's statistics
+                keep = pa.array(~left_out[start : start + rows])
+                chunk, test = chunk.filter(keep), (test.filter(keep) if test is not None else None)
             stats.add(chunk)
-            kept += chunk.num_rows
             if test is None:
                 writers["train"].write(chunk)
             else:

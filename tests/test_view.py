@@ -98,7 +98,7 @@ def test_labels_are_saved_in_the_run_and_drop_rows_from_the_export(run_dir, tmp_
     run_pipeline(load_pipeline(run_dir.parent / "p.yaml"), run_dir)
     assert len(Labels(run_dir)) == 2
     shown = synth_cli("inspect", str(run_dir), "-n", "2")
-    assert shown.returncode == 0 and "2 labelled: 1 good, 1 bad" in shown.stdout and "labelled bad" in shown.stdout
+    assert shown.returncode == 0 and "2 labelled: 1 good, 1 bad" in shown.stderr and "labelled bad" in shown.stderr
     done = synth_cli("export", str(run_dir), "-o", str(tmp_path / "out"), "--format", "preference",
                      "--drop-labeled", "bad")
     assert done.returncode == 0, done.stderr
