@@ -38,9 +38,9 @@ import pyarrow.compute as pc
 
 from .card import StatsReader, write_card
 from .errors import RunError
+from .labels import labelled_origins, origin_mask
 from .outputs import content_type, conversation, conversations, messages_type
 from .parquet import DEFAULT_CHUNK_ROWS, ParquetParts
-from .labels import labelled_origins, origin_mask
 from .records import turn_columns
 from .runs import Run
 from .splits import held_out_mask

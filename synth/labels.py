@@ -91,8 +91,14 @@ class Labels:
         self.records = [r for r in self.records if not (r["stage"] == stage and r["key"] == key)]
         record = None
         if label is not None:
-            record = {"stage": stage, "key": key, "origin": origin, "label": label, "note": note or "",
-                      "preview": preview(row)}
+            record = {
+                "stage": stage,
+                "key": key,
+                "origin": origin,
+                "label": label,
+                "note": note or "",
+                "preview": preview(row),
+            }
             self.records.append(record)
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.records, schema=SCHEMA), buffer)

@@ -81,7 +81,9 @@ def _turns(messages: list[dict]) -> str:
     for m in messages:
         role = str(m.get("role", m.get("from", "")))
         kind = "user" if role in ("user", "human") else "system" if role == "system" else "assistant"
-        out.append(f'<div class="turn {kind}"><div class="role">{_e(role)}</div>{_text(str(m.get("content", "")))}</div>')
+        out.append(
+            f'<div class="turn {kind}"><div class="role">{_e(role)}</div>{_text(str(m.get("content", "")))}</div>'
+        )
     return "".join(out)
 
 

@@ -23,8 +23,14 @@ from .pipeline_runs import synth_cli
 
 SCRIPT = "<script>window.__pwned = 1</script>"
 ROWS = [
-    {"instruction": f"Question {i}?", "chosen": f"Good answer {i} with detail.", "rejected": f"Bad answer {i}.",
-     "score_chosen": float(i), "score_rejected": 0.5, "topic": "math" if i % 2 else "code"}
+    {
+        "instruction": f"Question {i}?",
+        "chosen": f"Good answer {i} with detail.",
+        "rejected": f"Bad answer {i}.",
+        "score_chosen": float(i),
+        "score_rejected": 0.5,
+        "topic": "math" if i % 2 else "code",
+    }
     for i in range(8)
 ]
 ROWS[3]["chosen"] = f"Here is markup: {SCRIPT} and ```print('x')```"
@@ -53,10 +59,15 @@ def test_pages_filters_search_and_sort_read_the_shards(run_dir):
     first = view.page("load", Query(limit=3))
     assert first["total"] == 8 and [r["position"] for r in first["rows"]] == [0, 1, 2]
     assert [r["row"]["instruction"] for r in view.page("load", Query(offset=6, limit=5))["rows"]] == [
-        "Question 6?", "Question 7?"]
+        "Question 6?",
+        "Question 7?",
+    ]
     math = view.page("output", Query(filters=[("topic", "eq", "math")]))
-    assert math["total"] == 3 and {r["row"]["instruction"] for r in math["rows"]} == {"Question 3?", "Question 5?",
-                                                                                       "Question 7?"}
+    assert math["total"] == 3 and {r["row"]["instruction"] for r in math["rows"]} == {
+        "Question 3?",
+        "Question 5?",
+        "Question 7?",
+    }
     ranged = view.page("load", Query(filters=[("score_chosen", "ge", "2"), ("score_chosen", "lt", "4")]))
     assert sorted(r["row"]["score_chosen"] for r in ranged["rows"]) == [2.0, 3.0]
     found = view.page("load", Query(search="MARKUP"))  # every text column, any case
@@ -99,11 +110,13 @@ def test_labels_are_saved_in_the_run_and_drop_rows_from_the_export(run_dir, tmp_
     assert len(Labels(run_dir)) == 2
     shown = synth_cli("inspect", str(run_dir), "-n", "2")
     assert shown.returncode == 0 and "2 labelled: 1 good, 1 bad" in shown.stderr and "labelled bad" in shown.stderr
-    done = synth_cli("export", str(run_dir), "-o", str(tmp_path / "out"), "--format", "preference",
-                     "--drop-labeled", "bad")
+    done = synth_cli(
+        "export", str(run_dir), "-o", str(tmp_path / "out"), "--format", "preference", "--drop-labeled", "bad"
+    )
     assert done.returncode == 0, done.stderr
-    prompts = [m[-1]["content"] for m in pq.read_table(tmp_path / "out" / "train-00000-of-00001.parquet")["prompt"]
-               .to_pylist()]
+    prompts = [
+        m[-1]["content"] for m in pq.read_table(tmp_path / "out" / "train-00000-of-00001.parquet")["prompt"].to_pylist()
+    ]
     assert len(prompts) == 5 and "Question 3?" not in prompts and "Question 4?" in prompts
 
 
@@ -127,13 +140,23 @@ def test_the_server_escapes_serves_nothing_else_and_writes_only_labels(run_dir):
         assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"] and "<script src=" in page
         status, _, body = get("/api/rows?stage=load&q=markup")
         assert status == 200 and json.loads(body)["rows"][0]["row"]["chosen"].count(SCRIPT) == 1  # as data, in JSON
-        for path in ("/../manifest.json", "/cache.sqlite", "/static/../server.py", "/app.js/../../p.yaml",
-                     "/api/rows?stage=../../etc", "/api/row?stage=load&position=99"):
+        for path in (
+            "/../manifest.json",
+            "/cache.sqlite",
+            "/static/../server.py",
+            "/app.js/../../p.yaml",
+            "/api/rows?stage=../../etc",
+            "/api/row?stage=load&position=99",
+        ):
             status, _, body = get(path)
             assert status in (400, 404) and set(json.loads(body)) == {"error"}, path
         assert get("/", Host="evil.example:80")[0] == 403  # DNS rebinding
-        label = urllib.request.Request(base + "api/label", data=b'{"stage": "load", "position": 0, "label": "good"}',
-                                       headers={"Content-Type": "text/plain"}, method="POST")
+        label = urllib.request.Request(
+            base + "api/label",
+            data=b'{"stage": "load", "position": 0, "label": "good"}',
+            headers={"Content-Type": "text/plain"},
+            method="POST",
+        )
         with pytest.raises(urllib.error.HTTPError, match="415"):
             urllib.request.urlopen(label, timeout=30)
         status, headers, report = get("/report")

@@ -79,8 +79,14 @@ def _filter(name: str, kind: str, op: str, value: str) -> pl.Expr:
         if op == "contains":
             raise RunError(f"{name} holds numbers: filter it with eq, ne, gt, ge, lt or le")
         number = _number(value, name)
-        return {"eq": col == number, "ne": col != number, "gt": col > number, "ge": col >= number,
-                "lt": col < number, "le": col <= number}[op]
+        return {
+            "eq": col == number,
+            "ne": col != number,
+            "gt": col > number,
+            "ge": col >= number,
+            "lt": col < number,
+            "le": col <= number,
+        }[op]
     if kind == "texts" and op == "contains":
         return col.list.join("\n").str.contains(f"(?i){re.escape(value)}")
     raise RunError(f"{name} can only be filtered as null or notnull (it holds {kind} values)")
@@ -106,8 +112,12 @@ class StageRows:
                 end += 1
             group = parts[at : end + 1]
             names = group[0].schema.names
-            scan = pl.scan_parquet([str(p.path) for p in group], row_index_name=POSITION,
-                                   row_index_offset=offsets[id(group[0])], hive_partitioning=False)
+            scan = pl.scan_parquet(
+                [str(p.path) for p in group],
+                row_index_name=POSITION,
+                row_index_offset=offsets[id(group[0])],
+                hive_partitioning=False,
+            )
             exprs = [pl.col(POSITION).cast(pl.Int64)]
             for name in columns:
                 target = pl.from_arrow(pa.array([], type=self.rows.schema.field(name).type)).dtype
@@ -190,6 +200,10 @@ class RunView:
         if self._sources is None:
             self._sources = source_columns(self.run)
         return self._sources
+
+    def writer_of(self, column: str) -> str | None:
+        """The first stage whose rows have this column: the one that wrote it."""
+        return next((n for n in self.names() if column in self.stage(n).kinds), None)
 
     def page(self, name: str, query: Query) -> dict:
         stage = self.stage(name)

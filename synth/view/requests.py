@@ -1,7 +1,9 @@
 """The LLM requests behind a row, read from the run's request cache.
 
 A stage that prompts records in the row's `provenance` the model, template, sampling and the seed
-of each request it sent (`seed`, or `seeds` for several: the judge's), and every seed derives from
+of each request it sent (`seed`, or `seeds` for several: the judge's); Magpie's stages record them
+in `gen_input_configs` / `gen_response_configs` as the released datasets do (the model under
+`input_generator` / `output_generator`). Every seed derives from
 the rendered prompt (`ctx.seed_for`), so the cache entries of that model with those seeds are the
 row's requests: their rendered prompt or messages and the raw answers as the backend gave them.
 The cache is opened read-only (the viewer never writes it) and looked up by seed, which scans the
@@ -41,19 +43,29 @@ def _shown(kind: str, request: dict, response: dict) -> dict:
     return shown
 
 
-def row_requests(run_root: Path, provenance: dict | None) -> list[dict]:
-    """Per stage of the row's provenance: what made it, and the requests the cache holds for it."""
-    if not isinstance(provenance, dict):
-        return []
+CONFIG_COLUMNS = {"gen_input_configs": "input_generator", "gen_response_configs": "output_generator"}
+
+
+def records(row: dict, writer_of) -> dict[str, dict]:
+    """stage label -> what it recorded of its requests: the row's provenance, and Magpie's config
+    columns under the label of the stage that wrote them (`writer_of(column)`)."""
+    found = {k: v for k, v in (row.get("provenance") or {}).items() if isinstance(v, dict)}
+    for column, model in CONFIG_COLUMNS.items():
+        record = row.get(column)
+        if isinstance(record, dict) and isinstance(record.get(model), str):
+            found.setdefault(writer_of(column) or column, {"model": record[model], **record})
+    return found
+
+
+def row_requests(run_root: Path, made: dict[str, dict]) -> list[dict]:
+    """Per stage that made the row (`records`): what it recorded, and the requests the cache holds for it."""
     path = Path(run_root) / "cache.sqlite"
     db = None
     if path.exists():
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     steps = []
     try:
-        for label, record in provenance.items():
-            if not isinstance(record, dict):
-                continue
+        for label, record in made.items():
             seeds, requests = _seeds(record), []
             model = record.get("model")
             if db is not None and seeds and isinstance(model, str):

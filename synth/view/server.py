@@ -23,10 +23,14 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import RunError, SynthError
 from ..labels import Labels
 from .data import OUTPUT, Query, RunView
-from .requests import row_requests
+from .requests import records, row_requests
 
 STATIC = Path(__file__).parent / "static"
-FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"), "/app.css": ("app.css", "text/css")}
+FILES = {
+    "/": ("index.html", "text/html"),
+    "/app.js": ("app.js", "text/javascript"),
+    "/app.css": ("app.css", "text/css"),
+}
 APP_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -83,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ViewServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - the standard library's name
+    def log_message(self, format, *args):
         pass  # the terminal shows the URL, not every request
 
     def _send(self, status: int, body: bytes, kind: str, policy: str = APP_POLICY) -> None:
@@ -110,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+    def do_GET(self) -> None:
         if not self._allowed():
             return
         url = urlsplit(self.path)
@@ -137,7 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         except (SynthError, KeyError, ValueError, IndexError) as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc) if isinstance(exc, SynthError) else f"bad request: {exc!r}")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._allowed():
             return
         origin = self.headers.get("Origin")
@@ -195,12 +199,14 @@ class Handler(BaseHTTPRequestHandler):
     def _row(self, stage: str, position: int) -> dict:
         view = self.server.view
         row = view.row(stage, position)
+        order = {name: i for i, name in enumerate(view.names())}
+        made = dict(sorted(records(row, view.writer_of).items(), key=lambda kv: order.get(kv[0], len(order))))
         return {
             "stage": stage,
             "position": position,
             "row": row,
             "lineage": view.lineage(stage, position),
-            "requests": row_requests(view.root, row.get("provenance")),
+            "requests": row_requests(view.root, made),
         }
 
     def _report(self) -> None:

@@ -357,7 +357,9 @@ function drawStages() {
 function drawToolbar() {
   const columns = Object.entries(stageInfo().columns);
   const filterable = columns.filter(([, k]) => k !== "other");
+  const picked = $("filter-column").value;
   $("filter-column").replaceChildren(...filterable.map(([n, k]) => el("option", {value: n, text: `${n} (${k})`})));
+  if (filterable.some(([n]) => n === picked)) $("filter-column").value = picked;
   const sortable = columns.filter(([, k]) => k === "text" || k === "number");
   $("sort").replaceChildren(el("option", {value: "", text: "(run order)"}), ...sortable.map(([n]) => el("option", {value: n, text: n})));
   $("sort").value = state.sort;
