@@ -66,8 +66,6 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def run_dir(preference_runs) -> Path:
-    if os.environ.get("DEVHACK"):
-        return Path(os.environ["DEVHACK"])
     run_small("ultrafeedback-dpo.yaml", preference_runs)
     return preference_runs / "runs" / "ultrafeedback-dpo"
 
@@ -193,6 +191,7 @@ def test_a_user_reads_pairs_follows_lineage_labels_and_exports(run_dir, echo_run
         assert "RENDERED PROMPT" in detail and "RAW ANSWER" in detail and "local:gemma-3-270m" in detail
         assert row["instruction"] in detail and row["chosen"] in detail  # in the prompt; the raw answer
         assert "temperature=0.8" in detail and f"seed {row['gen_response_configs']['seed']}" in detail
+        page.query_selector("#detail .request-step").scroll_into_view_if_needed()
         shot(page, "view-lineage.png")
         page.click("#detail-close")
 

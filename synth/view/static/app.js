@@ -137,6 +137,13 @@ function valueBlock(value) {
   if (value === null || value === undefined) return el("span", {class: "meta", text: "null"});
   if (typeof value === "string") return textBlock(value);
   if (typeof value === "number" || typeof value === "boolean") return el("span", {text: String(value)});
+  const scalar = (v) => v === null || ["number", "boolean"].includes(typeof v);
+  if (Array.isArray(value) && value.every(scalar)) return el("span", {text: JSON.stringify(value)});
+  if (Array.isArray(value) && value.length && value.every((v) => typeof v === "string"))
+    return el("ol", {start: "0"}, value.map((v) => el("li", {}, textBlock(v))));
+  if (!Array.isArray(value) && Object.values(value).every((v) => scalar(v) || typeof v === "string" || (Array.isArray(v) && v.every(scalar))))
+    return el("table", {class: "kv"}, Object.entries(value).map(([k, v]) => el("tr", {}, el("td", {text: k}),
+      el("td", {text: typeof v === "string" ? v : JSON.stringify(v)}))));
   const json = JSON.stringify(value, null, 2);
   return folded(el("pre", {text: json}), json.length);
 }
@@ -193,7 +200,10 @@ function pairView(row, shown) {
         shown.add(k);
         const item = v[index];
         if (typeof item === "string" && item.length > 40) notes.push(el("div", {}, el("strong", {text: `${k}: `}), textBlock(item)));
-        else facts.push(`${k} ${item === null ? "null" : typeof item === "object" ? JSON.stringify(item) : item}`);
+        else if (item && typeof item === "object" && !Array.isArray(item)) {  // per criterion: a judge's rationales
+          notes.push(el("div", {class: "scores"}, el("strong", {text: `${k}: `}),
+            Object.entries(item).map(([a, b]) => `${a}: ${typeof b === "object" ? JSON.stringify(b) : b}`).join(" · ")));
+        } else facts.push(`${k} ${item === null ? "null" : typeof item === "object" ? JSON.stringify(item) : item}`);
       }
       shown.add(`${side}_index`);
       facts.push(`response #${index}`);
@@ -211,9 +221,10 @@ function pairView(row, shown) {
   const margin = "margin" in row ? el("div", {class: "scores", text: `margin ${row.margin}`}) : null;
   shown.add("margin");
   if (responses) shown.add(responses);
+  const both = [column("chosen"), column("rejected")];
   const judge = Object.keys(row).filter((k) => !shown.has(k) && /verdict|rationale|^judge|critique|explanation/.test(k));
   judge.forEach((k) => shown.add(k));
-  return el("div", {}, parts, margin, el("div", {class: "pair"}, column("chosen"), column("rejected")),
+  return el("div", {}, parts, margin, el("div", {class: "pair"}, both),
     judge.length ? el("div", {class: "judge"}, el("h4", {text: "judge"}), kvTable(row, judge)) : null);
 }
 
@@ -283,8 +294,8 @@ function labeler(entry) {
       card.classList.toggle("label-bad", !!entry.label && entry.label.label === "bad");
     }
   };
-  buttons.good = el("button", {type: "button", class: "label-good-button", text: "👍 good", onclick: () => set("good")});
-  buttons.bad = el("button", {type: "button", class: "label-bad-button", text: "👎 bad", onclick: () => set("bad")});
+  buttons.good = el("button", {type: "button", class: "label-good-button", text: "good", onclick: () => set("good")});
+  buttons.bad = el("button", {type: "button", class: "label-bad-button", text: "bad", onclick: () => set("bad")});
   const clear = el("button", {type: "button", text: "clear", onclick: () => set(null)});
   const from = entry.label && entry.label.from ? el("span", {class: "meta", text: `labelled ${entry.label.label} at ${entry.label.from}`}) : null;
   const box = el("span", {class: "labeler"}, from, buttons.good, buttons.bad, note, clear);
