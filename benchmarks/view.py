@@ -50,7 +50,7 @@ filters = json.dumps([["task_category", "eq", "Math"], ["instruct_reward", "gt",
 results["filtered_page_s"], found = get("api/rows", stage=stage, limit=20, filters=filters)
 results["filtered_rows"] = found["total"]
 results["sorted_page_s"], _ = get("api/rows", stage=stage, limit=20, sort="instruct_reward", desc="1")
-word = page["rows"][0]["row"]["response"].split()[3]
+word = max(page["rows"][0]["row"]["response"].split(), key=len)  # a rare word: a page of hits is not enough
 results["search_s"], hits = get("api/rows", stage=stage, limit=20, q=word)
 results["search_word"], results["search_rows"] = word, hits["total"]
 results["lineage_s"], _ = get("api/row", stage=stage, position=page["total"] - 1)
@@ -75,7 +75,9 @@ def main() -> None:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="synth-view-", dir=Path.cwd()))
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "scale.yaml").write_text(PIPELINE)
-        (workdir / "seed.jsonl").write_text(json.dumps({"instruction": "-"}) + "\n")
+        seed = {"id": "row-0", "instruction": "-", "response": "-", "input_quality": "good", "instruct_reward": 0.0,
+                "task_category": "Math"}  # fmt: skip
+        (workdir / "seed.jsonl").write_text(json.dumps(seed) + "\n")  # the columns scale.py's rows have
         run = workdir / "run"
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale.py"), "--generate", str(run), "--rows",
                         str(args.rows)], check=True)  # fmt: skip
