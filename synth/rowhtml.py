@@ -113,7 +113,10 @@ def _pair(row: dict, shown: set[str]) -> str:
             for k, v in row.items():
                 if k != responses and isinstance(v, list) and len(v) == count:
                     shown.add(k)
-                    facts.append(f"{k} {v[index]}")
+                    item = v[index]
+                    if isinstance(item, dict):  # per criterion: a judge's rationales
+                        item = "; ".join(f"{a}: {b}" for a, b in item.items())
+                    facts.append(f"{k} {item}")
         sides.append(
             f'<div class="side {side}"><h4>{side}</h4><div class="scores">{_e(" · ".join(facts))}</div>'
             f'<div class="text">{marked[side]}</div></div>'

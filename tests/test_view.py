@@ -159,6 +159,20 @@ def test_the_server_escapes_serves_nothing_else_and_writes_only_labels(run_dir):
         )
         with pytest.raises(urllib.error.HTTPError, match="415"):
             urllib.request.urlopen(label, timeout=30)
+        label.headers = {"Content-type": "application/json", "Origin": "http://evil.example"}
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # a page elsewhere posting here
+            urllib.request.urlopen(label, timeout=30)
+        for value in ("good", None):  # from the page itself: set, then cleared again
+            body = json.dumps({"stage": "load", "position": 0, "label": value}).encode()
+            own = urllib.request.Request(
+                base + "api/label",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json", "Origin": base.rstrip("/")},
+            )
+            with urllib.request.urlopen(own, timeout=30) as answer:
+                assert json.loads(answer.read())["label"] == (value and {"label": "good", "note": ""})
+            assert len(Labels(run_dir)) == (3 if value else 2)
         status, headers, report = get("/report")
         assert status == 200 and "script-src" not in headers["Content-Security-Policy"]  # no script at all
         assert 'class="pair"' in report and 'href="/#stage=' in report  # pairs side by side, plots link to the view

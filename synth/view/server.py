@@ -75,7 +75,14 @@ class ViewServer(ThreadingHTTPServer):
         self.view = RunView(root)
         self.label_lock = threading.Lock()
         super().__init__((host, port), Handler)
-        self.hosts = {f"{name}:{self.server_port}" for name in (host, "127.0.0.1", "localhost", "[::1]")}
+        # On loopback, only requests addressed to loopback (a page elsewhere that rebinds its own
+        # name to 127.0.0.1 sends its own name); bound elsewhere on purpose, any name of this machine.
+        local = host in ("127.0.0.1", "localhost", "::1")
+        names = (host, "127.0.0.1", "localhost", "[::1]")
+        self.hosts = {f"{name}:{self.server_port}" for name in names} if local else None
+
+    def addressed(self, netloc: str) -> bool:
+        return self.hosts is None or netloc in self.hosts
 
     @property
     def url(self) -> str:
@@ -109,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"error": message}, status)
 
     def _allowed(self) -> bool:
-        if self.headers.get("Host", "") not in self.server.hosts:
+        if not self.server.addressed(self.headers.get("Host", "")):
             self._error(HTTPStatus.FORBIDDEN, "this server answers only requests to its own address")
             return False
         return True
@@ -145,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self._allowed():
             return
         origin = self.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc not in self.server.hosts:
+        if origin is not None and urlsplit(origin).netloc != self.headers.get("Host", ""):
             self._error(HTTPStatus.FORBIDDEN, "labels are taken only from this viewer's own page")
             return
         if urlsplit(self.path).path != "/api/label":
