@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import MissingDependency
 from .inspect_run import measure, measures
-from .labels import Labels
+from .labels import Labels, row_key
 from .rowhtml import STYLE as ROW_STYLE
 from .rowhtml import row_html
 from .runs import RowFiles, Run, number_type, text_type
@@ -257,7 +257,9 @@ def _report(run_dir: Path, sample_rows: int, view_url: str | None) -> tuple[str,
         figures.append(f'<figure id="{name}">{image}<figcaption>{html.escape(caption)}</figcaption></figure>')
     seed = manifest.get("seed") if isinstance(manifest.get("seed"), int) else 0
     picked = rows.sample(sample_rows, seed)
-    samples = "".join(row_html(row) for row in picked)
+    labels = Labels(run_dir)
+    marks = labels.of("output")
+    samples = "".join(row_html(row, marks.get(row_key(row))) for row in picked)
     picked_how = (
         f"all {rows.num_rows:,} rows"
         if len(picked) == rows.num_rows
@@ -265,7 +267,6 @@ def _report(run_dir: Path, sample_rows: int, view_url: str | None) -> tuple[str,
     )
     sessions = manifest.get("sessions", [])
     name = html.escape(manifest["name"])
-    labels = Labels(run_dir)
     summary = (
         f"status: {html.escape(run.status)}, {rows.num_rows:,} rows out, "
         f"{len(sessions)} session(s), {sum(s.get('seconds', 0) for s in sessions):,.1f} s"

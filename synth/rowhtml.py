@@ -19,7 +19,8 @@ STYLE = """.pair{display:grid;grid-template-columns:1fr 1fr;gap:.8em}.side{borde
 .system{background:#fff8e1}.turn,.prompt{border-radius:6px;padding:.4em .7em;margin:.3em 0}
 .role{font-size:.8em;color:#666;text-transform:uppercase}.scores{font-size:.9em;color:#444}
 .text{white-space:pre-wrap;overflow-wrap:anywhere}mark{background:#ffe08a}.row{border:1px solid #ddd;
-border-radius:6px;padding:.5em .8em;margin:1em 0}.kv td{text-align:left;vertical-align:top}"""
+border-radius:6px;padding:.5em .8em;margin:1em 0}.kv td{text-align:left;vertical-align:top}
+.label-good{color:#2e7d32}.label-bad{color:#c62828}"""
 
 
 def _e(value) -> str:
@@ -155,15 +156,20 @@ def _conversation(row: dict, shown: set[str]) -> str:
     return out
 
 
-def row_html(row: dict) -> str:
-    """One row: its shape (pair, conversation), then its other columns in a folded table."""
+def row_html(row: dict, label: dict | None = None) -> str:
+    """One row: its label if people gave it one (`synth view`), its shape (pair, conversation),
+    then its other columns in a folded table."""
     shown = {"provenance"}
+    head = ""
+    if label:
+        note = f": {_e(label['note'])}" if label.get("note") else ""
+        head = f'<p class="label-{_e(label["label"])}"><strong>labelled {_e(label["label"])}</strong>{note}</p>'
     if "chosen" in row and "rejected" in row:
         main = _pair(row, shown)
     elif isinstance(row.get("messages"), list) or "instruction" in row:
         main = _conversation(row, shown)
     else:
-        return f'<div class="row">{_table(row, [k for k in row if k != "provenance"])}</div>'
+        return f'<div class="row">{head}{_table(row, [k for k in row if k != "provenance"])}</div>'
     rest = [k for k in row if k not in shown]
     more = f"<details><summary>other columns ({len(rest)})</summary>{_table(row, rest)}</details>" if rest else ""
-    return f'<div class="row">{main}{more}</div>'
+    return f'<div class="row">{head}{main}{more}</div>'

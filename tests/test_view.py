@@ -187,3 +187,8 @@ def test_the_report_shows_pairs_side_by_side_escaped(run_dir):
     assert SCRIPT not in page and page.count('<div class="pair">') == 6
     assert "Here is markup: &lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert "<mark>" in page and "score 3.0" in page  # the differing words marked; the sides' scores
+    assert "2 labelled: 1 good, 1 bad" in page  # from the labels test above
+    assert (
+        '<strong>labelled bad</strong>: chosen is wrong</p><div class="prompt"><div class="role">prompt (instruction)'
+        '</div><div class="text">Question 3?' in page
+    )
