@@ -180,6 +180,19 @@ def test_a_user_reads_pairs_follows_lineage_labels_and_exports(run_dir, echo_run
         page.fill("#search", "")
         shown = drawn(page, lambda: page.click("#apply"))
 
+        # the rows a stage dropped, with the reason
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        for stage in manifest["stages"]:
+            lost = sum(stage["filtered"].values()) + sum(stage["failed"].values())
+            drawn(page, lambda s=stage: page.click(f"#stages button[data-stage={s['label']}]"))
+            dropped = drawn(page, lambda: page.click("#tab-dropped"))
+            assert len(dropped) == min(lost, 20) and (lost or page.inner_text("#range") == "no dropped rows")
+            reasons = {*stage["filtered"], *stage["failed"]}
+            assert all(any(r in card.inner_text() for r in reasons) for card in dropped)
+        drawn(page, lambda: page.click("#tab-rows"))
+        page.goto(url + "#stage=output")
+        shown = drawn(page, page.reload)
+
         # a row's lineage: its values at every stage, and the prompt and raw answers behind it
         shown[0].query_selector(".lineage-button").click()
         page.wait_for_selector("#detail .request-step", timeout=60_000)
