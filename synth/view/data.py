@@ -137,6 +137,8 @@ class StageRows:
         """How many rows match, and the positions of the page's rows."""
         limit = max(1, min(query.limit, MAX_PAGE))
         offset = max(0, query.offset)
+        if not self.rows.num_rows:  # a stage that has written nothing yet (the run is still going)
+            return 0, []
         if query.plain:
             total = self.rows.num_rows
             return total, list(range(offset, min(offset + limit, total)))

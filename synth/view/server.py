@@ -147,6 +147,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
         except (SynthError, KeyError, ValueError, IndexError) as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc) if isinstance(exc, SynthError) else f"bad request: {exc!r}")
+        except Exception as exc:  # a file a running synth replaced mid-read, a Parquet error: say so, keep serving
+            self._error(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                f"could not read the run ({type(exc).__name__}: {exc}); if synth is still writing it, reload the page",
+            )
 
     def do_POST(self) -> None:
         if not self._allowed():
