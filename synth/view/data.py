@@ -48,6 +48,9 @@ class Query:
     search: str = ""
     sort: str | None = None
     descending: bool = False
+    # Count every match (a full scan), or stop at the page's: a search for a common word then
+    # answers in a fraction of a second, and the page asks for the count after showing the rows.
+    count: bool = True
 
     @property
     def plain(self) -> bool:
@@ -133,8 +136,9 @@ class StageRows:
             raise RunError(f"{self.name} has no column {name!r} (columns: {', '.join(self.kinds)})")
         return self.kinds[name]
 
-    def positions(self, query: Query) -> tuple[int, list[int]]:
-        """How many rows match, and the positions of the page's rows."""
+    def positions(self, query: Query) -> tuple[int | None, list[int]]:
+        """How many rows match (None when `query.count` is off and more rows than the page's may
+        match), and the positions of the page's rows."""
         limit = max(1, min(query.limit, MAX_PAGE))
         offset = max(0, query.offset)
         if not self.rows.num_rows:  # a stage that has written nothing yet (the run is still going)
@@ -164,6 +168,10 @@ class StageRows:
             total = keep.height
             keep = keep.sort([query.sort, POSITION], descending=[query.descending, False], nulls_last=True)
             return total, keep[POSITION].slice(offset, limit).to_list()
+        if not query.count:  # the scan stops once the page is full; the count is asked for apart
+            found = frame.select(POSITION).head(offset + limit).collect(engine="streaming")[POSITION]
+            total = None if found.len() == offset + limit else found.len()  # short of a page: all there is
+            return total, found.slice(offset, limit).to_list()
         found = frame.select(POSITION).collect(engine="streaming")[POSITION]
         return found.len(), found.slice(offset, limit).to_list()
 

@@ -65,6 +65,7 @@ def _query(params: dict[str, list[str]]) -> Query:
         search=one("q"),
         sort=one("sort") or None,
         descending=one("desc") == "1",
+        count=one("count", "1") != "0",
     )
 
 

@@ -397,14 +397,25 @@ async function load() {
       rows.replaceChildren(...page.rows.map(droppedCard));
     } else {
       const started = performance.now();
-      const page = await api("/api/rows", {stage: state.stage, offset: state.offset, limit: state.limit, q: state.q,
-        sort: state.sort, desc: state.desc ? "1" : "", filters: state.filters.length ? JSON.stringify(state.filters) : ""});
-      state.total = page.total;
+      const query = {stage: state.stage, offset: state.offset, limit: state.limit, q: state.q, sort: state.sort,
+        desc: state.desc ? "1" : "", filters: state.filters.length ? JSON.stringify(state.filters) : ""};
+      // A filter or search shows its first rows as soon as they are found, then counts them all.
+      const page = await api("/api/rows", {...query, count: query.q || query.filters ? "0" : "1"});
       const end = state.offset + page.rows.length;
-      $("range").textContent = page.total ? `rows ${state.offset + 1}–${end} of ${page.total.toLocaleString()}` +
-        ` (${((performance.now() - started) / 1000).toFixed(2)} s)` : "no rows match";
-      $("next").disabled = end >= page.total;
+      const seconds = () => ` (${((performance.now() - started) / 1000).toFixed(2)} s)`;
+      const range = (total) => total === 0 ? "no rows match" : total === null
+        ? `rows ${state.offset + 1}–${end} of … (counting)` : `rows ${state.offset + 1}–${end} of ${total.toLocaleString()}`;
+      $("range").textContent = range(page.total) + seconds();
+      $("next").disabled = page.total === null ? page.rows.length < state.limit : end >= page.total;
       rows.replaceChildren(...page.rows.map(card));
+      if (page.total === null) {
+        const asked = location.hash;
+        api("/api/rows", {...query, limit: 1, offset: 0}).then((counted) => {
+          if (location.hash !== asked) return;  // the user has moved on
+          $("range").textContent = range(counted.total) + seconds();
+          $("next").disabled = end >= counted.total;
+        }).catch(showError);
+      }
     }
     $("prev").disabled = state.offset <= 0;
   } catch (err) { rows.replaceChildren(); showError(err); }
