@@ -78,6 +78,9 @@ def test_pages_filters_search_and_sort_read_the_shards(run_dir):
     assert view.page("load", Query(search="markup", limit=2, count=False))["total"] == 1
     top = view.page("output", Query(sort="score_chosen", descending=True, limit=2))
     assert [r["row"]["score_chosen"] for r in top["rows"]] == [7.0, 6.0] and top["total"] == 6
+    math = Query(filters=[("topic", "eq", "math")], sort="score_chosen", limit=2)
+    assert [r["row"]["score_chosen"] for r in view.page("output", math)["rows"]] == [3.0, 5.0]
+    assert view.page("output", math)["total"] == 3
     with pytest.raises(RunError, match="compares numbers"):
         view.page("load", Query(filters=[("score_chosen", "gt", "high")]))
     with pytest.raises(RunError, match="no stage 'nope'"):

@@ -163,11 +163,15 @@ class StageRows:
         frame = self._scan(list(dict.fromkeys(columns)))
         if conditions:
             frame = frame.filter(pl.all_horizontal(conditions))
-        if query.sort:
-            keep = frame.select([POSITION, query.sort]).collect(engine="streaming")
-            total = keep.height
-            keep = keep.sort([query.sort, POSITION], descending=[query.descending, False], nulls_last=True)
-            return total, keep[POSITION].slice(offset, limit).to_list()
+        if query.sort:  # sorted and sliced lazily: polars keeps only the top offset + limit rows
+            order = frame.select([POSITION, query.sort]).sort(
+                [query.sort, POSITION], descending=[query.descending, False], nulls_last=True
+            )
+            page = order.slice(offset, limit).collect(engine="streaming")[POSITION].to_list()
+            if not conditions:
+                return self.rows.num_rows, page
+            total = frame.select(pl.len()).collect(engine="streaming").item() if query.count else None
+            return total, page
         if not query.count:  # the scan stops once the page is full; the count is asked for apart
             found = frame.select(POSITION).head(offset + limit).collect(engine="streaming")[POSITION]
             total = None if found.len() == offset + limit else found.len()  # short of a page: all there is

@@ -400,7 +400,7 @@ async function load() {
       const query = {stage: state.stage, offset: state.offset, limit: state.limit, q: state.q, sort: state.sort,
         desc: state.desc ? "1" : "", filters: state.filters.length ? JSON.stringify(state.filters) : ""};
       // A filter or search shows its first rows as soon as they are found, then counts them all.
-      const page = await api("/api/rows", {...query, count: query.q || query.filters ? "0" : "1"});
+      const page = await api("/api/rows", {...query, count: query.q || query.filters ? "0" : ""});
       const end = state.offset + page.rows.length;
       const seconds = () => ` (${((performance.now() - started) / 1000).toFixed(2)} s)`;
       const range = (total) => total === 0 ? "no rows match" : total === null
