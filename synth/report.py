@@ -1,8 +1,10 @@
 """`synth report RUN`: one self-contained HTML page about a run, plus its plots as PNG files.
 
 Rows per stage, why rows were dropped, length histograms, task categories, score and dedup
-neighbour-distance distributions, tokens and time per stage, and a few sample rows. The PNGs are
-embedded in the page as data URIs, so the page can be mailed or attached as one file.
+neighbour-distance distributions, tokens and time per stage, and a few sample rows, shown as
+people read them (a preference pair side by side, a conversation: synth/rowhtml.py) with their
+labels. The PNGs are embedded in the page as data URIs, so the page can be mailed or attached as
+one file; `synth view` serves the same page with each plot linked to the rows behind it.
 
 It reads a run of millions of rows in seconds: the row count comes from the Parquet footers, the
 histograms and category counts from polars streaming scans of only the columns they plot (every
