@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import polars as pl
@@ -259,7 +260,8 @@ class RunView:
         if name == OUTPUT:
             return {"stage": name, "rows": [], "more": False}
         limit = max(1, min(limit, MAX_PAGE))
-        records = list(self.run.iter_dropped(name, limit=offset + limit + 1))[offset:]
+        # skipped, not kept: a page deep into millions of dropped rows holds only its own
+        records = list(islice(self.run.iter_dropped(name, limit=offset + limit + 1), offset, None))
         return {"stage": name, "offset": offset, "rows": records[:limit], "more": len(records) > limit}
 
     def lineage(self, name: str, position: int, per_stage: int = 3) -> list[dict]:
