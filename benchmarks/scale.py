@@ -90,7 +90,7 @@ def generate(run_dir: Path, rows: int, seed: int = 0) -> None:
 
     pipeline = load_pipeline(run_dir.parent / "scale.yaml")
     runner = Runner(pipeline, run_dir)
-    runner._open_store()
+    runner.directory.open(overwrite=False, retry_failed=None)  # lock, manifest, stage folders
     stage = runner.dirs[0]
     rng = np.random.default_rng(seed)
     corpus = words(rng, 3_000_000)  # ~20 MB of words to cut texts from

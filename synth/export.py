@@ -32,11 +32,13 @@ from collections import deque
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .card import StatsReader, write_card
 from .errors import RunError
+from .labels import labelled_origins, origin_mask
 from .outputs import content_type, conversation, conversations, messages_type
 from .parquet import DEFAULT_CHUNK_ROWS, ParquetParts
 from .records import turn_columns
@@ -310,6 +312,23 @@ def _decontamination_reports(run: Run) -> list[Path]:
     return [p for p in found if p.exists() and p.with_suffix(".md").exists()]
 
 
+def _labelled(run: Run, output, label: str | None, chunk_rows: int) -> np.ndarray | None:
+    """Which output rows come from a source row labelled `label` (None when none is to be left out)."""
+    if label is None:
+        return None
+    columns, origins = labelled_origins(run, label)
+    missing = [c for c in columns if c not in output.schema.names]
+    if missing:
+        raise RunError(
+            f"--drop-labeled needs the output to keep the source column(s) {', '.join(missing)}, which identify "
+            "a labelled row; drop `output.columns` from the pipeline (or keep those columns) and run it again"
+        )
+    if not origins:
+        return None
+    marks = [origin_mask(chunk.to_pylist(), columns, origins) for chunk in output.chunks(chunk_rows, columns=columns)]
+    return np.concatenate([np.asarray(m, dtype=bool) for m in marks]) if marks else None
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -321,8 +340,10 @@ def export_run(
     license: str | None = None,
     keep_columns: list[str] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    drop_labeled: str | None = None,
 ) -> dict[str, int]:
-    """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split."""
+    """Write the run's dataset in `fmt` to out_dir, with a README.md dataset card; returns rows per split.
+    `drop_labeled` ("bad"): leave out the rows made from a source row carrying that label (synth/labels.py)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = Run(run_dir)
     manifest = run.manifest
@@ -333,10 +354,15 @@ def export_run(
         )
     output = run.output()
     files, schema, total = output.files, output.schema, output.num_rows
-    # Split the run's rows, then convert: a KTO pair's two rows stay in the same split.
+    # Rows made from a row labelled `drop_labeled` leave first; then the run's rows are split and
+    # converted: a KTO pair's two rows stay in the same split.
+    left_out = _labelled(run, output, drop_labeled, chunk_rows)
+    kept = total - (int(left_out.sum()) if left_out is not None else 0)
     in_test = held_out_mask(files, schema, total, test_size, seed, chunk_rows) if test_size else None
+    if in_test is not None and left_out is not None:
+        in_test = in_test & ~left_out
     n_test = int(in_test.sum()) if in_test is not None else 0
-    sizes = {"train": total - n_test, "test": n_test} if in_test is not None else {"train": total}
+    sizes = {"train": kept - n_test, "test": n_test} if in_test is not None else {"train": kept}
     conv = Converter(schema, fmt, keep_columns)
     for rows in sizes.values():
         conv.check(rows)
@@ -356,14 +382,18 @@ def export_run(
         columns = schema.names if fmt == "raw" else list(dict.fromkeys([*conv.columns, *stats.columns]))
         start = 0
         for chunk in output.chunks(chunk_rows, columns=columns):
+            rows = chunk.num_rows
+            test = pa.array(in_test[start : start + rows]) if in_test is not None else None
+            if left_out is not None:  # out of the dataset and of the card's statistics
+                keep = pa.array(~left_out[start : start + rows])
+                chunk, test = chunk.filter(keep), (test.filter(keep) if test is not None else None)
             stats.add(chunk)
-            if in_test is None:
+            if test is None:
                 writers["train"].write(chunk)
             else:
-                mask = pa.array(in_test[start : start + chunk.num_rows])
-                writers["train"].write(chunk.filter(pc.invert(mask)))
-                writers["test"].write(chunk.filter(mask))
-            start += chunk.num_rows
+                writers["train"].write(chunk.filter(pc.invert(test)))
+                writers["test"].write(chunk.filter(test))
+            start += rows
         written = [p for w in writers.values() for p in w.close()]
     except BaseException:
         for w in writers.values():
@@ -385,7 +415,7 @@ def export_run(
     write_card(
         out_dir,
         manifest,
-        stats.result(total),
+        stats.result(kept),
         fmt=fmt,
         counts=counts,
         file_format=file_format,

@@ -15,6 +15,8 @@ import polars as pl
 from rich.markup import escape
 
 from .console import console, stage_table
+from .labels import FILE as LABELS_FILE
+from .labels import Labels, row_key
 from .runs import RowFiles, Run, number_type, text_type
 from .store import StageDir
 
@@ -145,6 +147,9 @@ def show_run(
         console.print("a synth process is working on this run now")
     if manifest.get("stages"):
         console.print(stage_table(manifest["stages"]))
+    labels = Labels(root)
+    if len(labels):
+        console.print(f"labels ({LABELS_FILE}, from synth view): {labels.summary()}")
     dirs = run.stages()
     chosen = run.stage(stage_label) if stage_label else None
     checked = run.check()
@@ -152,22 +157,27 @@ def show_run(
         show_dropped(run, [chosen] if chosen else dirs, n)
         return
     if chosen is not None:
-        rows, where = run.rows(chosen), f"stage {stage_label}"
+        rows, where, named = run.rows(chosen), f"stage {stage_label}", stage_label
     elif checked.output is not None:
-        rows, where = run.rows(), "output"
+        rows, where, named = run.rows(), "output", "output"
     else:
         done = [d for d in dirs if d.done_indices()]
         if not done:
             console.print("no rows yet")
             return
         rows, where = run.rows(done[-1]), f"stage {done[-1].path.name} (the run is not finished)"
+        named = done[-1].path.name.split("-", 1)[1]
     console.print(f"\n[bold]{where}[/]: {rows.num_rows:,} rows")
     for name, text in column_stats(rows):
         console.print(f"  {name}: {text}")
     picked = rows.head(n) if seed is None else rows.sample(n, seed)
     if seed is not None and picked:
         console.print(f"{len(picked)} rows picked at random (seed {seed}):")
+    marks = labels.of(named) if len(labels) else {}
     for row in picked:
+        mark = marks.get(row_key(row))
+        if mark:
+            console.print(f"[bold]labelled {mark['label']}[/]" + (f": {escape(mark['note'])}" if mark["note"] else ""))
         _print_row(_content_first(row, provenance))
     if n and "provenance" in rows.schema.names and not provenance:
         console.print("(each row's provenance: add --provenance)")

@@ -1,8 +1,10 @@
 """`synth report RUN`: one self-contained HTML page about a run, plus its plots as PNG files.
 
 Rows per stage, why rows were dropped, length histograms, task categories, score and dedup
-neighbour-distance distributions, tokens and time per stage, and a few sample rows. The PNGs are
-embedded in the page as data URIs, so the page can be mailed or attached as one file.
+neighbour-distance distributions, tokens and time per stage, and a few sample rows, shown as
+people read them (a preference pair side by side, a conversation: synth/rowhtml.py) with their
+labels. The PNGs are embedded in the page as data URIs, so the page can be mailed or attached as
+one file; `synth view` serves the same page with each plot linked to the rows behind it.
 
 It reads a run of millions of rows in seconds: the row count comes from the Parquet footers, the
 histograms and category counts from polars streaming scans of only the columns they plot (every
@@ -14,15 +16,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import textwrap
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 
 from .errors import MissingDependency
 from .inspect_run import measure, measures
+from .labels import Labels, row_key
+from .rowhtml import STYLE as ROW_STYLE
+from .rowhtml import row_html
 from .runs import RowFiles, Run, number_type, text_type
 from .scrub import scrub, without_yaml_comments
 from .store import events_text
@@ -205,25 +210,58 @@ td:first-child,th:first-child,td:nth-child(4){text-align:left}
 pre{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}h1 small{color:#777;font-size:60%}"""
 
 
+def _view_link(name: str, manifest: dict, view_url: str) -> str:
+    """Where the viewer shows the rows behind a plot (the page's hash: stage, tab, sort)."""
+    stages = manifest.get("stages") or []
+    params: dict[str, str] = {"stage": "output"}
+    if name == "dropped" and stages:
+        most = max(stages, key=lambda s: sum(s.get("filtered", {}).values()) + sum(s.get("failed", {}).values()))
+        params = {"stage": most["label"], "tab": "dropped"}
+    elif name.startswith("score_") or name == "dedup":
+        params["sort"] = name.removeprefix("score_") if name != "dedup" else "min_neighbor_distance"
+        params["desc"] = "1" if name != "dedup" else ""
+    elif name == "categories":
+        params["sort"] = "task_category"
+    elif name in ("rows_per_stage", "tokens", "time") and stages:
+        params = {"stage": stages[-1]["label"]}
+    return view_url + "#" + urlencode({k: v for k, v in params.items() if v})
+
+
+def report_page(run_dir: str | Path, sample_rows: int = 3, view_url: str | None = None) -> str:
+    """The report as one page (plots inline); with `view_url` (served by `synth view`), each plot
+    links to the viewer's rows behind it."""
+    return _report(Path(run_dir), sample_rows, view_url)[0]
+
+
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_rows: int = 3) -> Path:
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
+    page, plots = _report(run_dir, sample_rows, None)
     out.mkdir(parents=True, exist_ok=True)
+    for name, (_, png) in plots.items():
+        (out / f"{name}.png").write_bytes(png)
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _report(run_dir: Path, sample_rows: int, view_url: str | None) -> tuple[str, dict[str, tuple[str, bytes]]]:
     run = Run(run_dir)
     manifest = run.manifest
     rows = run.rows()
     plots = make_plots(manifest, rows)
     figures = []
     for name, (caption, png) in plots.items():
-        (out / f"{name}.png").write_bytes(png)
         data = base64.b64encode(png).decode()
-        figures.append(
-            f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+        image = f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        if view_url is not None:
+            image = f'<a href="{html.escape(_view_link(name, manifest, view_url))}" target="_top">{image}</a>'
+        figures.append(f'<figure id="{name}">{image}<figcaption>{html.escape(caption)}</figcaption></figure>')
     seed = manifest.get("seed") if isinstance(manifest.get("seed"), int) else 0
     picked = rows.sample(sample_rows, seed)
-    samples = json.dumps(picked, indent=2, ensure_ascii=False, default=str)
+    labels = Labels(run_dir)
+    marks = labels.of("output")
+    samples = "".join(row_html(row, marks.get(row_key(row))) for row in picked)
     picked_how = (
         f"all {rows.num_rows:,} rows"
         if len(picked) == rows.num_rows
@@ -234,15 +272,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, sample_
     summary = (
         f"status: {html.escape(run.status)}, {rows.num_rows:,} rows out, "
         f"{len(sessions)} session(s), {sum(s.get('seconds', 0) for s in sessions):,.1f} s"
+        + (f", {html.escape(labels.summary())}" if len(labels) else "")
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synth report: {name}</title>
-<style>{STYLE}</style></head><body>
+<style>{STYLE}{ROW_STYLE}</style></head><body>
 <h1>{name} <small>{summary}</small></h1>
 <h2>Stages</h2>{_table_html(manifest.get("stages") or [])}
 <h2>Plots</h2><div class="plots">{"".join(figures) or "<p>no plots: the run has no rows yet</p>"}</div>
-<h2>Sample rows</h2><p>{picked_how}</p><pre>{html.escape(samples)}</pre>
+<h2>Sample rows</h2><p>{picked_how}</p>{samples}
 <h2>Pipeline</h2><pre>{html.escape(scrub(without_yaml_comments(manifest.get("config", ""))))}</pre>
 </body></html>"""
-    index = out / "index.html"
-    index.write_text(scrub(page), encoding="utf-8")
-    return index
+    return scrub(page), plots

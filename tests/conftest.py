@@ -88,6 +88,14 @@ def vllm_server(vllm_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def preference_runs(tmp_path_factory) -> Path:
+    """The folder of the shipped preference pipelines' small runs (tests/test_preference_pipelines.py
+    makes them, one per file and session), so tests/test_view_browser.py reads the same
+    ultrafeedback-dpo run instead of paying for the embedded model's judge again."""
+    return tmp_path_factory.mktemp("preference")
+
+
+@pytest.fixture(scope="session")
 def shared_llama_server(tmp_path_factory):
     """One real `python -m llama_cpp.server` for the modules that put a FaultProxy in front of it."""
     pytest.importorskip("llama_cpp")

@@ -33,6 +33,7 @@ COMMANDS = [
     "stages",
     "templates",
     "validate",
+    "view",
 ]
 
 

@@ -14,7 +14,15 @@ from synth import load_pipeline, run_pipeline
 
 from .conftest import REPO
 
-READERS = ["synth.report", "synth.inspect_run", "synth.export", "synth.hub", "synth.runs"]
+READERS = [
+    "synth.report",
+    "synth.inspect_run",
+    "synth.export",
+    "synth.hub",
+    "synth.runs",
+    "synth.labels",
+    "synth.view.server",
+]
 RUNNER = ["synth.run", "synth.run.runner", "synth.executors", "synth.llm.client"]
 # What config must not load: the runner, and the code behind a backend (engines, HTTP clients).
 BACKENDS = [*RUNNER, "synth.llm.local", "synth.llm.openai", "synth.llm.vllm", "synth.llm.cpu", "synth.llm.pooling"]

@@ -37,6 +37,8 @@ def test_wheel_ships_resources(wheel):
         assert shipped, kind
         missing = [s for s in shipped if f"synth/{inside}/{s}" not in names]
         assert not missing, (kind, missing)
+    # `synth view`'s page: served from the package, never from a CDN
+    assert {f"synth/view/static/{n}" for n in ("index.html", "app.js", "app.css")} <= names
 
 
 def test_installed_wheel_finds_its_resources(wheel, tmp_path):

@@ -136,8 +136,8 @@ def test_judge_pairwise_compares_two_backends():
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("preference")
+def root(preference_runs) -> Path:
+    return preference_runs  # tests/test_view_browser.py reads the ultrafeedback run made here
 
 
 _SMALL_RUNS: dict[Path, tuple[list[dict], dict]] = {}

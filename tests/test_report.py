@@ -113,11 +113,10 @@ def test_sample_rows_are_picked_at_seeded_positions(report):
     assert f"3 of 25 rows, picked at random (seed {seed})" in page
     rows = read_output(report.parent.parent).to_pylist()
     positions = np.sort(np.random.default_rng(seed).choice(25, size=3, replace=False))
-    sample = page.split("<h2>Sample rows</h2>")[1].split("</pre>")[0]
-    for position in positions:
-        assert html.escape(json.dumps(rows[position]["response"])) in sample
-    shown = [i for i, row in enumerate(rows) if html.escape(json.dumps(row["response"])) in sample]
-    assert shown == positions.tolist()
+    sample = page.split("<h2>Sample rows</h2>")[1].split("<h2>Pipeline</h2>")[0]
+    # each row as a conversation (the instruction, then the response as the assistant's turn)
+    shown = [i for i, row in enumerate(rows) if f'<div class="text">{html.escape(row["response"])}</div>' in sample]
+    assert shown == positions.tolist() and sample.count('<div class="turn assistant">') == 3
 
 
 def test_a_truncated_output_file_is_named_with_the_command(report):

@@ -57,6 +57,11 @@ def push(run_dir: Path, repo_id: str, private: bool, fmt: str, test_size: float,
     "keep",
     help="comma-separated run columns to keep beside the format's own (sft, preference), or 'all'",
 )
+@click.option(
+    "--drop-labeled",
+    type=click.Choice(["bad", "good"]),
+    help="leave out the rows made from a row labelled so in `synth view` (RUN/labels.parquet)",
+)
 @dataset_options
 @friendly
 def export(
@@ -66,6 +71,7 @@ def export(
     jsonl: bool,
     skill_lists: bool,
     keep: str | None,
+    drop_labeled: str | None,
     test_size: float,
     seed: int,
     license_: str | None,
@@ -83,6 +89,7 @@ def export(
       synth export runs/quickstart -o out/qs --jsonl --license apache-2.0
       synth export runs/magpie -o out/magpie --keep-columns task_category,difficulty,instruct_reward
       synth export runs/skillmix-sft -o out/skills --skill-lists
+      synth export runs/ultrafeedback-dpo -o out/uf --format preference --drop-labeled bad
     """
     if skill_lists:
         from ..skillfiles import export_run_lists
@@ -101,6 +108,7 @@ def export(
         seed=seed,
         license=license_,
         keep_columns=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
+        drop_labeled=drop_labeled,
     )
     click.echo(f"wrote {', '.join(f'{k}: {v:,} rows' for k, v in counts.items())} to {out} (card: {out / 'README.md'})")
 

@@ -1,4 +1,4 @@
-"""`synth inspect` and `synth report`: a run, read for people."""
+"""`synth inspect`, `synth report` and `synth view`: a run, read for people."""
 
 from __future__ import annotations
 
@@ -53,4 +53,48 @@ def report(run_dir: Path, out: Path | None):
     click.echo(str(build_report(run_dir, out)))
 
 
-COMMANDS = (inspect, report)  # registered on `synth` by synth/cli/__init__.py
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--port", default=8765, show_default=True, help="port to serve on (0: any free port)")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to bind; anything but loopback lets other machines read the run and label its rows",
+)
+@click.option("--open/--no-open", "open_browser", default=False, help="open the page in the default browser")
+@friendly
+def view(run_dir: Path, port: int, host: str, open_browser: bool):
+    """Read a run in the browser: every stage's rows, pairs side by side, lineage, labels.
+
+    A local web app over the run directory, finished or still running: page through each
+    stage's rows (read from the shards, never loaded whole), filter columns, search every text
+    column, sort, see dropped rows with their reasons, and follow a row back through the stages to
+    the prompts and raw answers that made it. Preference rows show prompt, chosen and rejected side
+    by side with scores and the differences marked; SFT rows show as a conversation. Label rows
+    good or bad with a note: labels go to RUN/labels.parquet (the one file the viewer writes) and
+    `synth export --drop-labeled bad` leaves those rows out. Ctrl-C stops it.
+
+    \b
+    Examples:
+      synth view runs/ultrafeedback-dpo                  # then open http://127.0.0.1:8765/
+      synth view runs/magpie --port 9000
+      synth export runs/ultrafeedback-dpo -o out/uf --format preference --drop-labeled bad
+    """
+    from ..view.server import serve
+
+    server = serve(run_dir, host, port)
+    click.echo(f"synth view: {server.url} (Ctrl-C stops it)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+COMMANDS = (inspect, report, view)  # registered on `synth` by synth/cli/__init__.py
