@@ -94,6 +94,7 @@ class ProviderServer(_LoopThread):
         self.lines_run = 0
         self.served = 0  # generations forwarded (streaming)
         self.too_many = 0  # 429s answered
+        self.arrivals: list[float] = []  # time.monotonic() of every generation request (streaming)
         self.concurrency = concurrency
         self.rpm, self.burst = requests_per_minute, burst
         self._level, self._stamp = float(burst), time.monotonic()
@@ -185,6 +186,7 @@ class ProviderServer(_LoopThread):
     # ---- rate limits ----
     async def _generate(self, path: str, body: bytes) -> tuple[int, bytes, str]:
         extra = ""
+        self.arrivals.append(time.monotonic())
         if self.rpm:
             now = time.monotonic()
             rate = self.rpm / 60.0

@@ -664,9 +664,17 @@ class OpenAIBackend:
 
         return self._fan_out(requests, one)
 
+    @property
+    def _offline(self) -> bool:
+        """Generations go into batch files run elsewhere (--batch-files): no server to ask."""
+        return self._jobs is not None and self._jobs.files is not None
+
     async def _is_vllm(self) -> bool:
         """vLLM answers GET /version; its echo offsets count raw token strings, so it is scored
-        with prompt_logprobs instead. Other servers (llama.cpp: 404) get the echo route."""
+        with prompt_logprobs instead. Other servers (llama.cpp: 404) get the echo route. Batch
+        files are written in vLLM's dialect (`vllm run-batch`; OpenAI's chat form is the same)."""
+        if self._offline:
+            return True
         async with self._probe:
             if self._vllm is None:
                 answer = await self._send("/version", root=True, fatal=())
@@ -679,7 +687,7 @@ class OpenAIBackend:
         Magpie's pre-query templates start with the BOS text (`<|begin_of_text|>`, `<bos>`); sent
         as they are, vLLM tokenizes them with a second BOS in front. Knowing the text, such prompts
         go out with `add_special_tokens: false`. Probed once per backend (two small requests)."""
-        if not await self._is_vllm():
+        if self._offline or not await self._is_vllm():
             return None
         async with self._probe:
             if self._bos is None:

@@ -43,15 +43,13 @@ def parse_reset(value: str | None) -> float | None:
 
 class Bucket:
     """One limit: `per_minute` units refill continuously up to `capacity` (one second's worth
-    unless the provider's headers show a larger burst)."""
+    until the provider's headers show a larger burst)."""
 
     def __init__(self, per_minute: int):
-        self.rate = per_minute / 60.0
+        self.limit = self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate)
         self.level = self.capacity
         self.stamp = time.monotonic()
-        self.hold_until = 0.0  # the provider said its bucket is empty until then
-        self.sent_since: list[float] = []  # costs of requests sent and not yet answered
 
     def refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
@@ -60,18 +58,18 @@ class Bucket:
     def wait_for(self, cost: float, now: float) -> float:
         """Seconds until `cost` units are there (0: now)."""
         self.refill(now)
-        if now < self.hold_until:
-            return self.hold_until - now
         cost = min(cost, self.capacity)  # a request larger than the bucket waits for a full one
         return 0.0 if self.level >= cost else (cost - self.level) / self.rate
 
     def observe(self, remaining: float, reset: float | None, in_flight: float, now: float) -> None:
-        """The provider's count after one answer, less what is still on its way to it."""
+        """The provider's count after one answer, less what is still on its way to it. Its bucket
+        holds at least `remaining` + the unit just spent (a burst it allows), and refills the
+        difference to full in `reset` seconds: a slower pace than the limit set is followed."""
         self.refill(now)
-        self.capacity = max(self.capacity, remaining)  # the provider allows this burst
-        self.level = remaining - in_flight
-        if remaining <= 0 and reset:
-            self.hold_until = now + reset
+        self.capacity = max(self.capacity, remaining + 1)
+        self.level = min(self.capacity, remaining - in_flight)
+        if reset and remaining < self.capacity:
+            self.rate = min(self.limit, max((self.capacity - remaining) / reset, self.limit / 100))
 
 
 class RateLimiter:

@@ -1,0 +1,288 @@
+"""Batch mode and rate limits of the openai backend.
+
+No provider's Batch API can be reached from here: `synth.testing_provider.ProviderServer` stands
+in for the provider (its files and batches endpoints, its rate limits) and executes every line on
+the real llama.cpp server of the session. `vllm run-batch` is the real one, on the vLLM CPU install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synth import load_pipeline, read_output, run_pipeline
+from synth.llm.batchjournal import Journal
+from synth.llm.ratelimit import Bucket, RateLimiter, parse_reset
+
+from .pipeline_runs import synth_cli
+
+ROWS = [
+    {"instruction": "What is the capital of Italy?", "response": "The capital of Italy is Rome."},
+    {"instruction": "What is 7 times 8?", "response": "It is 54."},
+    {"instruction": "Name a primary colour.", "response": "Blue is a primary colour."},
+]
+
+
+def judge_pipeline(write, url: str, backend: str = "", name: str = "p.yaml", model: str = "gemma") -> Path:
+    return write(
+        name,
+        f"""
+        name: judged
+        seed: 5
+        backends:
+          api:
+            type: openai
+            model: {json.dumps(model)}
+            base_url: {url}
+            api_key_env: null
+            {backend}
+        stages:
+          - stage: load
+            rows: {json.dumps(ROWS)}
+          - stage: judge
+            backend: api
+            task: score
+            checklist: "off"
+            rationale_chars: 12
+            max_tokens: 60
+        """,
+    )
+
+
+BATCH = "batch: true\n            batch_collect_seconds: 0.3\n            batch_poll_seconds: 0.3"
+
+
+@pytest.fixture
+def provider(shared_llama_server):
+    """The stand-in provider (Batch API + rate limits) in front of the real llama.cpp server."""
+    from synth.testing_provider import ProviderServer
+
+    with ProviderServer("127.0.0.1", shared_llama_server.port) as p:
+        yield p
+
+
+def _created_lines(provider) -> list[set[str]]:
+    """The custom_ids of each batch the provider created."""
+    out = []
+    for batch in provider.batches.values():
+        text = provider.files[batch["input_file_id"]].decode()
+        out.append({json.loads(t)["custom_id"] for t in text.splitlines()})
+    return out
+
+
+def _counters(result, label: str) -> dict:
+    return {s["label"]: s for s in result.manifest["stages"]}[label]["counters"]
+
+
+# ---- unit: the buckets ----
+def test_reset_headers_parse():
+    assert parse_reset("1s") == 1 and parse_reset("6m0s") == 360 and parse_reset("20ms") == pytest.approx(0.02)
+    assert parse_reset("1h2m3.5s") == pytest.approx(3723.5) and parse_reset("2.5") == 2.5
+    assert parse_reset("soon") is None and parse_reset(None) is None
+
+
+def test_bucket_follows_the_providers_headers():
+    bucket = Bucket(60)  # 1 a second, one second's worth at first
+    now = bucket.stamp
+    assert bucket.capacity == 1 and bucket.wait_for(1, now) == 0
+    bucket.level -= 1
+    assert bucket.wait_for(1, now) == pytest.approx(1.0)
+    bucket.observe(remaining=4, reset=1.0, in_flight=1, now=now)  # the provider allows a burst of 5
+    assert bucket.capacity == 5 and bucket.level == 3
+    bucket.observe(remaining=0, reset=10.0, in_flight=0, now=now)  # it refills 5 in 10 s: half our pace
+    assert bucket.rate == pytest.approx(0.5) and bucket.wait_for(1, now) == pytest.approx(2.0)
+
+
+def test_limiter_counts_tokens_ahead_and_settles_on_usage():
+    limiter = RateLimiter(None, 600)  # 10 tokens a second
+    body = {"prompt": "x" * 40, "max_tokens": 5, "n": 2}
+    assert limiter.estimate(body) == 40 // 4 + 1 + 10
+    import asyncio
+
+    asyncio.run(limiter.acquire(8))
+    assert limiter.tokens.level == pytest.approx(2, abs=0.1)
+    limiter.settle(8, used=3, headers=None)  # 5 unused tokens come back
+    assert limiter.tokens.level == pytest.approx(7, abs=0.1)
+
+
+# ---- the Batch API, end to end ----
+def test_judge_in_batch_mode_equals_streaming_and_is_journaled(write, tmp_path, provider):
+    batch = judge_pipeline(write, provider.url, BATCH)
+    result = run_pipeline(load_pipeline(batch), tmp_path / "batch")
+    rows = read_output(tmp_path / "batch").to_pylist()
+    assert len(rows) == 3 and all(1 <= r["judge_score"] <= 10 for r in rows), _counters(result, "judge")
+    assert provider.served == 0, "batch mode sent a generation outside a batch job"
+    assert provider.creates == provider.uploads >= 1
+    ids = _created_lines(provider)
+    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :]), "a request was in two batches"
+    counters = _counters(result, "judge")
+    assert counters["batch_requests"] == counters["requests"] >= 3  # for the cost: priced as batch
+    jobs = Journal(tmp_path / "batch").jobs().values()
+    assert {j.status for j in jobs} == {"completed"} and not any(j.in_flight for j in jobs)
+
+    streamed = judge_pipeline(write, provider.url, name="s.yaml")
+    run_pipeline(load_pipeline(streamed), tmp_path / "stream")
+    assert read_output(tmp_path / "stream").to_pylist() == rows  # the same rows, the same seeds
+    assert provider.served >= 3 and provider.creates == len(ids)
+
+
+def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
+    """A line that failed with a 500, and the lines an expired batch never ran, are sent again in a
+    later job, and only they; the rows come out complete."""
+    provider.fail_lines(1, status=500)
+    provider.expire_next(after_lines=2)  # the first job expires after 2 lines: 1 of them failed
+    path = judge_pipeline(write, provider.url, BATCH)
+    result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert len(read_output(tmp_path / "run").to_pylist()) == 3, _counters(result, "judge")
+    first, second, *_ = _created_lines(provider)
+    assert len(first) == 3 and len(second) == 2 and not (first - second) & second
+    statuses = [j.status for j in Journal(tmp_path / "run").jobs().values()]
+    assert statuses[0] == "expired" and statuses[1] == "completed"
+
+
+def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provider):
+    """SIGKILL during the upload, after the batch is created, while it is polled and during the
+    download: each resume carries on with the batch it paid for."""
+    path = judge_pipeline(write, provider.url, BATCH)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def kill_at(step: str) -> None:
+        provider.pause_at(step)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            assert provider.paused.wait(120), f"the run never reached {step}: {proc.poll()}"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+        provider.release()
+
+    kill_at("upload")
+    assert (provider.uploads, provider.creates) == (1, 0)
+    kill_at("created")
+    assert (provider.uploads, provider.creates) == (2, 1)  # the first upload never got its id back
+    kill_at("polling")
+    kill_at("download")
+    assert provider.creates == 1
+    inspected = synth_cli("inspect", str(run), "-n", "0")
+    assert "1 batch job(s) in flight" in inspected.stdout and "batch_" in inspected.stdout, inspected.stdout
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(read_output(run).to_pylist()) == 3
+    ids = _created_lines(provider)
+    assert len(ids[0]) == 3 and all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :])
+
+
+def test_interrupted_run_leaves_batches_running_and_cancel_stops_them(write, tmp_path, provider):
+    path = judge_pipeline(write, provider.url, BATCH)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    provider.pause_at("polling")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    assert provider.paused.wait(120)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    provider.release()
+    assert proc.returncode == 130, out
+    assert "still running at the provider" in out and "synth batches cancel" in out, out
+    listed = synth_cli("batches", "list", str(run))
+    assert "in flight" in listed.stdout, listed.stdout
+    cancelled = synth_cli("batches", "cancel", str(run))
+    assert cancelled.returncode == 0 and "cancelled 1 batch job" in cancelled.stdout, cancelled.stderr
+    assert provider.cancels == 1
+
+
+# ---- rate limits ----
+def test_rate_limited_run_keeps_the_limit_without_a_429(write, tmp_path, shared_llama_server):
+    """A provider allowing 60 requests a minute with a burst of 5: 20 requests cannot take less
+    than (20 - 5) / 1 = 15 s from the first to the last. synth must get no 429 and stay within
+    10% of that."""
+    from synth.testing_provider import ProviderServer
+
+    rows = [{"instruction": f"Say the number {i}."} for i in range(20)]
+    with ProviderServer("127.0.0.1", shared_llama_server.port, requests_per_minute=60, burst=5) as provider:
+        path = write(
+            "p.yaml",
+            f"""
+            seed: 1
+            backends:
+              api: {{type: openai, model: gemma, base_url: "{provider.url}", api_key_env: null,
+                     requests_per_minute: 60}}
+            stages:
+              - stage: load
+                rows: {json.dumps(rows)}
+              - stage: respond
+                backend: api
+                max_tokens: 4
+            """,
+        )
+        result = run_pipeline(load_pipeline(path), tmp_path / "run")
+        span = provider.arrivals[-1] - provider.arrivals[0]
+    assert provider.too_many == 0 and len(provider.arrivals) == 20
+    assert len(read_output(tmp_path / "run").to_pylist()) == 20
+    assert 15 * 0.98 <= span <= 15 * 1.1, span
+    assert "rate_limited" not in _counters(result, "respond")
+
+
+def test_a_429_under_limits_set_too_high_is_counted_and_told(write, tmp_path, shared_llama_server):
+    from synth.console import print_summary
+    from synth.testing_provider import ProviderServer
+
+    rows = [{"instruction": f"Say the number {i}."} for i in range(3)]
+    with ProviderServer("127.0.0.1", shared_llama_server.port, requests_per_minute=60, burst=1) as provider:
+        path = write(
+            "p.yaml",
+            f"""
+            backends:
+              api: {{type: openai, model: gemma, base_url: "{provider.url}", api_key_env: null,
+                     requests_per_minute: 6000}}
+            stages:
+              - stage: load
+                rows: {json.dumps(rows)}
+              - stage: respond
+                backend: api
+                max_tokens: 2
+            """,
+        )
+        result = run_pipeline(load_pipeline(path), tmp_path / "run")
+    assert provider.too_many >= 1 and _counters(result, "respond")["rate_limited"] == provider.too_many
+    from synth.console import console
+
+    with console.capture() as captured:
+        print_summary(result)
+    assert "requests_per_minute / tokens_per_minute are set above the provider's limits" in captured.get()
+
+
+# ---- offline batch files through the real `vllm run-batch` ----
+def test_batch_files_through_vllm_run_batch(write, tmp_path, vllm_model_dir):
+    """`--batch-files` writes the judge's requests and stops; `vllm run-batch` answers them;
+    `--batch-results` takes them in and the run completes. (Run under flock /tmp/vllm.lock.)"""
+    path = judge_pipeline(write, "http://127.0.0.1:9/v1", model=str(vllm_model_dir))  # nothing listens there
+    run, folder = tmp_path / "run", tmp_path / "files"
+    first = synth_cli("run", str(path), "-o", str(run), "-q", "--batch-files", str(folder))
+    assert first.returncode == 0 and "stopped:" in first.stdout, first.stderr
+    requests = sorted(folder.glob("requests-*.jsonl"))
+    assert len(requests) == 1 and len(requests[0].read_text().splitlines()) == 3
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+    vllm = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch"]
+    answered = subprocess.run(
+        [*vllm, "-i", str(requests[0]), "-o", str(folder / "results.jsonl"), "--model", str(vllm_model_dir),
+         "--max-model-len", "2048", "--dtype", "bfloat16", "--enforce-eager"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    second = synth_cli("run", str(path), "-o", str(run), "-q", "--batch-results", str(folder))
+    assert second.returncode == 0 and "stopped:" not in second.stdout, second.stdout + second.stderr
+    rows = read_output(run).to_pylist()
+    assert len(rows) + len(list(folder.glob("requests-*.jsonl"))) >= 3
+    assert all(1 <= r["judge_score"] <= 10 for r in rows)
