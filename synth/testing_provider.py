@@ -35,6 +35,8 @@ STEPS = ("upload", "created", "polling", "download")
 
 
 async def _post_upstream(host: str, port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    """POST one JSON body upstream; the status and the body of its answer (by Content-Length,
+    chunks, or to the end of the connection)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         head = (
@@ -43,21 +45,20 @@ async def _post_upstream(host: str, port: int, path: str, body: bytes) -> tuple[
         )
         writer.write(head.encode() + body)
         await writer.drain()
-        raw = await reader.read()
+        top = (await reader.readuntil(b"\r\n\r\n")).lower()
+        status = int(top.split(b" ", 2)[1])
+        length = re.search(rb"content-length:\s*(\d+)", top)
+        if length:
+            return status, await reader.readexactly(int(length.group(1)))
+        if b"transfer-encoding: chunked" not in top:
+            return status, await reader.read()
+        payload = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16):
+            payload += await reader.readexactly(size)
+            await reader.readexactly(2)
+        return status, payload
     finally:
         writer.close()
-    top, _, payload = raw.partition(b"\r\n\r\n")
-    status = int(top.split(b" ", 2)[1])
-    if b"transfer-encoding: chunked" in top.lower():
-        out, rest = b"", payload
-        while rest:
-            size_text, _, rest = rest.partition(b"\r\n")
-            size = int(size_text.split(b";")[0] or b"0", 16)
-            if size == 0:
-                break
-            out, rest = out + rest[:size], rest[size + 2 :]
-        payload = out
-    return status, payload
 
 
 def _multipart_file(head: bytes, body: bytes) -> bytes | None:
