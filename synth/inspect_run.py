@@ -131,7 +131,9 @@ def show_batches(root: Path) -> None:
 
     jobs = in_flight(root)
     if jobs:
-        console.print(f"[bold]{len(jobs)} batch job(s) in flight[/] (resume collects them; cancel: synth batches cancel)")
+        console.print(
+            f"[bold]{len(jobs)} batch job(s) in flight[/] (resume collects them; cancel: synth batches cancel)"
+        )
     for job in jobs:
         counts = ", ".join(f"{k} {v}" for k, v in job.counts.items()) or f"{job.requests} requests"
         console.print(f"  {escape(str(job.batch_id))}  {job.backend}  {job.status}  ({counts})")

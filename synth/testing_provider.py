@@ -96,6 +96,7 @@ class ProviderServer(_LoopThread):
         self.served = 0  # generations forwarded (streaming)
         self.too_many = 0  # 429s answered
         self.arrivals: list[float] = []  # time.monotonic() of every generation request (streaming)
+        self.bodies: list[dict] = []  # every generation's body, streamed or a batch line, as upstream got it
         self.concurrency = concurrency
         self.rpm, self.burst = requests_per_minute, burst
         self._level, self._stamp = float(burst), time.monotonic()
@@ -201,8 +202,11 @@ class ProviderServer(_LoopThread):
                 return 429, json.dumps(message).encode(), headers + f"Retry-After: {max(1, round(wait))}\r\n"
             self._level -= 1
             reset = (self.burst - self._level) / rate
-            extra = f"x-ratelimit-remaining-requests: {int(self._level)}\r\nx-ratelimit-reset-requests: {reset:.3f}s\r\n"
+            extra = (
+                f"x-ratelimit-remaining-requests: {int(self._level)}\r\nx-ratelimit-reset-requests: {reset:.3f}s\r\n"
+            )
         self.served += 1
+        self.bodies.append(json.loads(body))
         status, payload = await _post_upstream(*self.upstream, path, body)
         return status, payload, extra
 
@@ -284,6 +288,7 @@ class ProviderServer(_LoopThread):
                     self._fail_lines = (count - 1, failing)
                     status, body = failing, {"error": {"message": "injected by ProviderServer"}}
                 else:
+                    self.bodies.append(line["body"])
                     status, raw = await _post_upstream(*self.upstream, line["url"], json.dumps(line["body"]).encode())
                     body = json.loads(raw)
                 self.lines_run += 1

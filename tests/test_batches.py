@@ -12,12 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from synth import load_pipeline, read_output, run_pipeline
+from synth.cache import RequestCache
 from synth.llm.batchjournal import Journal
 from synth.llm.ratelimit import Bucket, RateLimiter, parse_reset
 
@@ -127,10 +127,16 @@ def test_judge_in_batch_mode_equals_streaming_and_is_journaled(write, tmp_path, 
     jobs = Journal(tmp_path / "batch").jobs().values()
     assert {j.status for j in jobs} == {"completed"} and not any(j.in_flight for j in jobs)
 
+    # A streaming run sends the very same requests (bodies: prompts, sampling, seeds) under the same
+    # cache keys, so a deterministic server gives it the same rows. (llama.cpp's server reuses
+    # cached prompt prefixes, which changes its floating-point results: the rows are not compared.)
+    sent, provider.bodies = provider.bodies, []
     streamed = judge_pipeline(write, provider.url, name="s.yaml")
     run_pipeline(load_pipeline(streamed), tmp_path / "stream")
-    assert read_output(tmp_path / "stream").to_pylist() == rows  # the same rows, the same seeds
     assert provider.served >= 3 and provider.creates == len(ids)
+    first = sorted(json.dumps(b, sort_keys=True) for b in sent[:3])
+    assert first == sorted(json.dumps(b, sort_keys=True) for b in provider.bodies[:3])
+    assert ids[0] <= set(RequestCache(tmp_path / "stream" / "cache.sqlite").get_many(list(ids[0])))
 
 
 def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
@@ -173,8 +179,8 @@ def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provide
     kill_at("polling")
     kill_at("download")
     assert provider.creates == 1
-    inspected = synth_cli("inspect", str(run), "-n", "0")
-    assert "1 batch job(s) in flight" in inspected.stdout and "batch_" in inspected.stdout, inspected.stdout
+    inspected = " ".join(synth_cli("inspect", str(run), "-n", "0").stdout.split())  # as rich wrapped it
+    assert "1 batch job(s) in flight" in inspected and "batch_" in inspected, inspected
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(read_output(run).to_pylist()) == 3
@@ -276,9 +282,24 @@ def test_batch_files_through_vllm_run_batch(write, tmp_path, vllm_model_dir):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1"}
     vllm = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch"]
     answered = subprocess.run(
-        [*vllm, "-i", str(requests[0]), "-o", str(folder / "results.jsonl"), "--model", str(vllm_model_dir),
-         "--max-model-len", "2048", "--dtype", "bfloat16", "--enforce-eager"],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            *vllm,
+            "-i",
+            str(requests[0]),
+            "-o",
+            str(folder / "results.jsonl"),
+            "--model",
+            str(vllm_model_dir),
+            "--max-model-len",
+            "2048",
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert answered.returncode == 0, answered.stderr[-3000:]
     second = synth_cli("run", str(path), "-o", str(run), "-q", "--batch-results", str(folder))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, RunError
 from .base import RequestFailed
-from .batchjournal import TERMINAL, Journal, JobRecord
+from .batchjournal import TERMINAL, JobRecord, Journal
 
 if TYPE_CHECKING:
     from .openai import OpenAIBackend
@@ -79,9 +79,9 @@ def read_answers(folder: Path) -> dict[str, dict]:
                 line = json.loads(text)
             except ValueError:
                 continue
-            if isinstance(line, dict) and isinstance(line.get("custom_id"), str) and "method" not in line:
-                if "response" in line or "error" in line:
-                    answers[line["custom_id"]] = line
+            answer = isinstance(line, dict) and ("response" in line or "error" in line) and "method" not in line
+            if answer and isinstance(line.get("custom_id"), str):
+                answers[line["custom_id"]] = line
     return answers
 
 
@@ -282,8 +282,14 @@ class BatchJobs:
                 self.written[key] = path.name
             if self.journal is not None:
                 self.journal.append(
-                    {"event": "files", "job": job.record.job, "backend": self.name, "files": str(path),
-                     "requests": len(fresh), "status": "written"}
+                    {
+                        "event": "files",
+                        "job": job.record.job,
+                        "backend": self.name,
+                        "files": str(path),
+                        "requests": len(fresh),
+                        "status": "written",
+                    }
                 )
         waiting = sorted({self.written[k] for k in job.lines})
         model = self.spec.model
@@ -305,8 +311,16 @@ class BatchJobs:
             record.requests = len(job.lines)
             self.journal.write_file(record.input, data)
             self.journal.append(
-                {"event": "upload", "job": record.job, "backend": self.name, "url": record.url,
-                 "endpoint": record.endpoint, "input": record.input, "requests": record.requests, "status": "uploading"}
+                {
+                    "event": "upload",
+                    "job": record.job,
+                    "backend": self.name,
+                    "url": record.url,
+                    "endpoint": record.endpoint,
+                    "input": record.input,
+                    "requests": record.requests,
+                    "status": "uploading",
+                }
             )
             uploaded = await self._call("POST", "/files", files=(record.input, data))
             record.input_file_id = str(uploaded["id"])
@@ -344,8 +358,13 @@ class BatchJobs:
                     answers.setdefault(line["custom_id"], line)
         record.output = record.output or f"{record.job}.output.jsonl"  # nothing to download: collected all the same
         self.journal.append(
-            {"event": "downloaded", "job": record.job, "output": record.output, "errors": record.errors,
-             "status": batch.get("status")}
+            {
+                "event": "downloaded",
+                "job": record.job,
+                "output": record.output,
+                "errors": record.errors,
+                "status": batch.get("status"),
+            }
         )
         return answers
 
@@ -377,10 +396,14 @@ class BatchJobs:
                 boundary = uuid.uuid4().hex
                 name, content = files
                 data = (
-                    f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                    "Content-Type: application/jsonl\r\n\r\n"
-                ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+                    (
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                        "Content-Type: application/jsonl\r\n\r\n"
+                    ).encode()
+                    + content
+                    + f"\r\n--{boundary}--\r\n".encode()
+                )
                 headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
             elif body is not None:
                 data = json.dumps(body).encode()
