@@ -56,7 +56,25 @@ def judge_pipeline(write, url: str, backend: str = "", name: str = "p.yaml", mod
     )
 
 
+def respond_pipeline(write, url: str, backend: str = "", name: str = "r.yaml") -> Path:
+    return write(
+        name,
+        f"""
+        seed: 5
+        backends:
+          api: {{type: openai, model: gemma, base_url: "{url}", api_key_env: null, {backend}}}
+        stages:
+          - stage: load
+            rows: {json.dumps(ROWS)}
+          - stage: respond
+            backend: api
+            max_tokens: 8
+        """,
+    )
+
+
 BATCH = "batch: true\n            batch_collect_seconds: 0.3\n            batch_poll_seconds: 0.3"
+INLINE_BATCH = "batch: true, batch_collect_seconds: 0.3, batch_poll_seconds: 0.3"
 
 
 @pytest.fixture
@@ -113,7 +131,7 @@ def test_limiter_counts_tokens_ahead_and_settles_on_usage():
 
 
 # ---- the Batch API, end to end ----
-def test_judge_in_batch_mode_equals_streaming_and_is_journaled(write, tmp_path, provider):
+def test_judge_in_batch_mode_is_journaled_and_counted_as_batch(write, tmp_path, provider):
     batch = judge_pipeline(write, provider.url, BATCH)
     result = run_pipeline(load_pipeline(batch), tmp_path / "batch")
     rows = read_output(tmp_path / "batch").to_pylist()
@@ -127,16 +145,21 @@ def test_judge_in_batch_mode_equals_streaming_and_is_journaled(write, tmp_path, 
     jobs = Journal(tmp_path / "batch").jobs().values()
     assert {j.status for j in jobs} == {"completed"} and not any(j.in_flight for j in jobs)
 
-    # A streaming run sends the very same requests (bodies: prompts, sampling, seeds) under the same
-    # cache keys, so a deterministic server gives it the same rows. (llama.cpp's server reuses
-    # cached prompt prefixes, which changes its floating-point results: the rows are not compared.)
+
+def test_batch_and_streaming_runs_send_the_same_requests(write, tmp_path, provider):
+    """A streaming run sends the very same bodies (prompts, sampling, seeds) under the same cache
+    keys as a batch run, so a deterministic server gives both the same rows."""
+    run_pipeline(load_pipeline(respond_pipeline(write, provider.url, INLINE_BATCH)), tmp_path / "b")
     sent, provider.bodies = provider.bodies, []
-    streamed = judge_pipeline(write, provider.url, name="s.yaml")
-    run_pipeline(load_pipeline(streamed), tmp_path / "stream")
-    assert provider.served >= 3 and provider.creates == len(ids)
-    first = sorted(json.dumps(b, sort_keys=True) for b in sent[:3])
-    assert first == sorted(json.dumps(b, sort_keys=True) for b in provider.bodies[:3])
-    assert ids[0] <= set(RequestCache(tmp_path / "stream" / "cache.sqlite").get_many(list(ids[0])))
+    (ids,) = _created_lines(provider)
+    run_pipeline(load_pipeline(respond_pipeline(write, provider.url, name="s.yaml")), tmp_path / "s")
+    assert provider.served == 3 and provider.creates == 1
+    assert sorted(json.dumps(b, sort_keys=True) for b in sent) == sorted(
+        json.dumps(b, sort_keys=True) for b in provider.bodies
+    )
+    assert ids == set(RequestCache(tmp_path / "s" / "cache.sqlite").get_many(list(ids)))
+    batch_rows, stream_rows = read_output(tmp_path / "b").to_pylist(), read_output(tmp_path / "s").to_pylist()
+    assert batch_rows == stream_rows
 
 
 def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
@@ -144,11 +167,11 @@ def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
     later job, and only they; the rows come out complete."""
     provider.fail_lines(1, status=500)
     provider.expire_next(after_lines=2)  # the first job expires after 2 lines: 1 of them failed
-    path = judge_pipeline(write, provider.url, BATCH)
+    path = respond_pipeline(write, provider.url, INLINE_BATCH)
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
-    assert len(read_output(tmp_path / "run").to_pylist()) == 3, _counters(result, "judge")
-    first, second, *_ = _created_lines(provider)
-    assert len(first) == 3 and len(second) == 2 and not (first - second) & second
+    assert len(read_output(tmp_path / "run").to_pylist()) == 3, _counters(result, "respond")
+    first, second = _created_lines(provider)
+    assert len(first) == 3 and len(second) == 2 and second < first
     statuses = [j.status for j in Journal(tmp_path / "run").jobs().values()]
     assert statuses[0] == "expired" and statuses[1] == "completed"
 
