@@ -63,6 +63,7 @@ def cancel(run_dir: Path):
     import asyncio
 
     from ..llm.batchapi import cancel_jobs
+    from ..llm.openai import OpenAIBackend
     from ..llm.specs import OpenAISpec
     from ..runs import Run
     from ..yamlfile import load_yaml
@@ -73,7 +74,16 @@ def cancel(run_dir: Path):
         for name, spec in ((config or {}).get("backends") or {}).items()
         if isinstance(spec, dict) and spec.get("type") == "openai"
     }
-    cancelled = asyncio.run(cancel_jobs(run_dir, specs))
+
+    async def cancel_all() -> list[str]:
+        backends = {name: OpenAIBackend(spec) for name, spec in specs.items()}  # refuses keys to strangers
+        try:
+            return await cancel_jobs(run_dir, backends)
+        finally:
+            for backend in backends.values():
+                await backend.close()
+
+    cancelled = asyncio.run(cancel_all())
     click.echo(f"cancelled {len(cancelled)} batch job(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
 
 

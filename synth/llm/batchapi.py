@@ -33,14 +33,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BackendError, RunError
 from .base import RequestFailed
 from .batchjournal import TERMINAL, JobRecord, Journal
-
-if TYPE_CHECKING:
-    from .openai import OpenAIBackend
 
 RETRY_LINE = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 LINE_ATTEMPTS = 3  # a line that keeps failing with a retryable status fails its row after this many jobs
@@ -102,7 +99,7 @@ class BatchJobs:
 
     def __init__(
         self,
-        backend: OpenAIBackend,
+        backend: Any,  # the OpenAIBackend it serves (its spec, endpoints and HTTP session)
         root: Path | None,
         name: str,
         *,
@@ -446,21 +443,16 @@ class BatchJobs:
                 )
 
 
-async def cancel_jobs(root: Path, specs: dict) -> list[str]:
-    """Cancel a run's batch jobs still running at the provider (`synth batches cancel`): the
-    answers of lines already done stay collectable; a resume sends the rest in a new job."""
-    from .openai import OpenAIBackend
-
+async def cancel_jobs(root: Path, backends: dict) -> list[str]:
+    """Cancel a run's batch jobs still running at the provider (`synth batches cancel`), through
+    the run's openai backends by name: the answers of lines already done stay collectable; a
+    resume sends the rest in a new job."""
     journal, done = Journal(root), []
     for record in journal.jobs().values():
-        if not record.in_flight or record.status in ("cancelling", "cancelled") or record.backend not in specs:
+        if not record.in_flight or record.status in ("cancelling", "cancelled") or record.backend not in backends:
             continue
-        backend = OpenAIBackend(specs[record.backend])
-        try:
-            jobs = BatchJobs(backend, None, record.backend)
-            batch = await jobs._call("POST", f"/batches/{record.batch_id}/cancel", {})
-        finally:
-            await backend.close()
+        jobs = BatchJobs(backends[record.backend], None, record.backend)
+        batch = await jobs._call("POST", f"/batches/{record.batch_id}/cancel", {})
         journal.append({"event": "status", "job": record.job, "status": str(batch.get("status", "cancelling"))})
         done.append(str(record.batch_id))
     return done
