@@ -202,7 +202,9 @@ def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provide
     kill_at("polling")
     kill_at("download")
     assert provider.creates == 1
-    inspected = " ".join(synth_cli("inspect", str(run), "-n", "0").stdout.split())  # as rich wrapped it
+    shown = synth_cli("inspect", str(run), "-n", "0")
+    inspected = " ".join((shown.stdout + shown.stderr).split())  # synth's console writes to stderr, wrapped
+    assert shown.returncode == 0, shown.stderr
     assert "1 batch job(s) in flight" in inspected and "batch_" in inspected, inspected
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
