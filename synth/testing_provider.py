@@ -5,7 +5,8 @@ and batches endpoints the way OpenAI documents them and executes the lines again
 OpenAI-compatible server upstream (llama.cpp's, in synth's tests):
 
 - `POST /v1/files` (multipart, purpose=batch) and `GET /v1/files/{id}/content`;
-- `POST /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`. A batch moves one
+- `POST /v1/batches`, `GET /v1/batches` (newest first), `GET /v1/batches/{id}`,
+  `POST /v1/batches/{id}/cancel`. A batch moves one
   status per look: validating, in_progress (its lines run upstream meanwhile), finalizing,
   completed; output lines are `{"id", "custom_id", "response": {"status_code", "request_id",
   "body"}, "error"}`, and lines that failed go to the error file;
@@ -15,7 +16,7 @@ OpenAI-compatible server upstream (llama.cpp's, in synth's tests):
 
 It counts uploads and batches created (a resumed run must not create a batch twice), can fail the
 next lines, expire the next batch part-way, and hold its answer at a step (`pause_at("upload" |
-"created" | "polling" | "download")`) so a test can kill the client there.
+"create" | "created" | "polling" | "download")`) so a test can kill the client there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .testing import _LoopThread, _read_request, _response
 
 __all__ = ["ProviderServer"]
 
-STEPS = ("upload", "created", "polling", "download")
+STEPS = ("upload", "create", "created", "polling", "download")
 
 
 async def _post_upstream(host: str, port: int, path: str, body: bytes) -> tuple[int, bytes]:
@@ -169,7 +170,12 @@ class ProviderServer(_LoopThread):
             await self._hold("download")
             return 200, self.files[match.group(1)], ""
         if method == "POST" and path == "/v1/batches":
-            return 200, json.dumps(self._create(json.loads(body))).encode(), ""
+            created = self._create(json.loads(body))
+            await self._hold("create")  # created, but the client never hears its id
+            return 200, json.dumps(created).encode(), ""
+        if method == "GET" and path == "/v1/batches":  # newest first, as OpenAI lists them
+            listed = [self.public(b) for b in reversed(self.batches)]
+            return 200, json.dumps({"object": "list", "data": listed, "has_more": False}).encode(), ""
         match = re.fullmatch(r"/v1/batches/([\w-]+)(/cancel)?", path)
         if match and match.group(1) in self.batches:
             batch = self.batches[match.group(1)]

@@ -177,8 +177,9 @@ def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
 
 
 def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provider):
-    """SIGKILL during the upload, after the batch is created, while it is polled and during the
-    download: each resume carries on with the batch it paid for."""
+    """SIGKILL during the upload, while the batch is created (the provider made it, synth never heard
+    its id), after it is created, while it is polled and during the download: each resume carries
+    on with the batch it paid for."""
     path = judge_pipeline(write, provider.url, BATCH)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"]
@@ -197,8 +198,10 @@ def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provide
 
     kill_at("upload")
     assert (provider.uploads, provider.creates) == (1, 0)
-    kill_at("created")
+    kill_at("create")
     assert (provider.uploads, provider.creates) == (2, 1)  # the first upload never got its id back
+    kill_at("created")  # found by its metadata: neither uploaded nor created again
+    assert (provider.uploads, provider.creates) == (2, 1)
     kill_at("polling")
     kill_at("download")
     assert provider.creates == 1

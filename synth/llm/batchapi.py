@@ -139,7 +139,7 @@ class BatchJobs:
                     for text in (self.journal.folder / name).read_text(encoding="utf-8").splitlines():
                         line = json.loads(text)
                         self.answers.setdefault(line["custom_id"], line)
-            if record.in_flight:
+            if record.in_flight or (record.input_file_id and not record.batch_id):  # uploaded: maybe created
                 job = _Job(record)
                 source = self.journal.folder / record.input
                 for text in source.read_text(encoding="utf-8").splitlines() if source.exists() else []:
@@ -302,7 +302,13 @@ class BatchJobs:
     async def _through_provider(self, job: _Job) -> dict[str, dict]:
         assert self.journal is not None, "batch mode needs a run directory"
         record = job.record
-        if record.batch_id is None:
+        if record.batch_id is None and record.input_file_id is not None:
+            # Uploaded by an earlier session, which may have been killed while the batch was being
+            # created: the provider lists it with our job name in its metadata.
+            record.batch_id = await self._find(record.job)
+            if record.batch_id is not None:
+                self.journal.append({"event": "created", "job": record.job, "batch_id": record.batch_id})
+        if record.batch_id is None and record.input_file_id is None:
             data = b"".join(line.json() for line in job.lines.values())
             record.input = f"{record.job}.input.jsonl"
             record.requests = len(job.lines)
@@ -322,6 +328,7 @@ class BatchJobs:
             uploaded = await self._call("POST", "/files", files=(record.input, data))
             record.input_file_id = str(uploaded["id"])
             self.journal.append({"event": "uploaded", "job": record.job, "input_file_id": record.input_file_id})
+        if record.batch_id is None:
             created = await self._call(
                 "POST",
                 "/batches",
@@ -364,6 +371,14 @@ class BatchJobs:
             }
         )
         return answers
+
+    async def _find(self, job: str) -> str | None:
+        """The batch created for `job` (by its metadata), among the provider's latest 100."""
+        listed = await self._call("GET", "/batches?limit=100")
+        for batch in (listed.get("data") or []) if isinstance(listed, dict) else []:
+            if isinstance(batch, dict) and (batch.get("metadata") or {}).get("synth_job") == job:
+                return str(batch["id"])
+        return None
 
     async def _poll(self, record: JobRecord) -> dict:
         """Look at the batch with a growing pause (1 s, doubling, up to batch_poll_seconds) until it ends."""
