@@ -154,8 +154,9 @@ class BatchJobs:
         """The response body of one generation (what a POST to `path` would have returned), or a
         RequestFailed for a line the provider rejected."""
         line = _Line(key, path, body, check)
-        if key in self.answers:
-            result = self._result(line, self.answers[key])
+        answer = self.answers.pop(key, None)  # once used it is in the cache: not kept twice in memory
+        if answer is not None:
+            result = self._result(line, answer)
             if result is not None:
                 return result
         future = self.futures.get(key)
@@ -248,11 +249,11 @@ class BatchJobs:
             self.running.pop(job.record.job, None)
         for key, line in job.lines.items():
             self.attached.pop(key, None)
-            if key in answers:
-                self.answers[key] = answers[key]
             future = self.futures.get(key)
             if future is None or future.done():
-                continue  # a line of an earlier session's job that this session has not asked for
+                if key in answers:  # a line of an earlier session's job that this session has not asked for yet
+                    self.answers[key] = answers[key]
+                continue
             result = self._result(line, answers[key]) if key in answers else None
             if result is not None:
                 future.set_result(result)
@@ -361,6 +362,7 @@ class BatchJobs:
                 if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
                     answers.setdefault(line["custom_id"], line)
         record.output = record.output or f"{record.job}.output.jsonl"  # nothing to download: collected all the same
+        failed = batch.get("status") == "failed"  # the provider refused the file as a whole: say why
         self.journal.append(
             {
                 "event": "downloaded",
@@ -370,6 +372,13 @@ class BatchJobs:
                 "status": batch.get("status"),
             }
         )
+        if failed:
+            errors = (batch.get("errors") or {}).get("data") if isinstance(batch.get("errors"), dict) else None
+            why = "; ".join(str(e.get("message", e)) for e in errors or [] if isinstance(e, dict)) or "no reason given"
+            raise BackendError(
+                f"the provider failed batch {record.batch_id} of backend '{self.name}' as a whole: {why[:500]}; fix "
+                "that (the model name, the endpoint, the file's limits), then run the same command again"
+            )
         return answers
 
     async def _find(self, job: str) -> str | None:

@@ -328,7 +328,10 @@ class OpenAIBackend:
     async def _post(self, path: str, body: dict, check, key: str) -> Any:
         """A generation's response body: one HTTP request, or a line of a batch job."""
         if self._jobs is None and self.spec.batch:
-            raise BackendError(f"{self.model_id}: batch mode needs a run directory (run it with synth run)")
+            raise BackendError(
+                f"{self.model_id}: batch mode runs beside the run directory's journal, in the driver: run it with "
+                "synth run (or run_pipeline) and the local executor"
+            )
         if self._jobs is not None:
             return await self._jobs.submit(key, path, body, check)
         return await self._send(path, body, check=check)
