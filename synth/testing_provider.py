@@ -103,6 +103,7 @@ class ProviderServer(_LoopThread):
         self._level, self._stamp = float(burst), time.monotonic()
         self._fail_lines: tuple[int, int] = (0, 500)
         self._expire_after: int | None = None
+        self._refuse: str | None = None
         self._pause: str | None = None
         self.paused = threading.Event()  # set when a request is being held at the pause step
         self._release: asyncio.Event | None = None
@@ -125,6 +126,10 @@ class ProviderServer(_LoopThread):
     def fail_lines(self, count: int, status: int = 500) -> None:
         """The next `count` lines executed fail with `status` (in the error file)."""
         self._fail_lines = (count, status)
+
+    def refuse_next(self, message: str) -> None:
+        """The next batch fails validation as a whole (status `failed`, `errors` saying `message`)."""
+        self._refuse = message
 
     def expire_next(self, after_lines: int) -> None:
         """The next batch expires once `after_lines` of its lines ran: the rest get no answer."""
@@ -248,12 +253,16 @@ class ProviderServer(_LoopThread):
             "_done": False,
         }
         batch["_expire"], self._expire_after = self._expire_after, None
+        batch["_refuse"], self._refuse = self._refuse, None
         return {k: v for k, v in batch.items() if not k.startswith("_")}
 
     def _advance(self, batch: dict) -> None:
         """One status further per look, as a provider's batch moves while the client polls."""
         status, now = batch["status"], int(time.time())
-        if status == "validating":
+        if status == "validating" and batch["_refuse"]:
+            error = {"code": "invalid_file", "message": batch["_refuse"], "param": None, "line": None}
+            batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [error]})
+        elif status == "validating":
             batch.update(status="in_progress", in_progress_at=now)
             task = self._loop.create_task(self._execute(batch))
             self._tasks.add(task)

@@ -176,6 +176,16 @@ def test_failed_and_expired_lines_go_out_again_alone(write, tmp_path, provider):
     assert statuses[0] == "expired" and statuses[1] == "completed"
 
 
+def test_a_batch_failed_as_a_whole_stops_the_run_with_the_providers_reason(write, tmp_path, provider):
+    from synth.errors import BackendError
+
+    provider.refuse_next("the model gemma-x does not exist")
+    with pytest.raises(BackendError, match="as a whole: the model gemma-x does not exist; fix that"):
+        run_pipeline(load_pipeline(respond_pipeline(write, provider.url, INLINE_BATCH)), tmp_path / "run")
+    (job,) = Journal(tmp_path / "run").jobs().values()
+    assert job.status == "failed" and not job.in_flight and provider.lines_run == 0
+
+
 def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provider):
     """SIGKILL during the upload, while the batch is created (the provider made it, synth never heard
     its id), after it is created, while it is polled and during the download: each resume carries
