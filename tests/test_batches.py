@@ -130,6 +130,18 @@ def test_limiter_counts_tokens_ahead_and_settles_on_usage():
     assert limiter.tokens.level == pytest.approx(7, abs=0.1)
 
 
+def test_batch_mode_and_rate_limits_change_no_fingerprint(write):
+    """They change price and pace, never rows: switching them keeps a run's shards and cache."""
+    plain = load_pipeline(respond_pipeline(write, "http://127.0.0.1:9/v1"))
+    tuned = INLINE_BATCH + ", completion_window: 1h, batch_max_requests: 10, requests_per_minute: 60"
+    changed = load_pipeline(respond_pipeline(write, "http://127.0.0.1:9/v1", tuned, name="t.yaml"))
+    assert changed.fingerprint() == plain.fingerprint()
+    assert changed.stage_fingerprints() == plain.stage_fingerprints()
+    assert changed.backends["api"].concurrency() == 256 and plain.backends["api"].concurrency() == 256
+    bigger = load_pipeline(respond_pipeline(write, "http://127.0.0.1:9/v1", INLINE_BATCH, name="b.yaml"))
+    assert bigger.backends["api"].concurrency() == 50_000  # enough rows in flight to fill a job
+
+
 # ---- the Batch API, end to end ----
 def test_judge_in_batch_mode_is_journaled_and_counted_as_batch(write, tmp_path, provider):
     batch = judge_pipeline(write, provider.url, BATCH)
