@@ -62,7 +62,7 @@ def cancel(run_dir: Path):
     """
     import asyncio
 
-    from ..llm.batchapi import cancel_jobs
+    from ..llm.batchprovider import cancel_jobs
     from ..llm.openai import OpenAIBackend
     from ..llm.specs import OpenAISpec
     from ..runs import Run

@@ -12,6 +12,8 @@ provenance are those of streamed answers. Requests from every batch of rows in f
 one job per endpoint until it holds `batch_max_requests` lines or `batch_max_mb`, or until no new
 request joined for `batch_collect_seconds`. A line's `custom_id` is its request's cache key.
 
+The steps of one job at the provider are synth/llm/batchprovider.py's.
+
 Resume: every step is written to the run's journal (synth/llm/batchjournal.py) before the next
 one, and request lines and downloaded answers are kept in the run directory. A resumed run
 attaches to the jobs it created (polls or downloads them, never creates them again), reads the
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -37,11 +38,10 @@ from typing import Any
 
 from ..errors import BackendError, RunError
 from .base import RequestFailed
-from .batchjournal import TERMINAL, JobRecord, Journal
+from .batchjournal import JobRecord, Journal
+from .batchprovider import RETRY_STATUS, Provider
 
-RETRY_LINE = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 LINE_ATTEMPTS = 3  # a line that keeps failing with a retryable status fails its row after this many jobs
-FIRST_POLL = 1.0
 
 
 class BatchFilesWritten(RunError):
@@ -125,6 +125,7 @@ class BatchJobs:
             self.answers.update(read_answers(results))
         if self.files is not None:
             self.written = {k: v for k, v in _requests_in(self.files).items() if k not in self.answers}
+        self.provider = Provider(backend, self.journal, name, self.note) if self.journal is not None else None
         if self.journal is not None:
             self._load()
 
@@ -186,7 +187,7 @@ class BatchJobs:
         message = (body or {}).get("error") if isinstance(body, dict) else None
         message = message.get("message") if isinstance(message, dict) else message
         message = message or error.get("message") or json.dumps(answer)[:300]
-        if isinstance(status, int) and status not in RETRY_LINE:
+        if isinstance(status, int) and status not in RETRY_STATUS:
             return RequestFailed("rejected", f"HTTP {status}: {str(message)[:500]}")
         if line.attempts + 1 >= LINE_ATTEMPTS:
             return RequestFailed("batch_failed", f"{status or error.get('code') or 'error'}: {str(message)[:500]}")
@@ -236,7 +237,8 @@ class BatchJobs:
             if self.files is not None:
                 self._write_files(job)
                 return
-            answers = await self._through_provider(job)
+            assert self.provider is not None, "batch mode needs a run directory"
+            answers = await self.provider.run(job.record, b"".join(line.json() for line in job.lines.values()))
         except BaseException as exc:
             for key in job.lines:
                 future = self.futures.get(key)
@@ -299,158 +301,6 @@ class BatchJobs:
             f"{self.files}"
         )
 
-    # ---- the provider's Batch API ----
-    async def _through_provider(self, job: _Job) -> dict[str, dict]:
-        assert self.journal is not None, "batch mode needs a run directory"
-        record = job.record
-        if record.batch_id is None and record.input_file_id is not None:
-            # Uploaded by an earlier session, which may have been killed while the batch was being
-            # created: the provider lists it with our job name in its metadata.
-            record.batch_id = await self._find(record.job)
-            if record.batch_id is not None:
-                self.journal.append({"event": "created", "job": record.job, "batch_id": record.batch_id})
-        if record.batch_id is None and record.input_file_id is None:
-            data = b"".join(line.json() for line in job.lines.values())
-            record.input = f"{record.job}.input.jsonl"
-            record.requests = len(job.lines)
-            self.journal.write_file(record.input, data)
-            self.journal.append(
-                {
-                    "event": "upload",
-                    "job": record.job,
-                    "backend": self.name,
-                    "url": record.url,
-                    "endpoint": record.endpoint,
-                    "input": record.input,
-                    "requests": record.requests,
-                    "status": "uploading",
-                }
-            )
-            uploaded = await self._call("POST", "/files", files=(record.input, data))
-            record.input_file_id = str(uploaded["id"])
-            self.journal.append({"event": "uploaded", "job": record.job, "input_file_id": record.input_file_id})
-        if record.batch_id is None:
-            created = await self._call(
-                "POST",
-                "/batches",
-                {
-                    "input_file_id": record.input_file_id,
-                    "endpoint": record.endpoint,
-                    "completion_window": self.spec.completion_window,
-                    "metadata": {"synth_job": record.job},
-                },
-            )
-            record.batch_id = str(created["id"])
-            self.journal.append(
-                {"event": "created", "job": record.job, "batch_id": record.batch_id, "status": created.get("status")}
-            )
-        batch = await self._poll(record)
-        answers: dict[str, dict] = {}
-        for field_name, kind in (("output_file_id", "output"), ("error_file_id", "errors")):
-            file_id = batch.get(field_name)
-            if not file_id:
-                continue
-            raw = await self._call("GET", f"/files/{file_id}/content", raw=True)
-            name = f"{record.job}.{kind}.jsonl"
-            self.journal.write_file(name, raw)
-            setattr(record, kind, name)
-            for text in raw.decode("utf-8").splitlines():
-                try:
-                    line = json.loads(text)
-                except ValueError:
-                    continue
-                if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-                    answers.setdefault(line["custom_id"], line)
-        record.output = record.output or f"{record.job}.output.jsonl"  # nothing to download: collected all the same
-        failed = batch.get("status") == "failed"  # the provider refused the file as a whole: say why
-        self.journal.append(
-            {
-                "event": "downloaded",
-                "job": record.job,
-                "output": record.output,
-                "errors": record.errors,
-                "status": batch.get("status"),
-            }
-        )
-        if failed:
-            errors = (batch.get("errors") or {}).get("data") if isinstance(batch.get("errors"), dict) else None
-            why = "; ".join(str(e.get("message", e)) for e in errors or [] if isinstance(e, dict)) or "no reason given"
-            raise BackendError(
-                f"the provider failed batch {record.batch_id} of backend '{self.name}' as a whole: {why[:500]}; fix "
-                "that (the model name, the endpoint, the file's limits), then run the same command again"
-            )
-        return answers
-
-    async def _find(self, job: str) -> str | None:
-        """The batch created for `job` (by its metadata), among the provider's latest 100."""
-        listed = await self._call("GET", "/batches?limit=100")
-        for batch in (listed.get("data") or []) if isinstance(listed, dict) else []:
-            if isinstance(batch, dict) and (batch.get("metadata") or {}).get("synth_job") == job:
-                return str(batch["id"])
-        return None
-
-    async def _poll(self, record: JobRecord) -> dict:
-        """Look at the batch with a growing pause (1 s, doubling, up to batch_poll_seconds) until it ends."""
-        delay = FIRST_POLL
-        while True:
-            batch = await self._call("GET", f"/batches/{record.batch_id}")
-            status, counts = str(batch.get("status")), batch.get("request_counts") or {}
-            if status != record.status or counts != record.counts:
-                record.status, record.counts = status, counts
-                assert self.journal is not None
-                self.journal.append({"event": "status", "job": record.job, "status": status, "counts": counts})
-            if status in TERMINAL:
-                return batch
-            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
-            delay = min(delay * 2, self.spec.batch_poll_seconds)
-
-    async def _call(self, method: str, path: str, body: dict | None = None, *, files=None, raw: bool = False) -> Any:
-        """One Batch API call, retried like a generation (connection errors, 408/409/429/5xx)."""
-        import aiohttp
-
-        url = self.backend.endpoints[0].url + path
-        deadline = time.monotonic() + self.spec.retry_seconds
-        attempt, last = 0, ""
-        while True:
-            headers, data = None, None
-            if files is not None:  # multipart by hand: the session's JSON content type must not apply
-                boundary = uuid.uuid4().hex
-                name, content = files
-                data = (
-                    (
-                        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-                        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                        "Content-Type: application/jsonl\r\n\r\n"
-                    ).encode()
-                    + content
-                    + f"\r\n--{boundary}--\r\n".encode()
-                )
-                headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-            elif body is not None:
-                data = json.dumps(body).encode()
-            try:
-                async with self.backend._session().request(method, url, data=data, headers=headers) as response:
-                    status, content = response.status, await response.read()
-                if status < 300:
-                    return content if raw else json.loads(content)
-                message = content.decode("utf-8", "replace")[:300]
-                if status not in RETRY_LINE:
-                    raise BackendError(
-                        f"{url} answered HTTP {status}: {message}; check that the provider offers the Batch API "
-                        f"there (files and batches), the model name ({self.spec.model}) and the key in "
-                        f"${self.spec.api_key_env}; finished requests are cached, the same command resumes"
-                    )
-                last = f"HTTP {status}: {message}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            attempt += 1
-            if time.monotonic() >= deadline:
-                raise BackendError(
-                    f"the Batch API at {url} failed {attempt} times in {self.spec.retry_seconds:g} s (last: {last}); "
-                    "run the same command again to resume: jobs already created are polled, not created again"
-                )
-            await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** min(attempt, 8))))
-
     # ---- the end ----
     async def close(self) -> None:
         for task in list(self.tasks) + ([self.flusher] if self.flusher else []):
@@ -465,18 +315,3 @@ class BatchJobs:
                     f"the same command collects their answers, `synth batches cancel {self.journal.folder.parent}` "
                     "cancels them"
                 )
-
-
-async def cancel_jobs(root: Path, backends: dict) -> list[str]:
-    """Cancel a run's batch jobs still running at the provider (`synth batches cancel`), through
-    the run's openai backends by name: the answers of lines already done stay collectable; a
-    resume sends the rest in a new job."""
-    journal, done = Journal(root), []
-    for record in journal.jobs().values():
-        if not record.in_flight or record.status in ("cancelling", "cancelled") or record.backend not in backends:
-            continue
-        jobs = BatchJobs(backends[record.backend], None, record.backend)
-        batch = await jobs._call("POST", f"/batches/{record.batch_id}/cancel", {})
-        journal.append({"event": "status", "job": record.job, "status": str(batch.get("status", "cancelling"))})
-        done.append(str(record.batch_id))
-    return done
