@@ -600,9 +600,9 @@ class OpenAIBackend:
         if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
             for g in result:
                 apply_stops(g, request.sampling.stop)
-        if not isinstance(result, RequestFailed) and self.spec.batch and self._jobs is not None:
+        if not isinstance(result, RequestFailed) and self.spec.batch and self._jobs is not None and not self._offline:
             for g in result:
-                g.batch = True  # for the cost: the provider's batch price
+                g.batch = True  # for the cost: the provider's batch price (files run elsewhere are not its)
         return result
 
     async def _missing_samples(
