@@ -319,11 +319,44 @@ def test_a_429_under_limits_set_too_high_is_counted_and_told(write, tmp_path, sh
     assert "requests_per_minute / tokens_per_minute are set above the provider's limits" in captured.get()
 
 
+def test_batch_files_are_written_once_and_answers_taken_in_as_they_come(write, tmp_path, shared_llama_server):
+    """Offline files, answered here by the real llama.cpp server line by line (as `vllm run-batch`
+    would): a request already written is not written again while it waits, a partial output file
+    lets the run go on only once every answer is in, and no server is asked meanwhile."""
+    import httpx
+
+    from synth.llm.batchapi import BatchFilesWritten
+
+    path = respond_pipeline(write, "http://127.0.0.1:9/v1", "batch_collect_seconds: 0.3")  # nothing listens there
+    run, folder = tmp_path / "run", tmp_path / "files"
+    with pytest.raises(BatchFilesWritten, match="3 written now"):
+        run_pipeline(load_pipeline(path), run, batch_files=folder)
+    with pytest.raises(BatchFilesWritten, match="0 written now"):
+        run_pipeline(load_pipeline(path), run, batch_files=folder)
+    (requests,) = folder.glob("requests-*.jsonl")
+    lines = [json.loads(t) for t in requests.read_text().splitlines()]
+    assert len(lines) == 3 and {line["url"] for line in lines} == {"/v1/chat/completions"}
+
+    def answer(line: dict) -> str:
+        response = httpx.post(shared_llama_server.url.removesuffix("/v1") + line["url"], json=line["body"], timeout=120)
+        body = {"status_code": response.status_code, "request_id": "r", "body": response.json()}
+        return json.dumps({"id": "b", "custom_id": line["custom_id"], "response": body, "error": None}) + "\n"
+
+    (folder / "results-1.jsonl").write_text("".join(answer(line) for line in lines[:2]))
+    with pytest.raises(BatchFilesWritten, match=r"1 requests .* waiting .* \(0 written now\)"):
+        run_pipeline(load_pipeline(path), run, batch_results=folder)
+    (folder / "results-2.jsonl").write_text(answer(lines[2]))
+    result = run_pipeline(load_pipeline(path), run, batch_results=folder)
+    assert len(read_output(run).to_pylist()) == 3 and len(list(folder.glob("requests-*.jsonl"))) == 1
+    assert "batch_requests" not in _counters(result, "respond")  # not the provider's batch price
+
+
 # ---- offline batch files through the real `vllm run-batch` ----
 def test_batch_files_through_vllm_run_batch(write, tmp_path, vllm_model_dir):
     """`--batch-files` writes the judge's requests and stops; `vllm run-batch` answers them;
     `--batch-results` takes them in and the run completes. (Run under flock /tmp/vllm.lock.)"""
-    path = judge_pipeline(write, "http://127.0.0.1:9/v1", model=str(vllm_model_dir))  # nothing listens there
+    quick = "batch_collect_seconds: 0.3"
+    path = judge_pipeline(write, "http://127.0.0.1:9/v1", quick, model=str(vllm_model_dir))  # nothing listens there
     run, folder = tmp_path / "run", tmp_path / "files"
     first = synth_cli("run", str(path), "-o", str(run), "-q", "--batch-files", str(folder))
     assert first.returncode == 0 and "stopped:" in first.stdout, first.stderr
