@@ -11,6 +11,7 @@ what a `Plan` says.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from .directory import RunDirectory
 from .globals import run_global
 from .segments import SegmentLoop, Spans, batches_in_flight
 
+OFFLINE_BATCHES_IN_FLIGHT = 1024  # the most batches_in_flight gives
+
 
 class Runner:
     def __init__(
@@ -46,6 +49,10 @@ class Runner:
         batch_files: str | Path | None = None,
         batch_results: str | Path | None = None,
     ):
+        if (batch_files or batch_results) and pipeline.run.max_batches_in_flight is None:
+            # Offline batch files: one round writes the requests of every batch in flight, so many travel.
+            run = pipeline.run.model_copy(update={"max_batches_in_flight": OFFLINE_BATCHES_IN_FLIGHT})
+            pipeline = dataclasses.replace(pipeline, run=run)
         self.pipeline = pipeline
         self.batch_files, self.batch_results = batch_files, batch_results  # offline batch files (batchapi.py)
         self.retry_failed = retry_failed
