@@ -238,8 +238,8 @@ def test_kill_at_every_step_never_submits_a_batch_twice(write, tmp_path, provide
     assert len(ids[0]) == 3 and all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :])
 
 
-def test_interrupted_run_leaves_batches_running_and_cancel_stops_them(write, tmp_path, provider):
-    path = judge_pipeline(write, provider.url, BATCH)
+def test_ctrl_c_leaves_batches_running_cancel_stops_them_and_resume_sends_only_the_rest(write, tmp_path, provider):
+    path = respond_pipeline(write, provider.url, INLINE_BATCH)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "synth.cli", "run", str(path), "-o", str(run), "-q"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -256,6 +256,14 @@ def test_interrupted_run_leaves_batches_running_and_cancel_stops_them(write, tmp
     cancelled = synth_cli("batches", "cancel", str(run))
     assert cancelled.returncode == 0 and "cancelled 1 batch job" in cancelled.stdout, cancelled.stderr
     assert provider.cancels == 1
+    # The resume collects what the cancelled batch answered and sends only the rest, in a new job.
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(read_output(run).to_pylist()) == 3
+    first, _, *retries = provider.batches.values()
+    assert first["status"] == "cancelled" and provider.creates == 2 + len(retries)
+    first_ids, second_ids, *_ = _created_lines(provider)
+    assert second_ids < first_ids and len(second_ids) == 3 - first["request_counts"]["completed"]
 
 
 # ---- rate limits ----

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, RunError
+from ..errors import RunError
 from .base import RequestFailed
 from .batchjournal import JobRecord, Journal
 from .batchprovider import RETRY_STATUS, Provider
@@ -241,9 +241,14 @@ class BatchJobs:
             answers = await self.provider.run(job.record, b"".join(line.json() for line in job.lines.values()))
         except BaseException as exc:
             for key in job.lines:
-                future = self.futures.get(key)
-                if future is not None and not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else BackendError(str(exc)))
+                future = self.futures.pop(key, None)
+                if future is None or future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                    future.exception()  # its waiters raise it; one that left (Ctrl-C) need not be told
+                else:
+                    future.cancel()
             if not isinstance(exc, Exception):
                 raise
             return
