@@ -104,6 +104,10 @@ class ProviderServer(_LoopThread):
         self._fail_lines: tuple[int, int] = (0, 500)
         self._expire_after: int | None = None
         self._refuse: str | None = None
+        self._free_lines = 1 << 62  # lines that may start before run_lines()
+        self._started = 0
+        self._lines_open = asyncio.Event()
+        self._lines_open.set()
         self._pause: str | None = None
         self.paused = threading.Event()  # set when a request is being held at the pause step
         self._release: asyncio.Event | None = None
@@ -126,6 +130,16 @@ class ProviderServer(_LoopThread):
     def fail_lines(self, count: int, status: int = 500) -> None:
         """The next `count` lines executed fail with `status` (in the error file)."""
         self._fail_lines = (count, status)
+
+    def hold_lines(self, after: int) -> None:
+        """Start only the first `after` lines of batches until run_lines(): a provider's queue,
+        so that a test can cancel a batch part-way."""
+        self._free_lines = self._started + after
+        self._loop.call_soon_threadsafe(self._lines_open.clear)
+
+    def run_lines(self) -> None:
+        self._free_lines = 1 << 62
+        self._loop.call_soon_threadsafe(self._lines_open.set)
 
     def refuse_next(self, message: str) -> None:
         """The next batch fails validation as a whole (status `failed`, `errors` saying `message`)."""
@@ -295,6 +309,9 @@ class ProviderServer(_LoopThread):
 
         async def one(line: dict) -> None:
             async with gate:
+                self._started += 1
+                if self._started > self._free_lines:
+                    await self._lines_open.wait()
                 if batch["status"] == "cancelling":
                     return
                 count, failing = self._fail_lines
