@@ -170,6 +170,12 @@ def print_summary(result: RunResult) -> None:
     if session.get("removed_stages"):
         removed = ", ".join(session["removed_stages"])
         console.print(f"removed the folders of stages this pipeline no longer has: {escape(removed)}")
+    limited = sum((s.get("counters") or {}).get("rate_limited", 0) for s in result.manifest["stages"])
+    if limited:  # the buckets kept the limits set, and the provider still refused: they are set too high
+        console.print(
+            f"[yellow]note:[/] {limited:,} request(s) got HTTP 429 although synth kept the backend's limits: "
+            "requests_per_minute / tokens_per_minute are set above the provider's limits; lower them"
+        )
     failed = sum(sum((s.get("failed") or {}).values()) for s in result.manifest["stages"])
     kept = ""
     if failed:  # a plain re-run of a complete run keeps them: say how to retry them

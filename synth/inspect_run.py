@@ -127,6 +127,20 @@ def show_dropped(run: Run, dirs: list[StageDir], n: int) -> None:
         console.print("no dropped rows")
 
 
+def show_batches(root: Path) -> None:
+    """Batch jobs still running at the provider (the openai backend's `batch: true`)."""
+    from .llm.batchjournal import in_flight
+
+    jobs = in_flight(root)
+    if jobs:
+        console.print(
+            f"[bold]{len(jobs)} batch job(s) in flight[/] (resume collects them; cancel: synth batches cancel)"
+        )
+    for job in jobs:
+        counts = ", ".join(f"{k} {v}" for k, v in job.counts.items()) or f"{job.requests} requests"
+        console.print(f"  {escape(str(job.batch_id))}  {job.backend}  {job.status}  ({counts})")
+
+
 def show_run(
     root: Path,
     n: int = 3,
@@ -150,6 +164,7 @@ def show_run(
     labels = Labels(root)
     if len(labels):
         console.print(f"labels ({LABELS_FILE}, from synth view): {labels.summary()}")
+    show_batches(root)
     dirs = run.stages()
     chosen = run.stage(stage_label) if stage_label else None
     checked = run.check()

@@ -40,6 +40,7 @@ RUN_ENTRIES = frozenset(
         ".lock",
         "pipeline.yaml",
         "manifest.json",
+        "batches",
         ".manifest.json.tmp",
         "cache.sqlite",
         "cache.sqlite-wal",

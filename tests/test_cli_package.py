@@ -19,8 +19,9 @@ CLI = "synth.cli"
 # and the docs generator (which renders the whole group, so it alone may import the package).
 NOT_COMMANDS = {CLI, f"{CLI}.__main__", f"{CLI}.common", f"{CLI}.docs"}
 
-# `synth --help` as it listed its commands before the CLI became a package.
+# `synth --help` as it listed its commands before the CLI became a package, and those added since.
 COMMANDS = [
+    "batches",
     "decontaminate",
     "dedup",
     "export",

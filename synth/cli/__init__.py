@@ -12,13 +12,13 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import catalog, datasets, decontaminate, dedup, models, run, runs
+from . import batches, catalog, datasets, decontaminate, dedup, models, run, runs
 from .common import CONTEXT_SETTINGS
 
 __all__ = ["main"]
 
 # The command modules; each names the commands it defines in its COMMANDS.
-COMMAND_MODULES = (run, catalog, runs, datasets, dedup, decontaminate, models)
+COMMAND_MODULES = (run, catalog, runs, batches, datasets, dedup, decontaminate, models)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, commands=[c for m in COMMAND_MODULES for c in m.COMMANDS])

@@ -61,6 +61,20 @@ def sigterm_as_ctrl_c():
     help="the Ray cluster for --executor ray: auto, local (a private one) or HOST:PORT; default: run.address, "
     "else RAY_ADDRESS",
 )
+@click.option(
+    "--batch-files",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="write the requests of the openai backends as OpenAI batch files (DIR/requests-*.jsonl) and stop, "
+    "to run them anywhere (vllm run-batch, a provider's console); docs/batches.md",
+)
+@click.option(
+    "--batch-results",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="take the output files of those batch files in (every *.jsonl in DIR) and go on; requests still "
+    "without an answer are written to DIR as new request files",
+)
 @trust_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars (notes and errors are still shown)")
 @click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
@@ -73,6 +87,8 @@ def run(
     retry_failed: bool | None,
     executor: str | None,
     address: str | None,
+    batch_files: Path | None,
+    batch_results: Path | None,
     allow_read: tuple[Path, ...],
     allow_key: tuple[str, ...],
     quiet: bool,
@@ -93,8 +109,11 @@ def run(
       synth run my.yaml --keep-failed              # resume without retrying failed rows
       synth run their.yaml --allow-read ~/data --allow-key VLLM_API_KEY
       synth run my.yaml --executor ray --address auto   # map stages on a Ray cluster
+      synth run judge.yaml --batch-files batches/  # write request files, run them elsewhere,
+      synth run judge.yaml --batch-results batches/  # then take their answers in and go on
     """
     from ..config import load_pipeline
+    from ..llm.batchapi import BatchFilesWritten
     from ..run import run_pipeline
 
     apply_trust(allow_read, allow_key)
@@ -113,16 +132,22 @@ def run(
 
     progress = ConsoleProgress(bars=not quiet)  # -q keeps the notes: a dead server is never silence
     with sigterm_as_ctrl_c():
-        result = run_pipeline(
-            pipeline,
-            root,
-            overwrite=not resume,
-            limit=limit,
-            progress=progress,
-            retry_failed=retry_failed,
-            executor=executor,
-            address=address,
-        )
+        try:
+            result = run_pipeline(
+                pipeline,
+                root,
+                overwrite=not resume,
+                limit=limit,
+                progress=progress,
+                retry_failed=retry_failed,
+                executor=executor,
+                address=address,
+                batch_files=batch_files,
+                batch_results=batch_results,
+            )
+        except BatchFilesWritten as stopped:  # not a failure: the run waits for the answers
+            click.echo(f"stopped: {stopped}")
+            return
     from ..console import print_summary
 
     print_summary(result)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from ..seeds import derive_seed
+from ..seeds import digest as derive_key
 
 
 class Sampling(BaseModel):
@@ -88,12 +89,19 @@ class ScoreRequest:
         return {"prompt": self.prompt, "continuation": self.continuation}
 
 
+def request_key(kind: str, model_id: str, payload: dict[str, Any]) -> str:
+    """A request's cache key: the digest of its canonical JSON. A batch job's lines carry it as
+    their `custom_id`, so an answer that comes back in a file finds its request again."""
+    return derive_key({"kind": kind, "model": model_id, **payload})
+
+
 @dataclass
 class Generation:
     text: str
     finish_reason: str = "stop"
     completion_tokens: int = 0
     prompt_tokens: int = 0  # counted on the first generation of a request only
+    batch: bool = False  # answered through a provider's Batch API (priced at its batch discount)
 
 
 @dataclass

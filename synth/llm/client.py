@@ -18,8 +18,17 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from ..cache import RequestCache
-from ..seeds import digest
-from .base import Backend, CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
+from .base import (
+    Backend,
+    CompleteResult,
+    Generation,
+    Request,
+    RequestFailed,
+    Scored,
+    ScoreRequest,
+    ScoreResult,
+    request_key,
+)
 
 # Answers are committed to the cache in groups, in a thread: one transaction per group instead of
 # one per answer, off the event loop. A kill -9 loses at most the last FLUSH_SECONDS of answers.
@@ -53,6 +62,9 @@ def _count(name: str, n: int = 1) -> None:
         counters[name] = counters.get(name, 0) + n
 
 
+count_event = _count  # for backends: an event worth a counter in the batch's stats (a 429 under rate limits)
+
+
 def _encode(result: CompleteResult | ScoreResult) -> dict:
     if isinstance(result, Scored):
         return {"scored": asdict(result)}
@@ -63,6 +75,7 @@ def _encode(result: CompleteResult | ScoreResult) -> dict:
                 "finish_reason": g.finish_reason,
                 "completion_tokens": g.completion_tokens,
                 "prompt_tokens": g.prompt_tokens,
+                **({"batch": True} if g.batch else {}),  # only when set: other entries stay as they were
             }
             for g in result  # type: ignore[union-attr]
         ]
@@ -139,7 +152,7 @@ class LLM:
 
     async def _run(self, kind, requests, send) -> list:
         payloads = [r.payload() for r in requests]
-        keys = [digest({"kind": kind, "model": self.model_id, **p}) for p in payloads]
+        keys = [request_key(kind, self.model_id, p) for p in payloads]
         cached = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
         results: dict[str, CompleteResult | ScoreResult] = {}
         for i, key in enumerate(keys):
@@ -178,6 +191,10 @@ class LLM:
                         generated = sum(g.completion_tokens for g in result)
                         _count("prompt_tokens", sum(g.prompt_tokens for g in result))
                         _count("completion_tokens", generated)
+                        if any(g.batch for g in result):  # for the cost: priced at the batch discount
+                            _count("batch_requests")
+                            _count("batch_prompt_tokens", sum(g.prompt_tokens for g in result))
+                            _count("batch_completion_tokens", generated)
                     ticker = current_ticker.get()
                     if ticker is not None:
                         ticker.answer(generated, self.in_flight())

@@ -29,7 +29,19 @@ from typing import Any
 
 from ..errors import BackendError, MissingDependency
 from ..inputs import key_refusal
-from .base import CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult, sample_seed
+from .base import (
+    CompleteResult,
+    Generation,
+    Request,
+    RequestFailed,
+    Scored,
+    ScoreRequest,
+    ScoreResult,
+    request_key,
+    sample_seed,
+)
+from .client import count_event
+from .ratelimit import RateLimiter
 from .specs import OpenAISpec
 from .templates import ChatTemplate
 
@@ -298,6 +310,31 @@ class OpenAIBackend:
         self._troubled = False  # requests fail and no answer came since
         self._told_at: float | None = None  # when the last outage was told (a flapping server: once a minute)
         self._told_open = False  # an outage was told and its end not yet
+        self._limiter = (
+            RateLimiter(spec.requests_per_minute, spec.tokens_per_minute)
+            if spec.requests_per_minute or spec.tokens_per_minute
+            else None
+        )
+        self._jobs = None  # batch mode's BatchJobs (synth/llm/batchapi.py), made by use_run
+
+    def use_run(self, root, name: str, *, files=None, results=None, note=None) -> None:
+        """The run this backend serves: batch mode keeps its jobs' journal there. With `files` or
+        `results` (`synth run --batch-files/--batch-results`), generations go through batch files."""
+        if self.spec.batch or files is not None or results is not None:
+            from .batchapi import BatchJobs
+
+            self._jobs = BatchJobs(self, root, name, files=files or results, results=results, note=note)
+
+    async def _post(self, path: str, body: dict, check, key: str) -> Any:
+        """A generation's response body: one HTTP request, or a line of a batch job."""
+        if self._jobs is None and self.spec.batch:
+            raise BackendError(
+                f"{self.model_id}: batch mode runs beside the run directory's journal, in the driver: run it with "
+                "synth run (or run_pipeline) and the local executor"
+            )
+        if self._jobs is not None:
+            return await self._jobs.submit(key, path, body, check)
+        return await self._send(path, body, check=check)
 
     def _failure(self, exc: BaseException) -> str:
         """What went wrong with one attempt, in words."""
@@ -363,8 +400,11 @@ class OpenAIBackend:
             self._client_loop = loop
         return self._client
 
-    async def _once(self, url: str, body: dict | None, fatal: Collection[int], proxy: str | None = None) -> Any:
-        """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets."""
+    async def _once(
+        self, url: str, body: dict | None, fatal: Collection[int], proxy: str | None = None, seen: dict | None = None
+    ) -> Any:
+        """One attempt: the JSON answer, or RequestFailed for a 4xx that only this request gets.
+        `seen` gets the answer's headers (for the rate limiter)."""
         if body is None:
             request = self._session().get(url, proxy=proxy)
         else:
@@ -372,7 +412,14 @@ class OpenAIBackend:
         async with request as response:
             status, retry_after = response.status, response.headers.get("retry-after")
             raw = await response.read()
+            if seen is not None:
+                seen["headers"] = response.headers
         data = _decode_json(raw)
+        if seen is not None:
+            usage = data.get("usage") if isinstance(data, dict) else None
+            seen["used"] = usage.get("total_tokens") if isinstance(usage, dict) else None
+            if status == 429:  # the limits were kept, and still: they are set above the provider's
+                count_event("rate_limited")
         text = raw.decode("utf-8", "replace") if data is _NOT_JSON or status >= 300 else ""
         if status in RETRY_STATUS or status >= 500:
             raise _Retryable(f"HTTP {status}: {_server_message(data, text)}", _retry_after(retry_after))
@@ -403,14 +450,20 @@ class OpenAIBackend:
 
         last, malformed = "", None
         attempt, deadline = 0, None
+        limited = self._limiter is not None and body is not None and path in ("/completions", "/chat/completions")
         while True:
             retry_after: float | None = None
+            seen: dict | None = None
+            if limited:  # wait for the provider's limits before taking a slot
+                assert self._limiter is not None and body is not None
+                seen = {"estimate": self._limiter.estimate(body)}
+                await self._limiter.acquire(seen["estimate"])
             async with self._slots:  # pick once a slot is free, so the choice is current
                 endpoint = self._pick()
                 url = (endpoint.root if root else endpoint.url) + path
                 endpoint.in_flight += 1
                 try:
-                    answer = await self._once(url, body, fatal, endpoint.proxy)
+                    answer = await self._once(url, body, fatal, endpoint.proxy, seen)
                     problem = None if check is None or isinstance(answer, RequestFailed) else check(answer)
                     if problem is not None:
                         raise _Malformed(*problem)
@@ -433,6 +486,8 @@ class OpenAIBackend:
                     endpoint.cooling_until = time.monotonic() + max(cool, retry_after or 0.0)
                 finally:
                     endpoint.in_flight -= 1
+                    if seen is not None and self._limiter is not None:
+                        self._limiter.settle(seen["estimate"], seen.get("used"), seen.get("headers"))
             now = time.monotonic()
             deadline = deadline if deadline is not None else now + self.spec.retry_seconds
             attempt += 1
@@ -533,21 +588,25 @@ class OpenAIBackend:
     async def _generate(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
         n = request.sampling.n
         check = functools.partial(malformed_generations, chat=chat)
-        data = await self._send(path, {**self._body(request, request.seed, n), **payload}, check=check)
+        key = request_key("chat" if chat else "complete", self.model_id, request.payload())
+        data = await self._post(path, {**self._body(request, request.seed, n), **payload}, check, key)
         if isinstance(data, RequestFailed):
             return data
         generations = self._generations(data, chat)
         if len(generations) < n:
-            result = await self._missing_samples(path, request, payload, chat, generations)
+            result = await self._missing_samples(path, request, payload, chat, generations, key)
         else:
             result = generations[:n]
         if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
             for g in result:
                 apply_stops(g, request.sampling.stop)
+        if not isinstance(result, RequestFailed) and self.spec.batch and self._jobs is not None and not self._offline:
+            for g in result:
+                g.batch = True  # for the cost: the provider's batch price (files run elsewhere are not its)
         return result
 
     async def _missing_samples(
-        self, path: str, request: Request, payload: dict, chat: bool, generations: list[Generation]
+        self, path: str, request: Request, payload: dict, chat: bool, generations: list[Generation], key: str
     ) -> CompleteResult:
         n = request.sampling.n
         # Some servers (llama.cpp's) ignore n and answer once: draw the missing samples one by
@@ -555,10 +614,11 @@ class OpenAIBackend:
         # again, as if the server had drawn them all from one prompt.
         extra = await asyncio.gather(
             *(
-                self._send(
+                self._post(
                     path,
                     {**self._body(request, sample_seed(request.seed, i), 1), **payload},
-                    check=functools.partial(malformed_generations, chat=chat),
+                    functools.partial(malformed_generations, chat=chat),
+                    f"{key}#{i}",  # the sample's own line in a batch job
                 )
                 for i in range(len(generations), n)
             )
@@ -607,9 +667,17 @@ class OpenAIBackend:
 
         return self._fan_out(requests, one)
 
+    @property
+    def _offline(self) -> bool:
+        """Generations go into batch files run elsewhere (--batch-files): no server to ask."""
+        return self._jobs is not None and self._jobs.files is not None
+
     async def _is_vllm(self) -> bool:
         """vLLM answers GET /version; its echo offsets count raw token strings, so it is scored
-        with prompt_logprobs instead. Other servers (llama.cpp: 404) get the echo route."""
+        with prompt_logprobs instead. Other servers (llama.cpp: 404) get the echo route. Batch
+        files are written in vLLM's dialect (`vllm run-batch`; OpenAI's chat form is the same)."""
+        if self._offline:
+            return True
         async with self._probe:
             if self._vllm is None:
                 answer = await self._send("/version", root=True, fatal=())
@@ -622,7 +690,7 @@ class OpenAIBackend:
         Magpie's pre-query templates start with the BOS text (`<|begin_of_text|>`, `<bos>`); sent
         as they are, vLLM tokenizes them with a second BOS in front. Knowing the text, such prompts
         go out with `add_special_tokens: false`. Probed once per backend (two small requests)."""
-        if not await self._is_vllm():
+        if self._offline or not await self._is_vllm():
             return None
         async with self._probe:
             if self._bos is None:
@@ -710,6 +778,8 @@ class OpenAIBackend:
         return self._fan_out(requests, self._score_one)
 
     async def close(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.close()
         client = self._client
         if client is not None and not client.closed and self._client_loop is asyncio.get_running_loop():
             await client.close()

@@ -106,6 +106,36 @@ class OpenAISpec(BackendSpecBase):
         description="the served model's chat template, for what synth renders itself (Magpie's pre-query "
         "template, follow-up turns): a tokenizer_config.json, the model folder, a Jinja file or a built-in name",
     )
+    # Batch API and rate limits (docs/batches.md). Speed and price, never rows: left out of fingerprints.
+    batch: bool = _speed_only(
+        default=False,
+        description="send generations through the provider's Batch API (files + batches: half price, answers "
+        "within completion_window) instead of one HTTP request each",
+    )
+    completion_window: str = _speed_only(default="24h", description="the Batch API's completion window")
+    batch_max_requests: int = _speed_only(
+        default=50_000, ge=1, le=1_000_000, description="most requests in one batch job (OpenAI's limit: 50,000)"
+    )
+    batch_max_mb: float = _speed_only(
+        default=190.0, gt=0, le=10_000, description="largest batch input file in MB (OpenAI's limit: 200)"
+    )
+    batch_collect_seconds: float = _speed_only(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="a batch job is submitted when it is full, or when no new request joined it for this long",
+    )
+    batch_poll_seconds: float = _speed_only(
+        default=60.0, gt=0, le=3600, description="longest wait between two looks at a running batch job"
+    )
+    requests_per_minute: int | None = _speed_only(
+        default=None, ge=1, description="the provider's request limit: synth never sends faster (no 429s)"
+    )
+    tokens_per_minute: int | None = _speed_only(
+        default=None,
+        ge=1,
+        description="the provider's token limit, counting prompt + max_tokens ahead and settling on the usage",
+    )
 
     @model_validator(mode="after")
     def _one_url(self):
@@ -132,7 +162,8 @@ class OpenAISpec(BackendSpecBase):
         return list(self.base_urls) or [self.base_url]  # type: ignore[list-item]
 
     def concurrency(self) -> int:
-        return self.max_concurrency
+        # In batch mode a job wants many requests: enough batches of rows stay in flight to fill one.
+        return max(self.max_concurrency, self.batch_max_requests) if self.batch else self.max_concurrency
 
 
 class VLLMSpec(BackendSpecBase):

@@ -11,6 +11,7 @@ what a `Plan` says.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..config import Pipeline, StageSpec
 from ..errors import RunError
 from ..executors import Plan, make_executor
 from ..llm import make_backend
+from ..llm.batchapi import BatchFilesWritten
 from ..llm.client import LLM
 from ..progress import Progress, RunResult
 from ..scrub import scrub
@@ -28,6 +30,8 @@ from ..store import RunStore, ShardStats
 from .directory import RunDirectory
 from .globals import run_global
 from .segments import SegmentLoop, Spans, batches_in_flight
+
+OFFLINE_BATCHES_IN_FLIGHT = 1024  # the most batches_in_flight gives
 
 
 class Runner:
@@ -42,8 +46,15 @@ class Runner:
         retry_failed: bool | None = None,
         executor: str | None = None,
         address: str | None = None,
+        batch_files: str | Path | None = None,
+        batch_results: str | Path | None = None,
     ):
+        if (batch_files or batch_results) and pipeline.run.max_batches_in_flight is None:
+            # Offline batch files: one round writes the requests of every batch in flight, so many travel.
+            run = pipeline.run.model_copy(update={"max_batches_in_flight": OFFLINE_BATCHES_IN_FLIGHT})
+            pipeline = dataclasses.replace(pipeline, run=run)
         self.pipeline = pipeline
+        self.batch_files, self.batch_results = batch_files, batch_results  # offline batch files (batchapi.py)
         self.retry_failed = retry_failed
         self.store = RunStore(root)
         self.overwrite = overwrite
@@ -67,6 +78,9 @@ class Runner:
             backend = make_backend(self.pipeline.backends[name])
             if hasattr(backend, "on_trouble"):  # HTTP backends say when their server stops answering
                 backend.on_trouble = self.progress.trouble
+            if hasattr(backend, "use_run"):  # batch mode keeps its jobs' journal in the run directory
+                files, results = self.batch_files, self.batch_results
+                backend.use_run(self.store.root, name, files=files, results=results, note=self.progress.note)
             self.llms[name] = LLM(name, backend, self.cache)
         return self.llms[name]
 
@@ -135,7 +149,8 @@ class Runner:
                 too_many = RunError(f"{too_many}; the previous output ({output_rows:,} rows) is left in place")
             status, error = "complete", None
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
+            stopped = (KeyboardInterrupt, asyncio.CancelledError, BatchFilesWritten)  # files written: resumable
+            status = "interrupted" if isinstance(exc, stopped) else "failed"
             error = _disk_error(exc, self.store.root) if isinstance(exc, OSError) else exc
             if error is not exc:
                 raise error from None
