@@ -15,6 +15,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Two workers (`-n 2 --dist loadgroup` in pyproject) share the work by module, so a module's
+# fixtures are built once. A module that touches vLLM goes to one worker with all the others that
+# do (one 6.6 GB server per session, not one per worker); the modules that read the preference
+# runs go with the module that makes them.
+SHARED_BY_GROUP = (("vllm", {"vllm_server", "vllm_model_dir"}), ("preference", {"preference_runs"}))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    groups: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        for group, fixtures in SHARED_BY_GROUP:
+            if fixtures & set(getattr(item, "fixturenames", ())) and groups.get(module) != "vllm":
+                groups[module] = group
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+
 
 @pytest.fixture
 def write(tmp_path: Path):
