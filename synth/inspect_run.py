@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from .console import console, stage_table
 from .runs import RowFiles, Run, number_type, text_type
+from .spend import spend_lines
 from .store import StageDir
 
 
@@ -125,6 +126,10 @@ def show_dropped(run: Run, dirs: list[StageDir], n: int) -> None:
         console.print("no dropped rows")
 
 
+def _budget_resume(manifest: dict, run: Run) -> str:
+    return (manifest.get("budget") or {}).get("resume") or f"{run.resume_hint} --budget ..."
+
+
 def show_run(
     root: Path,
     n: int = 3,
@@ -141,10 +146,14 @@ def show_run(
     if status in ("interrupted", "failed"):
         how = "stopped before finishing" if status == "interrupted" else "failed"
         console.print(f"the run {how}; resume it with: {run.resume_hint}")
+    elif status == "budget":
+        console.print(f"the run stopped at its budget; resume it with: {escape(_budget_resume(manifest, run))}")
     elif status == "running":
         console.print("a synth process is working on this run now")
     if manifest.get("stages"):
         console.print(stage_table(manifest["stages"]))
+    for line in spend_lines(manifest):
+        console.print(escape(line))
     dirs = run.stages()
     chosen = run.stage(stage_label) if stage_label else None
     checked = run.check()
