@@ -1,19 +1,21 @@
 """`synth estimate`: a full run's requests, tokens, cost and time, extrapolated from a sample.
 
-A sample run (the pipeline with `--limit N`, in its own directory) says, for every stage, how many
-requests and tokens it needed per input row, filters' pass rates included; the full run is that
-times the input's rows. Needed means answered: requests the cache answered count as much as those
-sent (with the tokens they cost when they were bought), so estimating again from a sample the
-cache already holds gives the same figures.
+A sample run (the pipeline with `--limit N`, in its own directory) says, for every stage, which
+share of its rows it passed on and how many requests and tokens it needed per row it took in;
+the full run follows the rows down the stages from the whole input. Needed means answered:
+requests the cache answered count as much as those sent (with the tokens they cost when they
+were bought), so estimating again from a sample the cache already holds gives the same figures.
 
-The range comes from the sample's own spread. For stages that follow the source without a global
-stage between, shard i of every stage holds the rows of the source's batch i, and the estimate is
-a ratio estimator over those shards (Cochran, Sampling Techniques, 6.3): total = (sum of y / sum of
-x) * rows, with its standard error from the shards' deviations from that ratio and the finite
-population correction, and the range is three standard errors either side (clamped at what the
-sample itself spent). Stages after a global stage get the same relative error as the stage before
-the global one, since how a global stage (dedup, a top-k) scales is not a ratio. The sample is the
-input's first N rows: an input sorted by something that matters wants shuffling first.
+Each figure has a range. A stage's share of rows passed is a proportion: its range is the Wilson
+score interval at three standard errors, which stays honest for small samples and for shares of
+0 or 1 (a sample where a filter kept every row does not promise it always will). Requests and
+tokens per row are ratios over the sample's shards (each shard a batch of rows), with a range of
+three standard errors of the ratio. A stage's rows in range over the previous stage's rows out,
+and its requests and tokens over its rows in times the per-row range. A stage that gave out more
+rows than it took (n samples a row) scales by its ratio instead. Global stages (dedup, a top-k)
+are taken to pass the share they passed in the sample, which for dedup is a guess: duplicates
+grow with the data. The sample is the input's first N rows: an input sorted by something that
+matters wants shuffling first.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .pricing import Pricing, money
 from .store import StageDir
 
 Z = 3.0  # standard errors either side: about 99.7% for a normal spread
-QUANTITIES = ("requests", "prompt_tokens", "completion_tokens", "rows_in", "rows_out")
+PER_ROW = ("requests", "prompt_tokens", "completion_tokens")
+BOUNDS = ("estimate", "low", "high")
 
 
 def _shard_values(marker: dict) -> dict[str, float]:
@@ -43,69 +46,88 @@ def _shard_values(marker: dict) -> dict[str, float]:
     }
 
 
-def shards(stage: StageDir) -> dict[int, dict[str, float]]:
-    out = {}
+def shards(stage: StageDir) -> list[dict[str, float]]:
+    out = []
     for index in stage.done_indices():
         try:
-            out[index] = _shard_values(json.loads(stage.marker(index).read_text()))
+            out.append(_shard_values(json.loads(stage.marker(index).read_text())))
         except (OSError, ValueError):
             continue
     return out
 
 
-def ratio_estimate(xs: list[float], ys: list[float], population: float) -> tuple[float, float]:
-    """(total, standard error) of y over a population of `population` x, from sampled units."""
+def wilson(passed: float, n: float, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion passed/n (0..1 when nothing was seen)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(1.0, passed / n)
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def ratio(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(sum y / sum x, its standard error) over sampled units, e.g. tokens per row over shards
+    (Cochran, Sampling Techniques, 6.3, without the finite population correction). With one
+    unit there is no spread to go by: the error is the ratio itself."""
     k, sx, sy = len(xs), sum(xs), sum(ys)
     if not sx:
         return 0.0, 0.0
     r = sy / sx
-    total = r * population
     if k < 2:
-        return total, abs(total)  # one unit says nothing about the spread: as wide as the estimate
+        return r, r
     spread = sum((y - r * x) ** 2 for x, y in zip(xs, ys, strict=True)) / (k - 1)
-    mean_x = sx / k
-    correction = max(0.0, 1 - sx / population) if population else 0.0
-    se = population * math.sqrt(spread / k * correction) / mean_x
-    return total, se
+    return r, math.sqrt(spread / k) / (sx / k)
 
 
 def extrapolate(
-    stages: list[tuple[str, str, StageDir, list[str]]],
-    segments: list[list[int]],
-    full_rows: int,
-    sample_rows: int,
-    wall_seconds: dict[str, float],
+    stages: list[tuple[str, str, StageDir, list[str]]], full_rows: int, wall_seconds: dict[str, float]
 ) -> list[dict]:
-    """Per stage (label, key, folder, backends): needed requests, tokens and rows for the full
-    input, each as {"estimate", "low", "high"}, and the sample's own figures."""
+    """Per stage (label, key, folder, backends): its rows in and out and the requests and tokens it
+    needs for the full input, each as {"estimate", "low", "high"}, and the sample's own figures."""
     results: list[dict] = []
-    source = shards(stages[0][2])
-    first_segment = set(segments[0]) if segments else {0}
-    carried = 0.0  # relative error carried across a global stage
-    for i, (label, key, folder, backends) in enumerate(stages):
+    rows_in = {"estimate": float(full_rows), "low": float(full_rows), "high": float(full_rows)}
+    for label, key, folder, backends in stages:
         mine = shards(folder)
-        entry: dict = {"label": label, "stage": key, "backends": backends, "sample": {}, "full": {}}
-        for q in QUANTITIES:
-            observed = sum(v[q] for v in mine.values())
-            entry["sample"][q] = observed
-            if i in first_segment:
-                common = sorted(set(source) & set(mine))
-                xs = [source[n]["rows_out"] for n in common]
-                ys = [mine[n][q] for n in common]
-                total, se = ratio_estimate(xs, ys, full_rows)
-            else:
-                total = observed * full_rows / sample_rows if sample_rows else 0.0
-                se = total * carried
-            low, high = max(observed, total - Z * se), max(observed, total + Z * se)
-            entry["full"][q] = {"estimate": round(total), "low": math.floor(low), "high": math.ceil(high)}
-        if i in first_segment and entry["full"]["rows_out"]["estimate"]:
-            rows = entry["full"]["rows_out"]
-            carried = (rows["high"] - rows["estimate"]) / (Z * rows["estimate"])
-        sent = sum(v["sent_completion_tokens"] for v in mine.values())
+        seen = {q: sum(v[q] for v in mine) for q in (*PER_ROW, "rows_in", "rows_out")}
+        entry: dict = {"label": label, "stage": key, "backends": backends, "sample": dict(seen), "full": {}}
+        entry["full"]["rows_in"] = _rounded(rows_in, seen["rows_in"])
+        fed = [v for v in mine if v["rows_in"]]  # shards a filter before emptied say nothing per row
+        xs = [v["rows_in"] for v in fed]
+        for q in PER_ROW:
+            r, se = ratio(xs, [v[q] for v in fed])
+            low, high = max(0.0, r - Z * se), r + Z * se
+            if seen["rows_in"] == 0 and q == "requests" and backends:
+                high = 1.0  # no row reached it in the sample: at least say a request a row may follow
+                entry["unmeasured"] = True
+            full = {"estimate": rows_in["estimate"] * r, "low": rows_in["low"] * low, "high": rows_in["high"] * high}
+            entry["full"][q] = _rounded(full, seen[q])
+        if seen["rows_out"] <= seen["rows_in"]:
+            p_low, p_high = wilson(seen["rows_out"], seen["rows_in"])
+            p = seen["rows_out"] / seen["rows_in"] if seen["rows_in"] else 0.0
+        else:  # more rows out than in (n samples a row): a ratio
+            p, se = ratio(xs, [v["rows_out"] for v in fed])
+            p_low, p_high = max(0.0, p - Z * se), p + Z * se
+        rows_in = {"estimate": rows_in["estimate"] * p, "low": rows_in["low"] * p_low, "high": rows_in["high"] * p_high}
+        entry["full"]["rows_out"] = _rounded(rows_in, seen["rows_out"])
+        sent = sum(v["sent_completion_tokens"] for v in mine)
         wall = wall_seconds.get(label, 0.0)
         entry["sample"]["tokens_per_second"] = sent / wall if sent and wall else None
         results.append(entry)
     return results
+
+
+def unmeasured(results: list[dict]) -> list[str]:
+    """Stages that ask a model but no sample row reached: nothing says what they cost per row."""
+    return [e["label"] for e in results if e.get("unmeasured")]
+
+
+def _rounded(value: dict[str, float], observed: float) -> dict[str, int]:
+    """A range as whole numbers, never below what the sample itself already took."""
+    return {
+        "estimate": round(max(value["estimate"], observed)),
+        "low": math.floor(max(value["low"], observed)),
+        "high": math.ceil(max(value["high"], observed)),
+    }
 
 
 def add_time_and_cost(results: list[dict], pricing: dict[str, Pricing], speeds: dict[str, float]) -> dict:
@@ -155,7 +177,9 @@ def estimate_lines(results: list[dict], totals: dict, full_rows: int, sample_row
     lines = [f"estimate for {full_rows:,} input rows, from a sample of {sample_rows:,} (range: 3 standard errors)"]
     for entry in results:
         full = entry["full"]
-        if not full["requests"]["estimate"]:
+        if entry.get("unmeasured"):
+            lines.append(f"  {entry['label']}: no sample row reached it: a larger --sample measures it")
+        if not full["requests"]["high"]:
             rows = full["rows_out"]
             lines.append(f"  {entry['label']}: {span(full['rows_in'])} rows in, {span(rows)} out")
             continue
@@ -183,11 +207,7 @@ def estimate_lines(results: list[dict], totals: dict, full_rows: int, sample_row
 
 
 def _hours(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:,.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:,.0f} min"
-    return f"{seconds / 3600:,.1f} h"
+    return f"{seconds / 3600:,.1f} h" if seconds >= 7200 else f"{seconds / 60:,.1f} min"
 
 
 def source_rows(pipeline, count: bool = False) -> int | None:

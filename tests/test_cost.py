@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from synth import load_pipeline, read_output, run_pipeline
 from synth.budget import Budget, BudgetGuard, parse_budget
 from synth.cache import RequestCache
-from synth.estimate import ratio_estimate
+from synth.card import render_card
+from synth.estimate import ratio, wilson
 from synth.pricing import Pricing, costs
 from synth.spend import spend, spend_lines
 from synth.usage import flatten
@@ -26,8 +27,15 @@ from synth.usage import flatten
 TOPICS = ["cooking", "chess", "birds", "tea", "rust", "sailing", "jazz", "bees", "clay", "maps", "soap", "owls"]
 
 
+QUESTION = (
+    "Topic: home repair\nQuestion: How do I fix a leaking faucet?\nTopic: history\nQuestion: Why did Rome fall?\n"
+)
+QUESTION += "Topic: {{ topic }}\nQuestion:"
+
+
 def pipeline_text(url: str, rows: list[str], *, run: str = "", pricing: str = "") -> str:
-    """Questions on topics, a length filter that drops some of them, answers to the rest."""
+    """Questions on topics, a length filter that drops some of them, answers to the rest (short
+    prompts beside the pipeline file: the server reads them quickly)."""
     rows_yaml = ", ".join(f"{{topic: {t}}}" for t in rows)
     return f"""
 name: cost
@@ -39,24 +47,33 @@ stages:
     rows: [{rows_yaml}]
   - stage: generate
     name: question
-    template: quickstart/question.jinja
+    template: q.jinja
     output: instruction
     temperature: 0
     max_tokens: 16
     stop: ["\\n"]
   - stage: length
     column: instruction
-    min_chars: 40
+    min_chars: 52
   - stage: generate
     name: answer
-    template: quickstart/answer.jinja
+    template: a.jinja
     output: response
     temperature: 0
-    max_tokens: 12
-    stop: ["\\n"]
+    max_tokens: 8
 output: {{format: sft}}
 run: {{batch_size: 2{run}}}
 """
+
+
+@pytest.fixture
+def write_pipeline(write):
+    def _write(text: str):
+        write("q.jinja", QUESTION)
+        write("a.jinja", "Question: {{ instruction }}\nAnswer:")
+        return write("p.yaml", text)
+
+    return _write
 
 
 def needed(manifest: dict) -> dict[str, int]:
@@ -73,9 +90,9 @@ def needed(manifest: dict) -> dict[str, int]:
 # ---- against the real llama.cpp server ----
 
 
-def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write, tmp_path):
+def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write_pipeline, tmp_path):
     pricing = ", pricing: {input_per_million: 2, output_per_million: 10}"
-    path = write("p.yaml", pipeline_text(proxy.url, TOPICS[:4], pricing=pricing))
+    path = write_pipeline(pipeline_text(proxy.url, TOPICS[:4], pricing=pricing))
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     total = flatten(result.manifest["usage"])
     assert total["requests"] == proxy.usage["answers"] == proxy.forwarded
@@ -94,11 +111,20 @@ def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write, tmp_p
     assert flatten(again.manifest["usage"]) == total
     lines = "\n".join(spend_lines(again.manifest))
     assert "cost:" in lines and "per 1,000 output rows" in lines and "question via default" in lines
+    card = render_card(
+        again.manifest,
+        read_output(tmp_path / "run"),
+        fmt="sft",
+        counts={"train": 1},
+        file_format="parquet",
+        license=None,
+    )
+    assert "## What it took" in card and f"{total['requests']:,} requests" in card and "USD in total" in card
 
 
-def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(proxy, write, tmp_path):
-    path = write("p.yaml", pipeline_text(proxy.url, TOPICS[:8]))
-    cap = 600  # the 8 questions alone take about 1,000 tokens
+def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(proxy, write_pipeline, tmp_path):
+    path = write_pipeline(pipeline_text(proxy.url, TOPICS[:8]))
+    cap = 250  # the whole run takes about 600 tokens
     capped = run_pipeline(load_pipeline(path), tmp_path / "capped", budget=Budget(tokens=cap))
     assert capped.manifest["status"] == "budget"
     assert "--budget tokens=" in capped.manifest["budget"]["resume"]
@@ -106,10 +132,10 @@ def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(pr
     used_tokens = used["prompt_tokens"] + used["completion_tokens"]
     assert used_tokens == proxy.usage["prompt_tokens"] + proxy.usage["completion_tokens"]
     # Never over the cap, and stopped only when the next request's worst case did not fit: its
-    # prompt (the question prompt is about 480 characters: at most 1 token per 2.5 of them) and
-    # its max_tokens.
+    # prompt (at most about 110 characters here, estimated at no more than a token per 2 of them)
+    # and its max_tokens.
     assert used_tokens <= cap
-    assert cap - used_tokens <= 480 / 2.5 + 1 + 16
+    assert cap - used_tokens <= 110 / 2 + 1 + 16
     assert not (tmp_path / "capped" / "output").exists()
     done = sum(s["rows_out"] for s in capped.manifest["stages"] if s["label"] == "question")
     assert done >= 2  # the batches that completed before the stop were written
@@ -132,16 +158,16 @@ def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(pr
     assert read_output(tmp_path / "capped").to_pylist() == read_output(tmp_path / "whole").to_pylist()
 
 
-def test_an_estimate_from_a_tenth_holds_the_full_run(proxy, write, tmp_path, monkeypatch):
+def test_an_estimate_from_a_tenth_holds_the_full_run(proxy, write_pipeline, tmp_path, monkeypatch):
     from synth.cli import main
 
     rows = [f"{t} {n}" for n in range(2) for t in TOPICS[:10]]  # 20 rows
-    path = write("p.yaml", pipeline_text(proxy.url, rows))
+    path = write_pipeline(pipeline_text(proxy.url, rows))
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(main, ["estimate", str(path), "--sample", "2", "-o", "real", "--json", "-q"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout[out.stdout.index("{") :])
-    assert report["input_rows"] == 20 and report["sample_rows"] == 2
+    assert report["input_rows"] == 20 and report["sample_rows"] >= 2  # more only if no row passed the filter
     sample = dict(proxy.bodies)
 
     full = run_pipeline(load_pipeline(path), tmp_path / "real")
@@ -156,6 +182,20 @@ def test_an_estimate_from_a_tenth_holds_the_full_run(proxy, write, tmp_path, mon
     answers = next(s for s in report["stages"] if s["label"] == "answer")
     passed = next(s for s in full.manifest["stages"] if s["label"] == "answer")["rows_in"]
     assert answers["full"]["rows_in"]["low"] <= passed <= answers["full"]["rows_in"]["high"]
+
+
+def test_usage_equals_what_the_vllm_server_reported(vllm_server, write_pipeline, tmp_path):
+    """The same count against vLLM's OpenAI server (its usage, n samples in one response)."""
+    from synth.testing import FaultProxy
+
+    with FaultProxy("127.0.0.1", vllm_server.port) as proxy:
+        text = pipeline_text(proxy.url, TOPICS[:3]).replace("model: gemma", f"model: {vllm_server.model}")
+        text = text.replace("    output: response\n", "    output: response\n    n: 2\n").replace("sft", "raw")
+        result = run_pipeline(load_pipeline(write_pipeline(text)), tmp_path / "run")
+    total = flatten(result.manifest["usage"])
+    assert total["requests"] == proxy.usage["answers"] > 0
+    assert total["prompt_tokens"] == proxy.usage["prompt_tokens"]
+    assert total["completion_tokens"] == proxy.usage["completion_tokens"]
 
 
 # ---- the sums, without a server ----
@@ -195,6 +235,7 @@ def test_the_budget_gate_waits_for_requests_in_flight_then_stops():
         assert guard.try_reserve(first) and guard.try_reserve(first) is False  # 20 + 41 + 41 > 100
         assert guard.in_flight()
         waiting = asyncio.create_task(guard.wait())
+        await asyncio.sleep(0)  # it waits now
         guard.settle("b", first, {"requests": 1, "prompt_tokens": 12, "completion_tokens": 8}, 20)
         await waiting
         assert guard.spent_now()["tokens"] == 40 and not guard.in_flight()
@@ -208,11 +249,16 @@ def test_the_budget_gate_waits_for_requests_in_flight_then_stops():
     asyncio.run(go())
 
 
-def test_ratio_estimate_is_exact_without_spread_and_widens_with_it():
-    assert ratio_estimate([2, 2, 2], [4, 4, 4], 60) == (120, 0.0)
-    total, se = ratio_estimate([2, 2, 2], [1, 4, 7], 60)
-    assert total == 120 and se > 0
-    assert ratio_estimate([2], [3], 60) == (90, 90)  # one shard: no spread to go by
+def test_ratios_and_pass_rates_keep_an_honest_range_on_small_samples():
+    assert ratio([2, 2, 2], [4, 4, 4]) == (2, 0.0)
+    r, se = ratio([2, 2, 2], [1, 4, 7])
+    assert r == 2 and se > 0
+    assert ratio([2], [3]) == (1.5, 1.5)  # one shard: no spread to go by
+    low, high = wilson(3, 3)  # a filter that kept all of 3 rows may still drop most
+    assert high == 1 and low == pytest.approx(0.25)
+    low, high = wilson(0, 4)
+    assert low == 0 and 0.6 < high < 0.7
+    assert wilson(50, 100)[0] == pytest.approx(0.36, abs=0.01)
 
 
 def test_usage_journal_survives_in_the_cache_and_answers_move_between_caches(tmp_path):
@@ -228,11 +274,11 @@ def test_usage_journal_survives_in_the_cache_and_answers_move_between_caches(tmp
     other.close()
 
 
-def test_validate_warns_when_the_budget_cannot_pay_for_the_first_batch(write):
+def test_validate_warns_when_the_budget_cannot_pay_for_the_first_batch(write_pipeline):
     from synth.cli import main
 
-    path = write("p.yaml", pipeline_text("http://127.0.0.1:9/v1", TOPICS[:4], run=", budget: {tokens: 40}"))
+    path = write_pipeline(pipeline_text("http://127.0.0.1:9/v1", TOPICS[:4], run=", budget: {tokens: 20}"))
     out = CliRunner().invoke(main, ["validate", str(path)])
     assert out.exit_code == 0, out.output
-    assert "run.budget.tokens = 40 is below what the first batch may need" in out.output
+    assert "run.budget.tokens = 20 is below what the first batch may need" in out.output
     assert "2 rows through stage 'question' take 2 requests and up to 32 completion tokens" in out.output

@@ -56,21 +56,43 @@ def estimate(
       synth estimate my.yaml --json
     """
     from ..config import load_pipeline
-    from ..errors import RunError
-    from ..estimate import add_time_and_cost, estimate_lines, extrapolate, run_stage_dirs, source_rows, stage_wall
-    from ..run.directory import segments
-    from ..store import RunStore
+    from ..estimate import add_time_and_cost, estimate_lines, source_rows, unmeasured
 
     apply_trust(allow_read, allow_key)
     pipeline = load_pipeline(pipeline_file)
     full = rows or source_rows(pipeline, count=True)
     root = out or Path("runs") / pipeline.name
-    if from_run is not None:
-        scratch = from_run
-    else:
-        scratch = Path(f"{root}-estimate")
-        _run_sample(pipeline, scratch, sample or max(1, math.ceil(full / 10)), quiet)
+    scratch = from_run or Path(f"{root}-estimate")
+    n = sample or max(1, math.ceil(full / 10))
+    while True:
+        if from_run is None:
+            _run_sample(pipeline, scratch, n, quiet)
+        results, sampled = _measure(pipeline, scratch, full)
+        empty = unmeasured(results)
+        if not empty or from_run is not None or n >= full:
+            break
+        n = min(full, n * 2)  # a filter left a stage without rows: a larger sample (the cache keeps the first)
+        click.echo(f"no sample row reached {', '.join(empty)}: sampling {n:,} rows", err=True)
+    if from_run is None:
         _hand_over(scratch, root)
+    pricing = {n: b.pricing for n, b in pipeline.backends.items() if b.pricing is not None}
+    speeds = {n: b.tokens_per_second for n, b in pipeline.backends.items() if b.tokens_per_second}
+    totals = add_time_and_cost(results, pricing, speeds)
+    if as_json:
+        click.echo(
+            json.dumps({"input_rows": full, "sample_rows": sampled, "stages": results, "total": totals}, indent=2)
+        )
+        return
+    for line in estimate_lines(results, totals, full, sampled):
+        click.echo(line)
+
+
+def _measure(pipeline, scratch: Path, full: int):
+    """Each stage's figures in a run directory, extrapolated, and the sample's size."""
+    from ..errors import RunError
+    from ..estimate import extrapolate, run_stage_dirs, stage_wall
+    from ..store import RunStore
+
     manifest = RunStore(scratch).read_manifest()
     folders = run_stage_dirs(scratch)
     missing = [s.label for s in pipeline.stages if s.label not in folders]
@@ -83,17 +105,7 @@ def estimate(
         for s in pipeline.stages
     ]
     sampled = int(folders[pipeline.stages[0].label].stats().rows_out)
-    results = extrapolate(stages, segments(pipeline), full, sampled, stage_wall(manifest))
-    pricing = {n: b.pricing for n, b in pipeline.backends.items() if b.pricing is not None}
-    speeds = {n: b.tokens_per_second for n, b in pipeline.backends.items() if b.tokens_per_second}
-    totals = add_time_and_cost(results, pricing, speeds)
-    if as_json:
-        click.echo(
-            json.dumps({"input_rows": full, "sample_rows": sampled, "stages": results, "total": totals}, indent=2)
-        )
-        return
-    for line in estimate_lines(results, totals, full, sampled):
-        click.echo(line)
+    return extrapolate(stages, full, stage_wall(manifest)), sampled
 
 
 def _run_sample(pipeline, scratch: Path, n: int, quiet: bool) -> None:

@@ -25,19 +25,10 @@ from typing import TYPE_CHECKING
 from ..cache import RequestCache
 from ..seeds import digest
 from ..usage import Meter, RequestUsage, add, current_stage, reset_retry_tally, retry_tally
+from .base import Backend, CompleteResult, Generation, Request, RequestFailed, Scored, ScoreRequest, ScoreResult
 
 if TYPE_CHECKING:
     from ..budget import BudgetGuard
-from .base import (
-    Backend,
-    CompleteResult,
-    Generation,
-    Request,
-    RequestFailed,
-    Scored,
-    ScoreRequest,
-    ScoreResult,
-)
 
 # Answers are committed to the cache in groups, in a thread: one transaction per group instead of
 # one per answer, off the event loop. A kill -9 loses at most the last FLUSH_SECONDS of answers.
