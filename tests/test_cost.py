@@ -191,6 +191,7 @@ def test_usage_equals_what_the_vllm_server_reported(vllm_server, write_pipeline,
     with FaultProxy("127.0.0.1", vllm_server.port) as proxy:
         text = pipeline_text(proxy.url, TOPICS[:3]).replace("model: gemma", f"model: {vllm_server.model}")
         text = text.replace("    output: response\n", "    output: response\n    n: 2\n").replace("sft", "raw")
+        text = text.replace("    temperature: 0\n    max_tokens: 8", "    temperature: 0.8\n    max_tokens: 8")  # n > 1
         result = run_pipeline(load_pipeline(write_pipeline(text)), tmp_path / "run")
     total = flatten(result.manifest["usage"])
     assert total["requests"] == proxy.usage["answers"] > 0
