@@ -23,6 +23,7 @@ NOT_COMMANDS = {CLI, f"{CLI}.__main__", f"{CLI}.common", f"{CLI}.docs"}
 COMMANDS = [
     "decontaminate",
     "dedup",
+    "estimate",
     "export",
     "inspect",
     "models",
