@@ -21,6 +21,7 @@ from synth.cache import RequestCache
 from synth.card import render_card
 from synth.estimate import ratio, wilson
 from synth.pricing import Pricing, costs
+from synth.progress import RunResult
 from synth.spend import spend, spend_lines
 from synth.usage import flatten
 
@@ -87,6 +88,13 @@ def needed(manifest: dict) -> dict[str, int]:
     return out
 
 
+def cli(*args: str):
+    """`synth ARGS` in this process (its output and exit code, as a user sees them)."""
+    from synth.cli import main
+
+    return CliRunner().invoke(main, list(args), env={"COLUMNS": "200"})
+
+
 # ---- against the real llama.cpp server ----
 
 
@@ -125,9 +133,14 @@ def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write_pipeli
 def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(proxy, write_pipeline, tmp_path):
     path = write_pipeline(pipeline_text(proxy.url, TOPICS[:8]))
     cap = 250  # the whole run takes about 600 tokens
-    capped = run_pipeline(load_pipeline(path), tmp_path / "capped", budget=Budget(tokens=cap))
+    stopped = cli("run", str(path), "-o", str(tmp_path / "capped"), "--budget", f"tokens={cap}", "-q")
+    assert stopped.exit_code == 3, stopped.output
+    assert f"resume with: synth run {path} -o {tmp_path / 'capped'} --budget tokens=" in stopped.stderr
+    capped = RunResult(tmp_path / "capped", json.loads((tmp_path / "capped" / "manifest.json").read_text()))
     assert capped.manifest["status"] == "budget"
-    assert "--budget tokens=" in capped.manifest["budget"]["resume"]
+    shown = cli("inspect", str(tmp_path / "capped"), "-n", "0")
+    assert "the run stopped at its budget; resume it with: synth run" in shown.output
+    assert "usage over 1 session(s)" in shown.output
     used = flatten(capped.manifest["usage"])
     used_tokens = used["prompt_tokens"] + used["completion_tokens"]
     assert used_tokens == proxy.usage["prompt_tokens"] + proxy.usage["completion_tokens"]
