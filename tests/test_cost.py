@@ -101,8 +101,10 @@ def cli(*args: str):
 def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write_pipeline, tmp_path):
     pricing = ", pricing: {input_per_million: 2, output_per_million: 10}"
     path = write_pipeline(pipeline_text(proxy.url, TOPICS[:4], pricing=pricing))
+    proxy.fail_next(1, status=503)  # one retry, counted as such (a provider may bill it)
     result = run_pipeline(load_pipeline(path), tmp_path / "run")
     total = flatten(result.manifest["usage"])
+    assert total["retried"] == 1 and proxy.injected == 1
     assert total["requests"] == proxy.usage["answers"] == proxy.forwarded
     assert total["prompt_tokens"] == proxy.usage["prompt_tokens"] > 0
     assert total["completion_tokens"] == proxy.usage["completion_tokens"] > 0
@@ -140,7 +142,7 @@ def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(pr
     assert capped.manifest["status"] == "budget"
     shown = cli("inspect", str(tmp_path / "capped"), "-n", "0")
     assert "the run stopped at its budget; resume it with: synth run" in shown.output
-    assert "usage over 1 session(s)" in shown.output
+    assert "usage over 1 session(s)" in shown.output and "usage over 1 session(s)" in stopped.output
     used = flatten(capped.manifest["usage"])
     used_tokens = used["prompt_tokens"] + used["completion_tokens"]
     assert used_tokens == proxy.usage["prompt_tokens"] + proxy.usage["completion_tokens"]
