@@ -188,6 +188,8 @@ def test_an_estimate_from_a_tenth_holds_the_full_run(proxy, write_pipeline, tmp_
     report = json.loads(out.stdout[out.stdout.index("{") :])
     assert report["input_rows"] == 20 and report["sample_rows"] >= 2  # more only if no row passed the filter
     sample = dict(proxy.bodies)
+    again = CliRunner().invoke(main, ["estimate", str(path), "--from-run", "real-estimate", "--json"])
+    assert json.loads(again.stdout)["stages"] == report["stages"] and proxy.bodies == sample  # counts reused
 
     full = run_pipeline(load_pipeline(path), tmp_path / "real")
     measured = needed(full.manifest)
