@@ -36,7 +36,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         "002_usage",
         """
         CREATE TABLE usage (
-            session INTEGER NOT NULL,
+            session TEXT NOT NULL,
             stage TEXT NOT NULL,
             backend TEXT NOT NULL,
             counters TEXT NOT NULL
@@ -70,7 +70,9 @@ class RequestCache:
             self._migrate()
             self._reader = self._connect()
         self._read_lock = threading.Lock()
-        self.session: int | None = None  # the run's session number, for the usage journal (the runner sets it)
+        # The session whose usage is journaled: its start time in the manifest (the runner sets it),
+        # so a cache copied into another run never lends it the usage of this one's sessions.
+        self.session: str | None = None
 
     @contextlib.contextmanager
     def _disk(self):
@@ -155,7 +157,7 @@ class RequestCache:
                 self._db.execute("DETACH DATABASE other")
             return self._db.total_changes - before
 
-    def usage(self, session: int) -> dict[str, dict[str, dict[str, int]]]:
+    def usage(self, session: str) -> dict[str, dict[str, dict[str, int]]]:
         """What one session spent, from the journal: {stage: {backend: counters}}."""
         out: dict[str, dict[str, dict[str, int]]] = {}
         with self._read_lock:

@@ -181,7 +181,8 @@ class Pipeline:
         seed, the batch size, the models they use and the contents of the templates and data
         files they read are unchanged. Excluded on purpose: description, run.max_batches_in_flight,
         run.max_failure_rate, run.budget, and every backend field marked speed-only (URLs, keys,
-        concurrency, timeouts, retries, threads, pricing). `known` carries file digests between runs (see inputs.py)."""
+        concurrency, timeouts, retries, threads, pricing). `known` carries file digests between
+        runs (see inputs.py)."""
         from .inputs import chat_template_path, content_digest, files_digest, stage_files
 
         known = {} if known is None else known

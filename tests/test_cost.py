@@ -174,6 +174,7 @@ def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(pr
     sent = proxy.forwarded
     whole = run_pipeline(load_pipeline(path), tmp_path / "whole")
     assert proxy.forwarded == sent and whole.manifest["status"] == "complete"
+    assert flatten(whole.manifest["usage"]).get("requests", 0) == 0  # the copied cache lends it no usage
     assert read_output(tmp_path / "capped").to_pylist() == read_output(tmp_path / "whole").to_pylist()
 
 
@@ -285,14 +286,15 @@ def test_ratios_and_pass_rates_keep_an_honest_range_on_small_samples():
 
 def test_usage_journal_survives_in_the_cache_and_answers_move_between_caches(tmp_path):
     cache = RequestCache(tmp_path / "a.sqlite")
-    cache.session = 1
+    cache.session = "2026-12-06T21:00:00+00:00"
     cache.put_many([("k", "complete", "m", {"p": 1}, {"generations": []})], [("s", "b", {"requests": 2})])
     cache.put_many([], [("s", "b", {"requests": 1, "prompt_tokens": 5})])
-    assert cache.usage(1) == {"s": {"b": {"requests": 3, "prompt_tokens": 5}}} and cache.usage(0) == {}
+    assert cache.usage(cache.session) == {"s": {"b": {"requests": 3, "prompt_tokens": 5}}}
+    assert cache.usage("another session") == {}
     cache.close()
     other = RequestCache(tmp_path / "b.sqlite")
     assert other.absorb(tmp_path / "a.sqlite") == 1 and other.absorb(tmp_path / "a.sqlite") == 0
-    assert "k" in other.get_many(["k"]) and other.usage(1) == {}
+    assert "k" in other.get_many(["k"]) and other.usage("2026-12-06T21:00:00+00:00") == {}
     other.close()
 
 

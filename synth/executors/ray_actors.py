@@ -29,7 +29,7 @@ from ..usage import current_stage
 class CacheServer:
     """The run's request cache, served to the stage actors (one per run, on the driver's node)."""
 
-    def __init__(self, path: str, session: int | None = None):
+    def __init__(self, path: str, session: str | None = None):
         self.cache = RequestCache(Path(path))
         self.cache.session = session  # actors' usage is journaled under the driver's session
 

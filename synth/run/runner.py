@@ -110,14 +110,14 @@ class Runner:
                 self.opened.append(stage)
 
     def _open_usage(self, manifest: dict) -> None:
-        """Journal this session's usage under its number; fill in what killed sessions spent (their
+        """Journal this session's usage under its start time; fill in what killed sessions spent (their
         manifest entry never got it) from the journal; start the budget from every session's spend."""
         assert self.cache is not None
         sessions = manifest["sessions"]
-        self.cache.session = len(sessions) - 1
-        for number, session in enumerate(sessions[:-1]):
-            if "usage" not in session:
-                session["usage"] = self.cache.usage(number)
+        self.cache.session = sessions[-1]["started"]
+        for session in sessions[:-1]:
+            if "usage" not in session and session.get("started"):
+                session["usage"] = self.cache.usage(session["started"])
         manifest["pricing"] = {
             name: spec.pricing.model_dump(mode="json")
             for name, spec in self.pipeline.backends.items()
