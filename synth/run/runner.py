@@ -128,6 +128,11 @@ class Runner:
             earlier = sum(s.get("seconds") or 0.0 for s in sessions[:-1]) / 3600
             pricing = {n: s.pricing for n, s in self.pipeline.backends.items() if s.pricing is not None}
             self.guard = BudgetGuard(self.budget, pricing, run_totals(manifest), earlier)
+            if getattr(self.executor, "name", "local") != "local":
+                self.progress.note(
+                    "run.budget is checked before requests sent from this process: map stages running on the "
+                    f"{self.executor.name} executor's workers are not held by it (their usage is still counted)"
+                )
 
     # ---- running ----
     async def run(self) -> RunResult:
