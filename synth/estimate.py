@@ -8,9 +8,13 @@ were bought), so estimating again from a sample the cache already holds gives th
 
 Each figure has a range. A stage's share of rows passed is a proportion: its range is the Wilson
 score interval at three standard errors, which stays honest for small samples and for shares of
-0 or 1 (a sample where a filter kept every row does not promise it always will). Requests and
+0 or 1 (a sample where a filter kept every row does not promise it always will). Two exceptions:
+the source gives the whole input, and a stage that asks a model and dropped no row of the sample
+is taken to pass every row (it drops rows only when they fail, and failed rows are retried). Requests and
 tokens per row are ratios over the sample's shards (each shard a batch of rows), with a range of
-three standard errors of the ratio. A stage's rows in range over the previous stage's rows out,
+as many standard errors of the ratio as Student's t asks for the same confidence from that many
+shards (`synth estimate` cuts its sample into ten). Shards that all agree give a range of no width:
+a sample of a few rows can miss a spread the full input has. A stage's rows in range over the previous stage's rows out,
 and its requests and tokens over its rows in times the per-row range. A stage that gave out more
 rows than it took (n samples a row) scales by its ratio instead. Global stages (dedup, a top-k)
 are taken to pass the share they passed in the sample, which for dedup is a guess: duplicates
@@ -29,6 +33,18 @@ from .pricing import Pricing, money
 from .store import StageDir
 
 Z = 3.0  # standard errors either side: about 99.7% for a normal spread
+# Student's t for the same 99.7% when the spread comes from k shards (k - 1 degrees of freedom):
+# a handful of shards says little about their spread, so the range widens. Beyond 30: Z.
+T = {1: 212.2, 2: 19.2, 3: 9.2, 4: 6.6, 5: 5.5, 6: 4.9, 7: 4.5, 8: 4.3, 9: 4.1, 10: 3.96, 15: 3.59, 20: 3.42}
+
+
+def t_factor(k: int) -> float:
+    """Standard errors either side for a spread measured over k shards."""
+    if k - 1 >= 30:
+        return Z
+    return next(T[d] for d in sorted(T, reverse=True) if d <= max(1, k - 1))
+
+
 PER_ROW = ("requests", "prompt_tokens", "completion_tokens")
 BOUNDS = ("estimate", "low", "high")
 
@@ -95,18 +111,20 @@ def extrapolate(
         xs = [v["rows_in"] for v in fed]
         for q in PER_ROW:
             r, se = ratio(xs, [v[q] for v in fed])
-            low, high = max(0.0, r - Z * se), r + Z * se
+            low, high = max(0.0, r - t_factor(len(xs)) * se), r + t_factor(len(xs)) * se
             if seen["rows_in"] == 0 and q == "requests" and backends:
                 high = 1.0  # no row reached it in the sample: at least say a request a row may follow
                 entry["unmeasured"] = True
             full = {"estimate": rows_in["estimate"] * r, "low": rows_in["low"] * low, "high": rows_in["high"] * high}
             entry["full"][q] = _rounded(full, seen[q])
-        if seen["rows_out"] <= seen["rows_in"]:
+        if not results or (backends and seen["rows_in"] and seen["rows_out"] == seen["rows_in"]):
+            p = p_low = p_high = 1.0  # the source gives the input; a model stage that dropped nothing passes all
+        elif seen["rows_out"] <= seen["rows_in"]:
             p_low, p_high = wilson(seen["rows_out"], seen["rows_in"])
             p = seen["rows_out"] / seen["rows_in"] if seen["rows_in"] else 0.0
         else:  # more rows out than in (n samples a row): a ratio
             p, se = ratio(xs, [v["rows_out"] for v in fed])
-            p_low, p_high = max(0.0, p - Z * se), p + Z * se
+            p_low, p_high = max(0.0, p - t_factor(len(xs)) * se), p + t_factor(len(xs)) * se
         rows_in = {"estimate": rows_in["estimate"] * p, "low": rows_in["low"] * p_low, "high": rows_in["high"] * p_high}
         entry["full"]["rows_out"] = _rounded(rows_in, seen["rows_out"])
         sent = sum(v["sent_completion_tokens"] for v in mine)
@@ -174,7 +192,9 @@ def estimate_lines(results: list[dict], totals: dict, full_rows: int, sample_row
     def span(value: dict) -> str:
         return f"{value['estimate']:,} ({value['low']:,} - {value['high']:,})"
 
-    lines = [f"estimate for {full_rows:,} input rows, from a sample of {sample_rows:,} (range: 3 standard errors)"]
+    lines = [
+        f"estimate for {full_rows:,} input rows, from a sample of {sample_rows:,} (ranges at about 99.7% confidence)"
+    ]
     for entry in results:
         full = entry["full"]
         if entry.get("unmeasured"):

@@ -43,10 +43,10 @@ def estimate(
 
     Runs the pipeline on the first N input rows (10% by default) into RUN-estimate, measures
     what every stage needed per input row (filters' pass rates included), and extrapolates to
-    the whole input, each figure with a range from the sample's spread (three standard errors
-    of its shards). Cost uses the backends' pricing:; time, their declared tokens_per_second
-    or the speed the sample measured. The sample's answers are copied into the real run's cache,
-    so `synth run` does not pay for them again.
+    the whole input, each figure with a range (about 99.7% confidence, from the spread of the
+    sample's shards and the filters' pass rates). Cost uses the backends' pricing:; time, their
+    declared tokens_per_second or the speed the sample measured. The sample's answers are copied
+    into the real run's cache, so `synth run` does not pay for them again.
 
     \b
     Examples:
