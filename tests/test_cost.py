@@ -9,6 +9,7 @@ gate) are tested without a server.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import shutil
 
@@ -130,6 +131,11 @@ def test_usage_equals_what_the_server_reported_and_prices_it(proxy, write_pipeli
         license=None,
     )
     assert "## What it took" in card and f"{total['requests']:,} requests" in card and "USD in total" in card
+    if importlib.util.find_spec("matplotlib") is not None:  # the HTML report (its plots need matplotlib)
+        from synth.report import build_report
+
+        page = build_report(tmp_path / "run").read_text()
+        assert "<h2>Usage and cost</h2>" in page and "USD in total" in page
 
 
 def test_a_budget_stops_within_one_request_and_the_resume_sends_nothing_twice(proxy, write_pipeline, tmp_path):
