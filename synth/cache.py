@@ -30,6 +30,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID
     """,
     ),
+    (
+        # What each session spent, journaled in the same transaction as the answers it paid for,
+        # so a session killed with -9 still has its usage counted by the next (synth/usage.py).
+        "002_usage",
+        """
+        CREATE TABLE usage (
+            session TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            counters TEXT NOT NULL
+        )
+    """,
+    ),
 ]
 
 
@@ -57,6 +70,9 @@ class RequestCache:
             self._migrate()
             self._reader = self._connect()
         self._read_lock = threading.Lock()
+        # The session whose usage is journaled: its start time in the manifest (the runner sets it),
+        # so a cache copied into another run never lends it the usage of this one's sessions.
+        self.session: str | None = None
 
     @contextlib.contextmanager
     def _disk(self):
@@ -104,20 +120,53 @@ class RequestCache:
     def put(self, key: str, kind: str, model: str, request: dict, response: dict) -> None:
         self.put_many([(key, kind, model, request, response)])
 
-    def put_many(self, entries: list[tuple[str, str, str, dict, dict]]) -> None:
-        """Store answers in one transaction (one commit for many answers, not one per answer)."""
+    def put_many(
+        self, entries: list[tuple[str, str, str, dict, dict]], usage: list[tuple[str, str, dict]] = ()
+    ) -> None:
+        """Store answers in one transaction (one commit for many answers, not one per answer), with
+        the usage (stage, backend, counters) that paid for them, journaled under `session`."""
         rows = [
             (key, kind, model, _dumps(request), _dumps(response)) for key, kind, model, request, response in entries
         ]
+        spent = [(self.session, stage, backend, _dumps(c)) for stage, backend, c in usage if self.session is not None]
+        if not rows and not spent:
+            return
         with self._lock, self._disk():
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT INTO usage VALUES (?, ?, ?, ?)", spent)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def absorb(self, other: str | Path) -> int:
+        """Copy the answers another run's cache holds and this one lacks (`synth estimate` hands
+        its sample's answers to the real run this way); returns how many were added. Its usage
+        journal stays where it was: those answers were bought by the other run."""
+        with self._lock, self._disk():
+            before = self._db.total_changes
+            self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO requests SELECT key, kind, model, request, response FROM other.requests"
+                )
+            finally:
+                self._db.execute("DETACH DATABASE other")
+            return self._db.total_changes - before
+
+    def usage(self, session: str) -> dict[str, dict[str, dict[str, int]]]:
+        """What one session spent, from the journal: {stage: {backend: counters}}."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        with self._read_lock:
+            found = self._reader.execute("SELECT stage, backend, counters FROM usage WHERE session = ?", (session,))
+            for stage, backend, counters in found.fetchall():
+                mine = out.setdefault(stage, {}).setdefault(backend, {})
+                for k, v in json.loads(counters).items():
+                    mine[k] = mine.get(k, 0) + v
+        return out
 
     def __bool__(self) -> bool:
         return True  # a cache is there even when empty (and len() counts every row: never for truth)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from .parquet import DEFAULT_CHUNK_ROWS, count_rows, iter_chunks
 from .scrub import scrub, without_yaml_comments
+from .spend import spend_lines
 from .store import events_text
 
 LENGTH_COLUMNS = ("instruction", "response", "chosen", "rejected")
@@ -206,6 +207,9 @@ def render_card(
                 f"| {s['label']} ({s['stage']}) | {s['rows_in']:,} | {s['rows_out']:,} | {reasons} | {events_text(s)} |"
             )
         lines.append("")
+    spent = spend_lines(manifest)
+    if spent:  # requests, tokens and cost per stage, summed over every session of the run
+        lines += ["## What it took", "", "```text", *spent, "```", ""]
     lines += ["## What the rows look like", ""]
     for column in LENGTH_COLUMNS:
         if stats.lengths.get(column):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import registry
+from .budget import Budget
 from .errors import ConfigError, Problem, SynthError
 from .llm.specs import BackendSpecBase, LocalSpec
 from .registry import closest, get_backend_spec, get_stage, stage_names, unknown
@@ -95,6 +96,12 @@ class RunSettings(BaseModel):
     resources: dict[str, StageResources] = Field(
         default_factory=dict,
         description="per map stage label: the size of its actor pool and what each actor asks Ray for (executor: ray)",
+    )
+    # Not in the fingerprint either: it decides where a run stops, never what a row holds.
+    budget: Budget | None = Field(
+        None,
+        description="stop before the next request could exceed this (cost at the backends' pricing, tokens or "
+        "requests, for the whole run across resumes); resume with a higher --budget",
     )
 
 
@@ -173,8 +180,9 @@ class Pipeline:
         """Cumulative fingerprint per stage: stage k's shards stay valid while stages 0..k, the
         seed, the batch size, the models they use and the contents of the templates and data
         files they read are unchanged. Excluded on purpose: description, run.max_batches_in_flight,
-        run.max_failure_rate, and every backend field marked speed-only (URLs, keys, concurrency,
-        timeouts, retries, threads). `known` carries file digests between runs (see inputs.py)."""
+        run.max_failure_rate, run.budget, and every backend field marked speed-only (URLs, keys,
+        concurrency, timeouts, retries, threads, pricing). `known` carries file digests between
+        runs (see inputs.py)."""
         from .inputs import chat_template_path, content_digest, files_digest, stage_files
 
         known = {} if known is None else known

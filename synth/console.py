@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .progress import Progress, RunResult
+from .spend import spend_lines
 from .store import RunStore, events_text, stage_events
 
 console = Console(stderr=True)
@@ -166,6 +167,8 @@ def stage_table(stages: list[dict], title: str | None = None) -> Group:
 
 def print_summary(result: RunResult) -> None:
     console.print(stage_table(result.manifest["stages"], title="Run summary"))
+    for line in spend_lines(result.manifest):
+        console.print(escape(line))
     session = result.manifest["sessions"][-1]
     if session.get("removed_stages"):
         removed = ", ".join(session["removed_stages"])
@@ -181,6 +184,8 @@ def print_summary(result: RunResult) -> None:
     if failed:  # a plain re-run of a complete run keeps them: say how to retry them
         again = RunStore(result.root).resume_hint(result.manifest)
         kept = f"; {failed:,} row(s) failed and are left out: retry them with '{escape(again)} --retry-failed'"
+    if result.manifest.get("status") == "budget":
+        return  # no output yet: the CLI says where the budget stopped and how to go on
     console.print(
         f"[green]done:[/] {result.output_rows:,} rows in {result.root / 'output'} "
         f"({session['seconds']:,.1f} s this session){kept}"

@@ -4,6 +4,7 @@ SynthError
  ├── ConfigError        a pipeline file is wrong (carries every problem, each with file:line)
  ├── InputError         an input file or dataset cannot be read
  ├── RunError           a run directory cannot be used as asked (locked, changed, missing)
+ │    └── BudgetReached  the run's budget would be exceeded by the next request: it stops there
  ├── MissingDependency  an optional extra is not installed (names the pip command)
  └── BackendError       an LLM server or engine failed after its retries
 """
@@ -44,6 +45,12 @@ class InputError(SynthError):
 
 class RunError(SynthError):
     pass
+
+
+class BudgetReached(RunError):
+    """Raised by the LLM client when the next request could exceed `run.budget`: requests already
+    sent finish and are cached, the batches that completed are written, and the run ends with
+    status `budget` (resumable with a higher `--budget`)."""
 
 
 class MissingDependency(SynthError):

@@ -18,6 +18,7 @@ from .console import console, stage_table
 from .labels import FILE as LABELS_FILE
 from .labels import Labels, row_key
 from .runs import RowFiles, Run, number_type, text_type
+from .spend import spend_lines
 from .store import StageDir
 
 
@@ -139,6 +140,8 @@ def show_batches(root: Path) -> None:
     for job in jobs:
         counts = ", ".join(f"{k} {v}" for k, v in job.counts.items()) or f"{job.requests} requests"
         console.print(f"  {escape(str(job.batch_id))}  {job.backend}  {job.status}  ({counts})")
+def _budget_resume(manifest: dict, run: Run) -> str:
+    return (manifest.get("budget") or {}).get("resume") or f"{run.resume_hint} --budget ..."
 
 
 def show_run(
@@ -157,6 +160,8 @@ def show_run(
     if status in ("interrupted", "failed"):
         how = "stopped before finishing" if status == "interrupted" else "failed"
         console.print(f"the run {how}; resume it with: {run.resume_hint}")
+    elif status == "budget":
+        console.print(f"the run stopped at its budget; resume it with: {escape(_budget_resume(manifest, run))}")
     elif status == "running":
         console.print("a synth process is working on this run now")
     if manifest.get("stages"):
@@ -165,6 +170,8 @@ def show_run(
     if len(labels):
         console.print(f"labels ({LABELS_FILE}, from synth view): {labels.summary()}")
     show_batches(root)
+    for line in spend_lines(manifest):
+        console.print(escape(line))
     dirs = run.stages()
     chosen = run.stage(stage_label) if stage_label else None
     checked = run.check()

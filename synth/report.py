@@ -30,6 +30,7 @@ from .rowhtml import STYLE as ROW_STYLE
 from .rowhtml import row_html
 from .runs import RowFiles, Run, number_type, text_type
 from .scrub import scrub, without_yaml_comments
+from .spend import spend_lines
 from .store import events_text
 
 SCORE_HINTS = ("reward", "score")
@@ -203,6 +204,12 @@ def _table_html(stages: list[dict]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _spend_html(manifest: dict) -> str:
+    """Requests, tokens and cost per stage and session (synth/spend.py), as the summary shows them."""
+    lines = spend_lines(manifest)
+    return f"<h2>Usage and cost</h2><pre>{html.escape(chr(10).join(lines))}</pre>" if lines else ""
+
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child,td:nth-child(4){text-align:left}
@@ -278,6 +285,7 @@ def _report(run_dir: Path, sample_rows: int, view_url: str | None) -> tuple[str,
 <style>{STYLE}{ROW_STYLE}</style></head><body>
 <h1>{name} <small>{summary}</small></h1>
 <h2>Stages</h2>{_table_html(manifest.get("stages") or [])}
+{_spend_html(manifest)}
 <h2>Plots</h2><div class="plots">{"".join(figures) or "<p>no plots: the run has no rows yet</p>"}</div>
 <h2>Sample rows</h2><p>{picked_how}</p>{samples}
 <h2>Pipeline</h2><pre>{html.escape(scrub(without_yaml_comments(manifest.get("config", ""))))}</pre>

@@ -98,7 +98,16 @@ class ShardStats:
 
 # Counters every LLM stage has, shown in their own columns; the rest are events worth seeing
 # (truncated answers, parse retries and failures, truncated reward inputs...).
-TRAFFIC_COUNTERS = frozenset({"requests", "cache_hits", "prompt_tokens", "completion_tokens"})
+TRAFFIC_COUNTERS = frozenset(
+    {
+        "requests",
+        "cache_hits",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_prompt_tokens",  # what answers served from the cache cost when they were bought
+        "cached_completion_tokens",
+    }
+)
 
 
 def stage_events(stage: dict) -> dict[str, int]:

@@ -21,6 +21,7 @@ Both speak just enough HTTP/1.1 for JSON APIs (bodies by Content-Length, no chun
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import socket
@@ -131,6 +132,10 @@ class FaultProxy(_LoopThread):
         self.dropped = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        # What the server reported and was asked, counted here: the usage of every answer passed
+        # through (prompt_tokens, completion_tokens, answers) and how often each body was sent.
+        self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "answers": 0}
+        self.bodies: collections.Counter[str] = collections.Counter()
         self._open: set[asyncio.StreamWriter] = set()
 
     # ---- control, from any thread ----
@@ -222,8 +227,35 @@ class FaultProxy(_LoopThread):
             response = await up_reader.read()
         finally:
             up_writer.close()
+        self._count(body, response)
         writer.write(response)
         await writer.drain()
+
+    def _count(self, body: bytes, response: bytes) -> None:
+        """Add a forwarded answer's `usage` to the totals, and its request body to the sent ones."""
+        self.bodies[hashlib.sha256(body).hexdigest()] += 1
+        head, _, payload = response.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            payload = _unchunk(payload)
+        try:
+            usage = json.loads(payload).get("usage") or {}
+        except (ValueError, AttributeError):
+            return
+        self.usage["answers"] += 1
+        for key in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(key), int):
+                self.usage[key] += usage[key]
+
+
+def _unchunk(payload: bytes) -> bytes:
+    out, rest = b"", payload
+    while rest:
+        size, _, rest = rest.partition(b"\r\n")
+        length = int(size.split(b";")[0] or b"0", 16)
+        if not length:
+            break
+        out, rest = out + rest[:length], rest[length + 2 :]
+    return out
 
 
 class InstantServer(_LoopThread):

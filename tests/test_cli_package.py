@@ -24,6 +24,7 @@ COMMANDS = [
     "batches",
     "decontaminate",
     "dedup",
+    "estimate",
     "export",
     "inspect",
     "models",

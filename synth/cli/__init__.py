@@ -12,13 +12,13 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import batches, catalog, datasets, decontaminate, dedup, models, run, runs
+from . import batches, catalog, datasets, decontaminate, dedup, estimate, models, run, runs
 from .common import CONTEXT_SETTINGS
 
 __all__ = ["main"]
 
 # The command modules; each names the commands it defines in its COMMANDS.
-COMMAND_MODULES = (run, catalog, runs, batches, datasets, dedup, decontaminate, models)
+COMMAND_MODULES = (run, estimate, catalog, runs, batches, datasets, dedup, decontaminate, models)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, commands=[c for m in COMMAND_MODULES for c in m.COMMANDS])
@@ -34,6 +34,7 @@ def main():
     Examples:
       synth run pipelines/quickstart.yaml          # run (or resume) into runs/quickstart
       synth validate my-pipeline.yaml              # check a pipeline without running it
+      synth estimate my-pipeline.yaml              # requests, tokens, cost and time, from a sample
       synth stages                                 # every stage with its parameters
       synth inspect runs/quickstart                # counts, sample rows, stats
     """

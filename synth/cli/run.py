@@ -75,6 +75,12 @@ def sigterm_as_ctrl_c():
     help="take the output files of those batch files in (every *.jsonl in DIR) and go on; requests still "
     "without an answer are written to DIR as new request files",
 )
+@click.option(
+    "--budget",
+    metavar="CAPS",
+    help="stop before the next request could exceed this, for the whole run across resumes: cost=12.5 (at the "
+    "backends' pricing:), tokens=2000000, requests=500, several with commas; overrides run.budget",
+)
 @trust_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars (notes and errors are still shown)")
 @click.option("-v", "--verbose", is_flag=True, help="keep the engines' own log lines (llama.cpp's)")
@@ -89,6 +95,7 @@ def run(
     address: str | None,
     batch_files: Path | None,
     batch_results: Path | None,
+    budget: str | None,
     allow_read: tuple[Path, ...],
     allow_key: tuple[str, ...],
     quiet: bool,
@@ -101,6 +108,10 @@ def run(
     where the run stopped without repeating a finished request. Changing a stage's parameters
     recomputes that stage and the ones after it (cached answers are reused).
 
+    With a budget (--budget or run.budget) the run stops before a request could exceed it:
+    requests already sent finish and are cached, finished rows are kept, and the run ends with
+    status `budget` (exit 3) and the command that resumes it with a higher --budget.
+
     \b
     Examples:
       synth run pipelines/quickstart.yaml
@@ -111,12 +122,21 @@ def run(
       synth run my.yaml --executor ray --address auto   # map stages on a Ray cluster
       synth run judge.yaml --batch-files batches/  # write request files, run them elsewhere,
       synth run judge.yaml --batch-results batches/  # then take their answers in and go on
+      synth run my.yaml --budget tokens=2000000    # stop before 2M tokens are spent
     """
     from ..config import load_pipeline
     from ..llm.batchapi import BatchFilesWritten
     from ..run import run_pipeline
 
     apply_trust(allow_read, allow_key)
+    caps = None
+    if budget is not None:
+        from ..budget import parse_budget
+
+        try:
+            caps = parse_budget(budget)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--budget") from None
     pipeline = load_pipeline(pipeline_file)
     if executor is not None:
         from .. import registry
@@ -144,6 +164,7 @@ def run(
                 address=address,
                 batch_files=batch_files,
                 batch_results=batch_results,
+                budget=caps,
             )
         except BatchFilesWritten as stopped:  # not a failure: the run waits for the answers
             click.echo(f"stopped: {stopped}")
@@ -151,6 +172,10 @@ def run(
     from ..console import print_summary
 
     print_summary(result)
+    if result.manifest.get("status") == "budget":
+        stop = result.manifest["budget"]
+        click.secho(f"stopped: {stop['reached']}; resume with: {stop['resume']}", fg="yellow", err=True)
+        raise SystemExit(3)
     push = pipeline.output.push_to_hub
     if push is not None and result.manifest.get("status") == "complete":
         from ..hub import push_run
@@ -178,6 +203,7 @@ def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], all
       synth validate their.yaml --allow-read ~/datasets --allow-key VLLM_API_KEY
     """
     from ..config import load_pipeline
+    from ..estimate import budget_warnings
     from ..inputs import access_summary
 
     apply_trust(allow_read, allow_key)
@@ -188,6 +214,8 @@ def validate(pipeline_files: tuple[Path, ...], allow_read: tuple[Path, ...], all
             click.echo(f"{path}: ok ({len(pipeline.stages)} stages)")
             for problem in empty_prompts(pipeline):
                 click.secho(f"warning: {problem}", fg="yellow", err=True)
+            for message in budget_warnings(pipeline):
+                click.secho(f"warning: {path}: {message}", fg="yellow", err=True)
             for line in access_summary(pipeline):
                 click.echo(line)
         except ConfigError as exc:

@@ -38,6 +38,7 @@ class Plan:
     limit: int | None  # the run's --limit, which stages that make rows respect
     batches_in_flight: list[int]  # per segment: how many batches the runner sends at once
     note: Callable[[str], None]  # a line for the user (the progress display)
+    session: str | None = None  # the session (its start time), under which the cache journals usage
 
     def segment_of(self, index: int) -> int:
         return next(n for n, segment in enumerate(self.segments) if index in segment)

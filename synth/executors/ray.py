@@ -124,7 +124,7 @@ class RayExecutor:
             max_concurrency=8,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
-        self.cache_server = server.remote(str(plan.cache_path))
+        self.cache_server = server.remote(str(plan.cache_path), plan.session)
         self.started_seconds = time.perf_counter() - started
 
     def runs_here(self, index: int) -> bool:

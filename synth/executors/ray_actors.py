@@ -23,19 +23,21 @@ from ..cache import RequestCache
 from ..llm import make_backend
 from ..llm.client import LLM, current_counters
 from ..stages.base import Batch, StageContext
+from ..usage import current_stage
 
 
 class CacheServer:
     """The run's request cache, served to the stage actors (one per run, on the driver's node)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, session: str | None = None):
         self.cache = RequestCache(Path(path))
+        self.cache.session = session  # actors' usage is journaled under the driver's session
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         return self.cache.get_many(keys)
 
-    def put_many(self, entries: list[tuple[str, str, str, dict, dict]]) -> None:
-        self.cache.put_many(entries)
+    def put_many(self, entries: list[tuple[str, str, str, dict, dict]], usage: list = ()) -> None:
+        self.cache.put_many(entries, usage)
 
     def close(self) -> None:
         self.cache.close()
@@ -51,8 +53,8 @@ class RemoteCache:
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         return ray.get(self.server.get_many.remote(keys))
 
-    def put_many(self, entries: list[tuple[str, str, str, dict, dict]]) -> None:
-        ray.get(self.server.put_many.remote(entries))
+    def put_many(self, entries: list[tuple[str, str, str, dict, dict]], usage: list = ()) -> None:
+        ray.get(self.server.put_many.remote(entries, list(usage)))
 
     def __bool__(self) -> bool:
         return True
@@ -125,6 +127,7 @@ async def _open(setup: dict[str, Any], llms: dict[str, LLM]):
 async def _process(stage, index: int, rows: list[dict]) -> dict[str, Any]:
     counters: dict[str, int] = {}
     current_counters.set(counters)  # this task's own context: counts go to this batch only
+    current_stage.set(stage.ctx.label)  # and the session's usage to this stage
     batch = Batch(rows=rows, index=index)
     out = await stage.process(batch)
     return {

@@ -101,7 +101,11 @@ class Generation:
     finish_reason: str = "stop"
     completion_tokens: int = 0
     prompt_tokens: int = 0  # counted on the first generation of a request only
-    batch: bool = False  # answered through a provider's Batch API (priced at its batch discount)
+    # Where the token counts come from (read on the first generation, for the run's usage): a
+    # server's `usage` ("reported"), or synth's own count ("counted": the engine's tokenizer, or
+    # an estimate when a server reports none). Not cached: an answer from the cache is not spent.
+    usage: str = "reported"
+    batch: bool = False  # sent through a provider's Batch API (priced with pricing.batch_discount)
 
 
 @dataclass

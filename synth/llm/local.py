@@ -153,7 +153,8 @@ class LocalBackend:
             if cut is not None:  # llama.cpp renders special tokens it samples: end the text there
                 text, finish = cut, "stop"
                 _count("special_token_cut")
-            out.append(Generation(text, finish, usage["completion_tokens"], usage["prompt_tokens"] if i == 0 else 0))
+            prompt = usage["prompt_tokens"] if i == 0 else 0
+            out.append(Generation(text, finish, usage["completion_tokens"], prompt, usage="counted"))
         return out
 
     @property

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import BackendError, MissingDependency
 from ..inputs import key_refusal
+from ..usage import count_retry
 from .base import (
     CompleteResult,
     Generation,
@@ -493,6 +494,7 @@ class OpenAIBackend:
             attempt += 1
             if now >= deadline or (self.spec.max_retries is not None and attempt > self.spec.max_retries):
                 break
+            count_retry()  # the run's usage counts retries (a provider may bill each attempt)
             delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempt - 1, 16)))
             await asyncio.sleep(min(max(delay, retry_after or 0.0), max(deadline - now, 0.0)))
         if malformed is not None:  # the server answers, only not this request: the row fails
@@ -562,6 +564,9 @@ class OpenAIBackend:
             out.append(
                 Generation(text if isinstance(text, str) else "", str(choice.get("finish_reason") or "stop"), *tokens)
             )
+        if out and not isinstance(usage.get("completion_tokens"), int):  # a server that reports no usage
+            for g in out:  # about four characters a token: marked as synth's count, not the server's
+                g.completion_tokens, g.usage = -(-len(g.text) // 4), "counted"
         return out
 
     async def _structured(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
@@ -627,8 +632,7 @@ class OpenAIBackend:
             if isinstance(data, RequestFailed):
                 return data
             more = self._generations(data, chat)[:1]
-            more[0].prompt_tokens = 0
-            generations.append(more[0])
+            generations.append(more[0])  # its prompt was sent (and billed) again: its tokens count
         return generations
 
     def chat_template(self) -> ChatTemplate:

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..pricing import Pricing
+
 
 def _speed_only(**kw):
     """A field that changes how fast rows come, never which rows: excluded from fingerprints."""
@@ -33,6 +35,16 @@ class BackendSpecBase(BaseModel):
 
     backend: ClassVar[str]
     type: str
+    # What the backend costs and how fast it is expected to go: for the run's cost, its budget and
+    # `synth estimate`; never part of a fingerprint (prices change, rows do not).
+    pricing: Pricing | None = _speed_only(
+        default=None,
+        description="your prices: input_per_million and output_per_million (with batch_discount), or "
+        "per_server_hour with servers; without it a run shows tokens and server-hours only",
+    )
+    tokens_per_second: float | None = _speed_only(
+        default=None, gt=0, description="generated tokens per second you expect, for synth estimate's time"
+    )
 
     def concurrency(self) -> int:
         """How many requests the backend takes at once (the runner keeps that many in flight)."""

@@ -167,6 +167,7 @@ class VLLMBackend:
                         c.finish_reason or "stop",
                         len(c.token_ids),
                         len(out.prompt_token_ids or ()) if j == 0 else 0,
+                        usage="counted",  # the engine's tokenizer, in this process: no server reports it
                     )
                     for j, c in enumerate(sorted(out.outputs, key=lambda c: c.index))
                 ]

@@ -21,6 +21,7 @@ from ..llm.client import current_counters
 from ..shards import Rows, Selection, gather
 from ..stages.batch import Batch
 from ..store import ShardStats, atomic_write_json
+from ..usage import current_stage
 
 if TYPE_CHECKING:
     from ..progress import Progress
@@ -39,7 +40,7 @@ async def run_global(
     started = time.perf_counter()
     batch = Batch(index=0)
     counters: dict[str, int] = {}
-    token = current_counters.set(counters)
+    token, named = current_counters.set(counters), current_stage.set(label)
     try:
         rows = await asyncio.to_thread(Rows.from_files, dirs[i - 1].files())
         if rows.num_rows:
@@ -48,6 +49,7 @@ async def run_global(
             result = Selection(np.zeros(0, np.int64))
     finally:
         current_counters.reset(token)
+        current_stage.reset(named)
     first = ShardStats(rows_in=rows.num_rows)
     first.counters = {**counters, **batch.counters}
     for reason, failed, n in batch.dropped.counts():

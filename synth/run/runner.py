@@ -16,9 +16,10 @@ import datetime as dt
 import time
 from pathlib import Path
 
+from ..budget import Budget, BudgetGuard
 from ..cache import RequestCache
 from ..config import Pipeline, StageSpec
-from ..errors import RunError
+from ..errors import BudgetReached, RunError
 from ..executors import Plan, make_executor
 from ..llm import make_backend
 from ..llm.batchapi import BatchFilesWritten
@@ -27,6 +28,7 @@ from ..progress import Progress, RunResult
 from ..scrub import scrub
 from ..stages.base import Stage, StageContext
 from ..store import RunStore, ShardStats
+from ..usage import Meter, run_totals
 from .directory import RunDirectory
 from .globals import run_global
 from .segments import SegmentLoop, Spans, batches_in_flight
@@ -48,6 +50,7 @@ class Runner:
         address: str | None = None,
         batch_files: str | Path | None = None,
         batch_results: str | Path | None = None,
+        budget: Budget | None = None,
     ):
         if (batch_files or batch_results) and pipeline.run.max_batches_in_flight is None:
             # Offline batch files: one round writes the requests of every batch in flight, so many travel.
@@ -55,6 +58,7 @@ class Runner:
             pipeline = dataclasses.replace(pipeline, run=run)
         self.pipeline = pipeline
         self.batch_files, self.batch_results = batch_files, batch_results  # offline batch files (batchapi.py)
+        self.budget = budget or pipeline.run.budget  # --budget over run.budget
         self.retry_failed = retry_failed
         self.store = RunStore(root)
         self.overwrite = overwrite
@@ -65,6 +69,8 @@ class Runner:
         self.opened: list[Stage] = []
         self.llms: dict[str, LLM] = {}
         self.cache: RequestCache | None = None
+        self.meter = Meter()  # this session's usage (synth/usage.py)
+        self.guard: BudgetGuard | None = None
         self.spans = Spans()
         self.executor = make_executor(pipeline, executor, address)  # where map stages run (synth/executors)
 
@@ -81,11 +87,12 @@ class Runner:
             if hasattr(backend, "use_run"):  # batch mode keeps its jobs' journal in the run directory
                 files, results = self.batch_files, self.batch_results
                 backend.use_run(self.store.root, name, files=files, results=results, note=self.progress.note)
-            self.llms[name] = LLM(name, backend, self.cache)
+            self.llms[name] = LLM(name, backend, self.cache, self.meter, self.guard)
         return self.llms[name]
 
-    async def _open_stages(self) -> None:
+    async def _open_stages(self, manifest: dict) -> None:
         self.cache = RequestCache(self.store.root / "cache.sqlite")
+        self._open_usage(manifest)
         for spec in self.pipeline.stages:
             ctx = StageContext(
                 seed=self.pipeline.seed,
@@ -108,12 +115,38 @@ class Runner:
                 limit=self.limit,
                 batches_in_flight=[batches_in_flight(self.pipeline, s) for s in segments],
                 note=self.progress.note,
+                session=self.cache.session,
             )
         )
         for i, stage in enumerate(self.stages):
             if self.executor.runs_here(i):  # on Ray, map stages open in their actors instead
                 await stage.open()
                 self.opened.append(stage)
+
+    def _open_usage(self, manifest: dict) -> None:
+        """Journal this session's usage under its start time; fill in what killed sessions spent (their
+        manifest entry never got it) from the journal; start the budget from every session's spend."""
+        assert self.cache is not None
+        sessions = manifest["sessions"]
+        self.cache.session = sessions[-1]["started"]
+        for session in sessions[:-1]:
+            if "usage" not in session and session.get("started"):
+                session["usage"] = self.cache.usage(session["started"])
+        manifest["pricing"] = {
+            name: spec.pricing.model_dump(mode="json")
+            for name, spec in self.pipeline.backends.items()
+            if spec.pricing is not None
+        }
+        if self.budget is not None:
+            sessions[-1]["budget"] = self.budget.text()
+            earlier = sum(s.get("seconds") or 0.0 for s in sessions[:-1]) / 3600
+            pricing = {n: s.pricing for n, s in self.pipeline.backends.items() if s.pricing is not None}
+            self.guard = BudgetGuard(self.budget, pricing, run_totals(manifest), earlier)
+            if getattr(self.executor, "name", "local") != "local":
+                self.progress.note(
+                    "run.budget is checked before requests sent from this process: map stages running on the "
+                    f"{self.executor.name} executor's workers are not held by it (their usage is still counted)"
+                )
 
     # ---- running ----
     async def run(self) -> RunResult:
@@ -130,7 +163,7 @@ class Runner:
         stats: list[tuple[StageSpec, ShardStats]] = []
         too_many: RunError | None = None
         try:
-            await self._open_stages()
+            await self._open_stages(manifest)
             self.progress.start(self.pipeline.stages, self.stages[0].total_rows(self.limit))
             loop = SegmentLoop(
                 self.pipeline, self.stages, self.dirs, self.executor, self.progress, self.spans, self.limit
@@ -148,6 +181,9 @@ class Runner:
                 output_rows = manifest["output"].get("rows", 0)
                 too_many = RunError(f"{too_many}; the previous output ({output_rows:,} rows) is left in place")
             status, error = "complete", None
+        except BudgetReached as exc:  # requests sent are answered and cached, finished batches written
+            status, error = "budget", None
+            manifest["budget"] = {"reached": str(exc), "resume": self._budget_hint(manifest)}
         except BaseException as exc:
             stopped = (KeyboardInterrupt, asyncio.CancelledError, BatchFilesWritten)  # files written: resumable
             status = "interrupted" if isinstance(exc, stopped) else "failed"
@@ -171,6 +207,10 @@ class Runner:
             session["seconds"] = round(time.perf_counter() - started, 3)
             if error is not None:
                 session["error"] = scrub(str(error))[:500]
+            session["usage"] = self.cache.usage(self.cache.session) if self.cache is not None else self.meter.totals
+            manifest["usage"] = run_totals(manifest)
+            if status != "budget":
+                manifest.pop("budget", None)
             manifest["stages"] = [self._stage_entry(spec, s) for spec, s in stats]
             manifest["status"] = status
             if status == "complete" or (too_many is not None and "output" not in manifest):
@@ -185,6 +225,18 @@ class Runner:
         if too_many is not None:
             raise too_many
         return RunResult(self.store.root, manifest, stats, output_rows)
+
+    def _budget_hint(self, manifest: dict) -> str:
+        """The command that resumes a run stopped by its budget, with room for more."""
+        assert self.budget is not None
+        spent = self.guard.spent_now() if self.guard is not None else {}
+        more = {}
+        for unit in ("cost", "tokens", "requests"):
+            cap = getattr(self.budget, unit)
+            if cap is not None:  # twice the cap, or what was spent plus the cap
+                raised = max(cap * 2, spent.get(unit, 0) + cap)
+                more[unit] = round(raised, 2) if unit == "cost" else int(raised)
+        return f"{self.store.resume_hint(manifest)} --budget {Budget(**more).text()}"
 
     def _stats(self) -> list[tuple[StageSpec, ShardStats]]:
         return [(spec, d.stats()) for spec, d in zip(self.pipeline.stages, self.dirs, strict=False)]

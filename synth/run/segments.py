@@ -21,6 +21,7 @@ import pyarrow as pa
 from ..llm.client import Ticker, current_counters, current_ticker
 from ..stages.batch import Batch
 from ..store import ShardStats, atomic_write_json
+from ..usage import current_stage
 
 if TYPE_CHECKING:
     from ..config import Pipeline
@@ -146,7 +147,7 @@ class SegmentLoop:
         batch = Batch(data, index=index)
         counters: dict[str, int] = {}
         ticker = Ticker(self.progress, label, len(batch))
-        token, tick = current_counters.set(counters), current_ticker.set(ticker)
+        token, tick, named = current_counters.set(counters), current_ticker.set(ticker), current_stage.set(label)
         try:
             if not len(batch):
                 out: list[Row] | pa.Table = data
@@ -157,6 +158,7 @@ class SegmentLoop:
         finally:
             current_counters.reset(token)
             current_ticker.reset(tick)
+            current_stage.reset(named)
         for k, v in batch.counters.items():
             counters[k] = counters.get(k, 0) + v
         stats = ShardStats(
