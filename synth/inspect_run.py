@@ -140,6 +140,8 @@ def show_batches(root: Path) -> None:
     for job in jobs:
         counts = ", ".join(f"{k} {v}" for k, v in job.counts.items()) or f"{job.requests} requests"
         console.print(f"  {escape(str(job.batch_id))}  {job.backend}  {job.status}  ({counts})")
+
+
 def _budget_resume(manifest: dict, run: Run) -> str:
     return (manifest.get("budget") or {}).get("resume") or f"{run.resume_hint} --budget ..."
 

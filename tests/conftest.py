@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -15,24 +16,39 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Two workers (`-n 2 --dist loadgroup` in pyproject) share the work by module, so a module's
-# fixtures are built once. A module that touches vLLM goes to one worker with all the others that
-# do (one 6.6 GB server per session, not one per worker); the modules that read the preference
-# runs go with the module that makes them.
-SHARED_BY_GROUP = (("vllm", {"vllm_server", "vllm_model_dir"}), ("preference", {"preference_runs"}))
+# Two workers (`-n 2` in pyproject) take whole modules, so a module's fixtures are built once. The
+# modules that touch vLLM go to one worker together (one 6.6 GB server a session, not one a
+# worker), and the modules that read the preference runs go with the module that makes them.
+# (xdist's own --dist loadgroup cannot do this on pytest 9: it renames items through an attribute
+# pytest no longer reads.)
+GROUPS = (
+    ("vllm", re.compile(r"vllm_server|vllm_model_dir|import vllm")),
+    ("preference", re.compile(r"preference_runs")),
+)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    groups: dict[str, str] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        for group, fixtures in SHARED_BY_GROUP:
-            if fixtures & set(getattr(item, "fixturenames", ())) and groups.get(module) != "vllm":
-                groups[module] = group
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(groups.get(module, module)))
+def module_groups() -> dict[str, str]:
+    groups = {}
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        text = path.read_text()
+        for group, names in GROUPS:
+            if (group == "vllm" and "vllm" in path.stem) or names.search(text):
+                groups[f"tests/{path.name}"] = group
+                break
+    return groups
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = module_groups()
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return groups.get(module, module)
+
+    return ByModule(config, log)
 
 
 @pytest.fixture

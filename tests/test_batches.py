@@ -20,6 +20,7 @@ from synth import load_pipeline, read_output, run_pipeline
 from synth.cache import RequestCache
 from synth.llm.batchjournal import Journal
 from synth.llm.ratelimit import Bucket, RateLimiter, parse_reset
+from synth.spend import spend
 
 from .pipeline_runs import synth_cli
 
@@ -144,7 +145,8 @@ def test_batch_mode_and_rate_limits_change_no_fingerprint(write):
 
 # ---- the Batch API, end to end ----
 def test_judge_in_batch_mode_is_journaled_and_counted_as_batch(write, tmp_path, provider):
-    batch = judge_pipeline(write, provider.url, BATCH)
+    prices = "\n            pricing: {input_per_million: 1.0, output_per_million: 4.0, batch_discount: 0.5}"
+    batch = judge_pipeline(write, provider.url, BATCH + prices)
     result = run_pipeline(load_pipeline(batch), tmp_path / "batch")
     rows = read_output(tmp_path / "batch").to_pylist()
     assert len(rows) == 3 and all(1 <= r["judge_score"] <= 10 for r in rows), _counters(result, "judge")
@@ -154,6 +156,11 @@ def test_judge_in_batch_mode_is_journaled_and_counted_as_batch(write, tmp_path, 
     assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :]), "a request was in two batches"
     counters = _counters(result, "judge")
     assert counters["batch_requests"] == counters["requests"] >= 3  # for the cost: priced as batch
+    spent = spend(result.manifest)
+    total = spent["total"]
+    assert total["batch_prompt_tokens"] == total["prompt_tokens"] > 0 and total["batch_requests"] == total["requests"]
+    full_price = (total["prompt_tokens"] * 1.0 + total["completion_tokens"] * 4.0) / 1e6
+    assert spent["cost"]["total"] == pytest.approx(full_price * 0.5, rel=1e-6)  # every request at half price
     jobs = Journal(tmp_path / "batch").jobs().values()
     assert {j.status for j in jobs} == {"completed"} and not any(j.in_flight for j in jobs)
 

@@ -185,6 +185,8 @@ class _CallUsage:
         _count("requests_failed", counters.get("failed", 0))
         _count("prompt_tokens", counters.get("prompt_tokens", 0))
         _count("completion_tokens", counters.get("completion_tokens", 0))
+        for name in ("batch_requests", "batch_prompt_tokens", "batch_completion_tokens"):  # priced at the discount
+            _count(name, counters.get(name, 0))
         add(self.delta, counters)
         return counters.get("completion_tokens", 0)
 
