@@ -312,3 +312,13 @@ def test_validate_warns_when_the_budget_cannot_pay_for_the_first_batch(write_pip
     assert out.exit_code == 0, out.output
     assert "run.budget.tokens = 20 is below what the first batch may need" in out.output
     assert "2 rows through stage 'question' take 2 requests and up to 32 completion tokens" in out.output
+
+
+def test_a_budget_on_an_executor_whose_workers_send_is_refused_before_anything_is_sent(write_pipeline, tmp_path):
+    """The gate is in the driver; on Ray the map stages' requests leave from actors, which it
+    would not hold: such a run is refused, naming the way out, and writes nothing."""
+    path = write_pipeline(pipeline_text("http://127.0.0.1:9/v1", TOPICS[:4]))
+    out = cli("run", str(path), "-o", str(tmp_path / "run"), "--executor", "ray", "--budget", "requests=5", "-q")
+    assert out.exit_code != 0
+    assert "--executor local, or without a budget" in out.output
+    assert not (tmp_path / "run").exists()

@@ -73,6 +73,14 @@ class Runner:
         self.guard: BudgetGuard | None = None
         self.spans = Spans()
         self.executor = make_executor(pipeline, executor, address)  # where map stages run (synth/executors)
+        if self.budget is not None and getattr(self.executor, "name", "local") != "local":
+            # The budget's gate sits in this process; an executor's workers send their own requests.
+            # A cap that is not held is worse than none: refuse before anything is sent.
+            raise RunError(
+                f"run.budget is held before requests this process sends, and the {self.executor.name} "
+                "executor's workers send their own: run it with --executor local, or without a budget "
+                "(synth estimate tells what it would cost)"
+            )
 
     @property
     def dirs(self):
@@ -142,11 +150,6 @@ class Runner:
             earlier = sum(s.get("seconds") or 0.0 for s in sessions[:-1]) / 3600
             pricing = {n: s.pricing for n, s in self.pipeline.backends.items() if s.pricing is not None}
             self.guard = BudgetGuard(self.budget, pricing, run_totals(manifest), earlier)
-            if getattr(self.executor, "name", "local") != "local":
-                self.progress.note(
-                    "run.budget is checked before requests sent from this process: map stages running on the "
-                    f"{self.executor.name} executor's workers are not held by it (their usage is still counted)"
-                )
 
     # ---- running ----
     async def run(self) -> RunResult:
