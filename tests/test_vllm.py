@@ -123,7 +123,7 @@ def server(vllm_server):
     return vllm_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # its 5 GB go when this module ends, not when its worker does
 def engine(model_dir):
     from synth.llm.vllm import VLLMBackend
     from synth.llm.vllm_server import CPU_ENV
