@@ -57,7 +57,9 @@ def judge_pipeline(write, url: str, backend: str = "", name: str = "p.yaml", mod
     )
 
 
-def respond_pipeline(write, url: str, backend: str = "", name: str = "r.yaml") -> Path:
+def respond_pipeline(
+    write, url: str, backend: str = "", name: str = "r.yaml", rows: list[dict] = ROWS, max_tokens: int = 8
+) -> Path:
     return write(
         name,
         f"""
@@ -66,10 +68,10 @@ def respond_pipeline(write, url: str, backend: str = "", name: str = "r.yaml") -
           api: {{type: openai, model: gemma, base_url: "{url}", api_key_env: null, {backend}}}
         stages:
           - stage: load
-            rows: {json.dumps(ROWS)}
+            rows: {json.dumps(rows)}
           - stage: respond
             backend: api
-            max_tokens: 8
+            max_tokens: {max_tokens}
         """,
     )
 
@@ -285,21 +287,7 @@ def test_rate_limited_run_keeps_the_limit_without_a_429(write, tmp_path, shared_
 
     rows = [{"instruction": f"Say the number {i}."} for i in range(40)]
     with ProviderServer("127.0.0.1", shared_llama_server.port, requests_per_minute=60, burst=5) as provider:
-        path = write(
-            "p.yaml",
-            f"""
-            seed: 1
-            backends:
-              api: {{type: openai, model: gemma, base_url: "{provider.url}", api_key_env: null,
-                     requests_per_minute: 60}}
-            stages:
-              - stage: load
-                rows: {json.dumps(rows)}
-              - stage: respond
-                backend: api
-                max_tokens: 4
-            """,
-        )
+        path = respond_pipeline(write, provider.url, "requests_per_minute: 60", rows=rows, max_tokens=4)
         result = run_pipeline(load_pipeline(path), tmp_path / "run")
         span = provider.arrivals[-1] - provider.arrivals[0]
     assert provider.too_many == 0 and len(provider.arrivals) == 40
@@ -314,20 +302,7 @@ def test_a_429_under_limits_set_too_high_is_counted_and_told(write, tmp_path, sh
 
     rows = [{"instruction": f"Say the number {i}."} for i in range(3)]
     with ProviderServer("127.0.0.1", shared_llama_server.port, requests_per_minute=60, burst=1) as provider:
-        path = write(
-            "p.yaml",
-            f"""
-            backends:
-              api: {{type: openai, model: gemma, base_url: "{provider.url}", api_key_env: null,
-                     requests_per_minute: 6000}}
-            stages:
-              - stage: load
-                rows: {json.dumps(rows)}
-              - stage: respond
-                backend: api
-                max_tokens: 2
-            """,
-        )
+        path = respond_pipeline(write, provider.url, "requests_per_minute: 6000", rows=rows, max_tokens=2)
         result = run_pipeline(load_pipeline(path), tmp_path / "run")
     assert provider.too_many >= 1 and _counters(result, "respond")["rate_limited"] == provider.too_many
     from synth.console import console
