@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated before it is sent (settled on the reported usage)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -45,11 +45,11 @@ class Bucket:
     """One limit: `per_minute` units refill continuously up to `capacity` (one second's worth
     until the provider's headers show a larger burst)."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, now: float):
         self.limit = self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate)
         self.level = self.capacity
-        self.stamp = time.monotonic()
+        self.stamp = now
 
     def refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
@@ -75,9 +75,15 @@ class Bucket:
 class RateLimiter:
     """Both limits of one backend; every request waits here before it is sent."""
 
-    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None):
-        self.requests = Bucket(requests_per_minute) if requests_per_minute else None
-        self.tokens = Bucket(tokens_per_minute) if tokens_per_minute else None
+    def __init__(
+        self,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock  # a test's own clock: refills depend on time passing, not on a busy machine
+        self.requests = Bucket(requests_per_minute, clock()) if requests_per_minute else None
+        self.tokens = Bucket(tokens_per_minute, clock()) if tokens_per_minute else None
         self._lock = asyncio.Lock()  # first come, first served: a large request is not starved
         self._in_flight_requests = 0
         self._in_flight_tokens = 0.0
@@ -94,7 +100,7 @@ class RateLimiter:
     async def acquire(self, tokens: int) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 wait = max(
                     self.requests.wait_for(1, now) if self.requests else 0.0,
                     self.tokens.wait_for(tokens, now) if self.tokens else 0.0,
@@ -113,7 +119,7 @@ class RateLimiter:
         """After the answer: give back what the request did not use; follow the provider's headers."""
         self._in_flight_requests -= 1
         self._in_flight_tokens -= estimated
-        now = time.monotonic()
+        now = self.clock()
         if self.tokens and used is not None and used < estimated:
             self.tokens.refill(now)
             self.tokens.level = min(self.tokens.capacity, self.tokens.level + (estimated - used))
