@@ -418,7 +418,12 @@ def pipeline_runs(tmp_path_factory) -> dict:
     path.write_text(text, encoding="utf-8")
     killed = kill_and_resume(path, root / "killed", LIMIT, "aggregate")
     reference = root / "reference"
-    return {**killed, "reference": reference, "reference_rows": reference_rows(path, reference, LIMIT), "root": root}
+    return {
+        **killed,
+        "reference": reference,
+        "reference_rows": reference_rows(path, reference, LIMIT, killed["run"]),
+        "root": root,
+    }
 
 
 def test_self_moa_sft_killed_and_resumed_equals_uninterrupted(pipeline_runs):

@@ -287,7 +287,12 @@ def runs(tmp_path_factory) -> dict:
     path.write_text(text, encoding="utf-8")
     limit = 3
     killed = kill_and_resume(path, root / "killed", limit, "judge")
-    return {**killed, "reference_rows": reference_rows(path, root / "reference", limit), "limit": limit, "root": root}
+    return {
+        **killed,
+        "reference_rows": reference_rows(path, root / "reference", limit, killed["run"]),
+        "limit": limit,
+        "root": root,
+    }
 
 
 def test_killed_and_resumed_equals_uninterrupted(runs):

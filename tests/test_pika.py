@@ -255,7 +255,12 @@ def pipeline_runs(request, tmp_path_factory) -> dict:
     path = root / name
     path.write_text(text, encoding="utf-8")
     killed = kill_and_resume(path, root / "killed", LIMIT, "pika")
-    return {**killed, "name": name, "reference": reference_rows(path, root / "reference", LIMIT), "root": root}
+    return {
+        **killed,
+        "name": name,
+        "reference": reference_rows(path, root / "reference", LIMIT, killed["run"]),
+        "root": root,
+    }
 
 
 @embedded

@@ -282,7 +282,12 @@ def pairwise_runs(root) -> dict:
     limit = LIMIT["judge-pairwise.yaml"]
     killed = kill_and_resume(path, root / "runs" / "pairwise-killed", limit, "judge")
     reference = root / "runs" / "pairwise-reference"
-    return {**killed, "reference": reference, "reference_rows": reference_rows(path, reference, limit), "limit": limit}
+    return {
+        **killed,
+        "reference": reference,
+        "reference_rows": reference_rows(path, reference, limit, killed["run"]),
+        "limit": limit,
+    }
 
 
 def test_judge_pairwise_killed_and_resumed_equals_uninterrupted(pairwise_runs):

@@ -194,10 +194,7 @@ def test_pipeline_killed_resumes_to_the_same_rows_and_exports(name, tmp_path):
     assert rows and all(r["instruction"] and r["response"] and len(r["skills"]) == 2 for r in rows)
     # an uninterrupted run; it starts from the killed run's cache, so it is quick, and a resume that
     # had sent other requests than an uninterrupted run would show as different rows
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    shutil.copy(killed["run"] / "cache.sqlite", reference / "cache.sqlite")
-    assert reference_rows(path, reference, LIMIT[name]) == rows
+    assert reference_rows(path, tmp_path / "reference", LIMIT[name], killed["run"]) == rows
     done = synth_cli("export", str(killed["run"]), "-o", str(tmp_path / "out"), "--keep-columns", "skills,query_type")
     assert done.returncode == 0, done.stderr
     datasets = pytest.importorskip("datasets")
