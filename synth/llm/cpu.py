@@ -214,16 +214,18 @@ def without_extra_buffer_types():
     return _model_params(use_extra_bufts=False)
 
 
-def load_llama(*, extra_bufts: bool = True, environ: Mapping[str, str] | None = None, **kwargs):
-    """`llama_cpp.Llama(**kwargs)`, with the AMX mitigation applied first when `plan()` says so.
+def load_llama(*, extra_bufts: bool = True, environ: Mapping[str, str] | None = None, cls=None, **kwargs):
+    """`llama_cpp.Llama(**kwargs)` (or `cls(**kwargs)`, a subclass of it), with the AMX mitigation
+    applied first when `plan()` says so.
 
     If the registry cannot be reached the mitigation falls back to use_extra_bufts=False (safe, but
     without CPU_REPACK). `extra_bufts=False` asks for that last resort directly (benchmarks)."""
     import llama_cpp
 
+    cls = cls or llama_cpp.Llama
     if plan(environ).mitigate and drop_extra_buffer_types([AMX_BUFT]) is None:
         extra_bufts = False
     if extra_bufts:
-        return llama_cpp.Llama(**kwargs)
+        return cls(**kwargs)
     with without_extra_buffer_types():
-        return llama_cpp.Llama(**kwargs)
+        return cls(**kwargs)

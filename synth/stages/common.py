@@ -175,8 +175,10 @@ LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 
 
 def find_json(text: str) -> dict | None:
-    """The first JSON object in a model's answer (models wrap it in prose or code fences)."""
-    decoder = json.JSONDecoder()
+    """The first JSON object in a model's answer (models wrap it in prose or code fences). Raw
+    newlines and tabs inside its strings are taken as they are: models write them, and some
+    servers' grammars allow them, though strict JSON wants them escaped."""
+    decoder = json.JSONDecoder(strict=False)
     start = text.find("{")
     while start != -1:
         try:
