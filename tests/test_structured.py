@@ -276,9 +276,7 @@ def test_embedded_grammar_refuses_raw_control_characters_in_strings():
     grammar = json_grammar(json.dumps(PAIRWISE))
     assert "\\x00-\\x1F" in grammar._grammar
     llm = LocalBackend(LocalSpec()).llm
-    sampler = llama_cpp.llama_sampler_init_grammar(
-        llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
-    )
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), grammar._root.encode())
 
     def allowed(text: str) -> bool:
         [token] = llm.tokenize(text.encode(), add_bos=False)
