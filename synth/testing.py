@@ -117,6 +117,7 @@ class _Faults:
     drop: int = 0  # cut this many more connections after reading the request
     retry_after: float | None = None
     delay: float = 0.0  # seconds before every answer (injected ones too)
+    strip_usage: bool = False  # take `usage` out of forwarded answers: a server that reports none
 
 
 class FaultProxy(_LoopThread):
@@ -158,6 +159,11 @@ class FaultProxy(_LoopThread):
 
     def set_delay(self, seconds: float) -> None:
         self.faults.delay = seconds
+
+    def strip_usage(self, strip: bool = True) -> None:
+        """Forward answers without their `usage` (still counted in `self.usage`): a server that
+        reports none, in front of one that does."""
+        self.faults.strip_usage = strip
 
     def stop_listening(self, drop_open: bool = True) -> None:
         """Refuse new connections; with drop_open, also cut the ones in progress, as a crash would."""
@@ -228,6 +234,8 @@ class FaultProxy(_LoopThread):
         finally:
             up_writer.close()
         self._count(body, response)
+        if faults.strip_usage:
+            response = _without_usage(response)
         writer.write(response)
         await writer.drain()
 
@@ -238,13 +246,32 @@ class FaultProxy(_LoopThread):
         if b"transfer-encoding: chunked" in head.lower():
             payload = _unchunk(payload)
         try:
-            usage = json.loads(payload).get("usage") or {}
-        except (ValueError, AttributeError):
+            answer = json.loads(payload)
+        except ValueError:
             return
+        if not isinstance(answer, dict) or "choices" not in answer:  # not a completion (a probe, /tokenize)
+            return
+        usage = answer.get("usage") or {}
         self.usage["answers"] += 1
         for key in ("prompt_tokens", "completion_tokens"):
             if isinstance(usage.get(key), int):
                 self.usage[key] += usage[key]
+
+
+def _without_usage(response: bytes) -> bytes:
+    """A forwarded JSON answer with its `usage` taken out (other answers as they were)."""
+    head, _, payload = response.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        payload = _unchunk(payload)
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return response
+    if not isinstance(data, dict) or "usage" not in data:
+        return response
+    data.pop("usage")
+    status = int(head.split(b" ", 2)[1])
+    return _response(status, json.dumps(data).encode())
 
 
 def _unchunk(payload: bytes) -> bytes:

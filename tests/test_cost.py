@@ -227,6 +227,34 @@ def test_usage_equals_what_the_vllm_server_reported(vllm_server, write_pipeline,
     assert total["completion_tokens"] == proxy.usage["completion_tokens"]
 
 
+def test_a_server_without_usage_is_counted_with_its_tokenizer(proxy, write_pipeline, tmp_path, vllm_server):
+    """Servers that answer without `usage`: synth counts prompt and answer with the server's own
+    tokenizer (llama.cpp's /extras/tokenize, vLLM's /tokenize) and marks the counts as its own.
+    Against the real servers behind a proxy that strips `usage` (and counts what they reported):
+    prompts exactly, each answer within a token (an answer cut at a stop string re-tokenizes as it
+    reads, not always as it was drawn)."""
+    from synth.testing import FaultProxy
+
+    def check(result, proxy) -> None:
+        total = flatten(result.manifest["usage"])
+        answers = proxy.usage["answers"]
+        assert total["requests"] == answers > 0 and total["counted"] == answers
+        assert total["prompt_tokens"] == proxy.usage["prompt_tokens"]
+        assert abs(total["completion_tokens"] - proxy.usage["completion_tokens"]) <= answers
+        assert total["completion_tokens"] > 0
+
+    proxy.strip_usage()
+    try:
+        path = write_pipeline(pipeline_text(proxy.url, TOPICS[:3]))
+        check(run_pipeline(load_pipeline(path), tmp_path / "llama"), proxy)
+    finally:
+        proxy.strip_usage(False)
+    with FaultProxy("127.0.0.1", vllm_server.port) as stripped:
+        stripped.strip_usage()
+        text = pipeline_text(stripped.url, TOPICS[:3]).replace("model: gemma", f"model: {vllm_server.model}")
+        check(run_pipeline(load_pipeline(write_pipeline(text)), tmp_path / "vllm"), stripped)
+
+
 # ---- the sums, without a server ----
 
 

@@ -301,6 +301,8 @@ class OpenAIBackend:
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._slots = Slots(spec.max_concurrency)
         self._vllm: bool | None = None  # whether to score with prompt_logprobs; probed once
+        self._counter: str | None = None  # where to count tokens a server does not report; probed once
+        self._counter_bos = 0
         self._template: ChatTemplate | None = None
         self._bos: str | None = None  # vLLM's BOS text when it adds one to raw prompts; probed once
         self._probe = asyncio.Lock()
@@ -565,7 +567,7 @@ class OpenAIBackend:
                 Generation(text if isinstance(text, str) else "", str(choice.get("finish_reason") or "stop"), *tokens)
             )
         if out and not isinstance(usage.get("completion_tokens"), int):  # a server that reports no usage
-            for g in out:  # about four characters a token: marked as synth's count, not the server's
+            for g in out:  # about four characters a token until _count_unreported counts them
                 g.completion_tokens, g.usage = -(-len(g.text) // 4), "counted"
         return out
 
@@ -602,6 +604,8 @@ class OpenAIBackend:
             result = await self._missing_samples(path, request, payload, chat, generations, key)
         else:
             result = generations[:n]
+        if not isinstance(result, RequestFailed) and result and result[0].usage == "counted":
+            await self._count_unreported(payload, result, chat)
         if not isinstance(result, RequestFailed) and len(request.sampling.stop) > MAX_STOPS:
             for g in result:
                 apply_stops(g, request.sampling.stop)
@@ -708,6 +712,62 @@ class OpenAIBackend:
                     )
                     self._bos = (text.get("prompt") if isinstance(text, dict) else None) or ""
         return self._bos or None
+
+    # ---- usage a server does not report ----
+    async def _token_counter(self) -> str:
+        """Where to count the tokens of answers that came without `usage`: "vllm" (/tokenize, chat
+        templates included), "llama.cpp" (llama_cpp.server's /extras/tokenize) or "estimate"."""
+        async with self._probe:
+            if self._counter is None:
+                self._counter = "estimate"
+                probes = [("vllm", "/tokenize", {"model": self.spec.model, "prompt": "a"})]
+                probes.append(("llama.cpp", "/extras/tokenize", {"input": ""}))
+                for name, path, body in probes:
+                    answer = await self._send(path, body, root=True, fatal=())
+                    if isinstance(answer, dict) and isinstance(answer.get("tokens"), list):
+                        self._counter = name
+                        # llama.cpp's server puts BOS before every text it tokenizes: an empty one
+                        # shows how many tokens that is, taken off each answer's count.
+                        self._counter_bos = len(answer["tokens"]) if name == "llama.cpp" else 0
+                        break
+        return self._counter
+
+    async def _tokens(self, counter: str, body: dict) -> int | None:
+        if counter == "llama.cpp":
+            answer = await self._send("/extras/tokenize", body, root=True, fatal=())
+        else:
+            answer = await self._send("/tokenize", {"model": self.spec.model, **body}, root=True, fatal=())
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        return len(tokens) if isinstance(tokens, list) else None
+
+    async def _count_unreported(self, payload: dict, generations: list[Generation], chat: bool) -> None:
+        """A server that answered without `usage`: count the prompt and every answer with the served
+        model's tokenizer where the server has one, else keep the estimate of four characters a token.
+        Either way marked as synth's count ("counted"), never as the server's."""
+        counter = await self._token_counter()
+        if chat:
+            messages = payload.get("messages") or []
+            text = "".join(str(m.get("content") or "") for m in messages)
+        else:
+            text = str(payload.get("prompt") or "")
+        if counter == "estimate":
+            generations[0].prompt_tokens = -(-len(text) // 4)
+            return
+        if counter == "vllm":  # the prompt as the server renders it: chat template, BOS as sent
+            if chat:
+                prompt: dict = {"messages": payload.get("messages") or [], "add_generation_prompt": True}
+            else:
+                prompt = {"prompt": text, "add_special_tokens": payload.get("add_special_tokens", True)}
+            answers = [{"prompt": g.text, "add_special_tokens": False} for g in generations]
+        else:  # llama.cpp's server tokenizes plain text: a chat prompt counts its messages' texts only
+            prompt = {"input": text}
+            answers = [{"input": g.text} for g in generations]
+        counted = await asyncio.gather(*(self._tokens(counter, body) for body in [prompt, *answers]))
+        if counted[0] is not None:
+            generations[0].prompt_tokens = counted[0]
+        for g, tokens in zip(generations, counted[1:], strict=True):
+            if tokens is not None:
+                g.completion_tokens = max(tokens - self._counter_bos, 0)
 
     # ---- the tokenizer (vLLM's /tokenize and /detokenize; CDR's truncation) ----
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
