@@ -271,12 +271,15 @@ def test_engine_chat_and_a_prompt_too_long(engine):
 @needs_vllm
 @pytest.mark.slow
 def test_engine_scores_agree_with_the_server(engine, server):
-    local = collect(engine.score(SCORE_CASES))
+    """One request at a time on both sides: vLLM's CPU kernels give log-probs that move by up to
+    0.1 with the batch a request shares (measured on a host with AMX), which is not what is
+    compared here."""
+    local = [collect(engine.score([case]))[0] for case in SCORE_CASES]
 
     async def over_http():
         backend = openai_backend(server)
         try:
-            return await _collect(backend.score(SCORE_CASES))
+            return [(await _collect(backend.score([case])))[0] for case in SCORE_CASES]
         finally:
             await backend.close()
 
