@@ -242,13 +242,7 @@ class FaultProxy(_LoopThread):
     def _count(self, body: bytes, response: bytes) -> None:
         """Add a forwarded answer's `usage` to the totals, and its request body to the sent ones."""
         self.bodies[hashlib.sha256(body).hexdigest()] += 1
-        head, _, payload = response.partition(b"\r\n\r\n")
-        if b"transfer-encoding: chunked" in head.lower():
-            payload = _unchunk(payload)
-        try:
-            answer = json.loads(payload)
-        except ValueError:
-            return
+        _, answer = _answer_json(response)
         if not isinstance(answer, dict) or "choices" not in answer:  # not a completion (a probe, /tokenize)
             return
         usage = answer.get("usage") or {}
@@ -258,20 +252,24 @@ class FaultProxy(_LoopThread):
                 self.usage[key] += usage[key]
 
 
-def _without_usage(response: bytes) -> bytes:
-    """A forwarded JSON answer with its `usage` taken out (other answers as they were)."""
+def _answer_json(response: bytes) -> tuple[bytes, object]:
+    """A raw HTTP answer's head and its body as JSON (None when it is not JSON)."""
     head, _, payload = response.partition(b"\r\n\r\n")
     if b"transfer-encoding: chunked" in head.lower():
         payload = _unchunk(payload)
     try:
-        data = json.loads(payload)
+        return head, json.loads(payload)
     except ValueError:
-        return response
+        return head, None
+
+
+def _without_usage(response: bytes) -> bytes:
+    """A forwarded JSON answer with its `usage` taken out (other answers as they were)."""
+    head, data = _answer_json(response)
     if not isinstance(data, dict) or "usage" not in data:
         return response
     data.pop("usage")
-    status = int(head.split(b" ", 2)[1])
-    return _response(status, json.dumps(data).encode())
+    return _response(int(head.split(b" ", 2)[1]), json.dumps(data).encode())
 
 
 def _unchunk(payload: bytes) -> bytes:
