@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from synth.resources import resource_dir
 from synth.runs import Run
 from synth.stages.augment.relabel import partner, score_text, swap
 
-from .pipeline_runs import kill_and_resume, synth_cli
+from .pipeline_runs import kill_and_resume, reference_rows, synth_cli
 
 TEXT = (
     "You are an assistant that generates responses for the instruction while implicitly achieving the "
@@ -219,9 +218,7 @@ def ra_runs(tmp_path_factory) -> dict:
     # The uninterrupted reference starts from the killed run's request cache: the same seeded
     # requests, answered once, so this compares how the runs assembled rows, not llama.cpp twice.
     reference = killed["run"].parent / "reference"
-    reference.mkdir()
-    shutil.copy(killed["run"] / "cache.sqlite", reference / "cache.sqlite")
-    run_pipeline(load_pipeline(killed["folder"] / PIPELINE), reference, limit=LIMIT)
+    reference_rows(killed["folder"] / PIPELINE, reference, LIMIT, cache_from=killed["run"])
     return {**killed, "reference": reference}
 
 

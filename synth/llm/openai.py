@@ -42,7 +42,7 @@ from .base import (
     sample_seed,
 )
 from .client import count_event
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, estimated_tokens
 from .specs import OpenAISpec
 from .templates import ChatTemplate
 
@@ -568,7 +568,7 @@ class OpenAIBackend:
             )
         if out and not isinstance(usage.get("completion_tokens"), int):  # a server that reports no usage
             for g in out:  # about four characters a token until _count_unreported counts them
-                g.completion_tokens, g.usage = -(-len(g.text) // 4), "counted"
+                g.completion_tokens, g.usage = estimated_tokens(g.text), "counted"
         return out
 
     async def _structured(self, path: str, request: Request, payload: dict, chat: bool) -> CompleteResult:
@@ -751,7 +751,7 @@ class OpenAIBackend:
         else:
             text = str(payload.get("prompt") or "")
         if counter == "estimate":
-            generations[0].prompt_tokens = -(-len(text) // 4)
+            generations[0].prompt_tokens = estimated_tokens(text)
             return
         if counter == "vllm":  # the prompt as the server renders it: chat template, BOS as sent
             if chat:

@@ -26,6 +26,11 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def estimated_tokens(text: str) -> int:
+    """Tokens of a text no tokenizer counted: about four characters each, rounded up."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
 def parse_reset(value: str | None) -> float | None:
     """Seconds in a reset header: "1s", "6m0s", "20ms", "1h2m3.5s", or a plain number of seconds."""
     if not value:
